@@ -1,0 +1,3 @@
+"""fedaas: federated learning as a service."""
+
+__version__ = "0.1.0"

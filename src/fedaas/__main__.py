@@ -1,0 +1,3 @@
+from fedaas.cli import main
+
+main()

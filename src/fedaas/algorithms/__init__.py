@@ -1,0 +1,1 @@
+"""Pure math of federated learning: no I/O, no network, no clock."""

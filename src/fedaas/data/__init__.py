@@ -1,0 +1,1 @@
+"""Datasets: reading members' data, checking it against the job, partitioning."""

@@ -1,0 +1,110 @@
+"""In-memory datasets and the schema check every member runs before training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fedaas.spec import DataSection
+
+
+class DataError(ValueError):
+    """A member's data that does not fit the job; ``problems`` lists every mismatch."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def schema_problems(x: np.ndarray, y: np.ndarray, schema: DataSection) -> list[str]:
+    """Every way ``(x, y)`` fails the job's data schema (empty when it fits)."""
+    problems: list[str] = []
+    if x.ndim != 2:
+        problems.append(f"features must be a 2-D array (examples x features), got {x.ndim}-D")
+    elif x.shape[1] != schema.features:
+        problems.append(f"data has {x.shape[1]} features, the job expects {schema.features}")
+    if y.ndim != 1:
+        problems.append(f"labels must be a 1-D array, got {y.ndim}-D")
+    if x.ndim >= 1 and y.ndim >= 1 and x.shape[0] != y.shape[0]:
+        problems.append(f"{x.shape[0]} feature rows but {y.shape[0]} labels")
+    if x.ndim >= 1 and x.shape[0] == 0:
+        problems.append("the dataset is empty")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        problems.append(f"features must be real numbers, got dtype {x.dtype}")
+    elif not np.isfinite(x).all():
+        problems.append("features hold NaN or Inf")
+    if not np.issubdtype(y.dtype, np.integer):
+        if (
+            np.issubdtype(y.dtype, np.floating)
+            and np.isfinite(y).all()
+            and (y == np.round(y)).all()
+        ):
+            pass  # integral floats (as CSV readers produce) are accepted
+        else:
+            problems.append(f"labels must be integers, got dtype {y.dtype}")
+            return problems
+    if y.size:
+        low, high = y.min(), y.max()
+        if low < 0 or high >= schema.classes:
+            bad = int(low) if low < 0 else int(high)
+            problems.append(
+                f"label {bad} is out of range: the job has classes 0..{schema.classes - 1}"
+            )
+    return problems
+
+
+class Dataset(Protocol):
+    """What training and evaluation need: a size and a stream of mini-batches.
+
+    Implementations may hold everything in memory (:class:`ArrayDataset`) or
+    stream record batches from storage; batches are ``(x float32, y int64)``.
+    """
+
+    @property
+    def num_examples(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+@dataclass
+class ArrayDataset:
+    """Features ``x`` (float32, examples x features) and labels ``y`` (int64)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def checked(cls, x: np.ndarray, y: np.ndarray, schema: DataSection) -> ArrayDataset:
+        """Validate against the schema (raising :class:`DataError`) and convert."""
+        problems = schema_problems(np.asarray(x), np.asarray(y), schema)
+        if problems:
+            raise DataError(problems)
+        return cls(np.asarray(x, dtype=np.float32), np.asarray(y).astype(np.int64))
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.y.shape[0])
+
+    def split(self, fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+        """Hold out ``fraction`` of the examples (at least one) for validation."""
+        if fraction <= 0 or self.num_examples < 2:
+            return self, None
+        order = np.random.default_rng(seed).permutation(self.num_examples)
+        cut = max(1, int(round(fraction * self.num_examples)))
+        val, train = order[:cut], order[cut:]
+        return ArrayDataset(self.x[train], self.y[train]), ArrayDataset(self.x[val], self.y[val])
+
+    def batches(
+        self, batch_size: int, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Mini-batches in a shuffled (``rng``) or fixed order."""
+        n = self.num_examples
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.x[idx], self.y[idx]

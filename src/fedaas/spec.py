@@ -1,0 +1,203 @@
+"""The job specification: what a federation trains, on what data, and how.
+
+A job is written as TOML (see ``examples/digits.toml``) and validated here with
+pydantic. Every section forbids unknown keys so that a typo such as ``lr_rate``
+is reported instead of silently ignored; :class:`SpecError` turns pydantic's
+errors into one line per problem, each naming the offending key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+BUILTIN_MODELS = ("logreg", "mlp")
+
+
+class SpecError(ValueError):
+    """A job specification that cannot be accepted; ``problems`` lists each issue."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid job spec: " + "; ".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobSection(_Section):
+    """Identity and length of the job."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w.\- ]+$")]
+    rounds: Annotated[int, Field(ge=1, le=100_000)]
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+
+
+class ModelSection(_Section):
+    """Which ``torch.nn.Module`` to train.
+
+    ``name`` is a built-in (``logreg``, ``mlp``) or ``package.module:factory``,
+    a callable that takes ``features=``, ``classes=`` and ``**options`` and
+    returns a module. Input and output sizes always come from ``[data]``.
+    """
+
+    name: str
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=list)
+    options: dict[str, int | float | str | bool | list[int]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value in BUILTIN_MODELS or _FACTORY.match(value):
+            return value
+        raise ValueError(
+            f"unknown model {value!r}: use one of {', '.join(BUILTIN_MODELS)} "
+            "or 'package.module:factory'"
+        )
+
+    @model_validator(mode="after")
+    def _hidden_only_for_mlp(self) -> ModelSection:
+        if self.name == "mlp" and not self.hidden:
+            raise ValueError("mlp needs at least one hidden size, e.g. hidden = [64]")
+        if self.name == "logreg" and self.hidden:
+            raise ValueError("logreg has no hidden layers; remove 'hidden'")
+        return self
+
+
+class DataSection(_Section):
+    """The schema every member's data must match before it may train."""
+
+    features: Annotated[int, Field(ge=1, le=10_000_000)]
+    classes: Annotated[int, Field(ge=2, le=100_000)]
+
+
+class TrainSection(_Section):
+    """Local training on each member (the same for every member)."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 1
+    mu: Annotated[float, Field(ge=0, le=100)] = 0.0
+    """FedProx proximal weight (Li et al. 2020); 0 is plain FedAvg local training."""
+
+
+class FederationSection(_Section):
+    """Who takes part in a round and when a round closes.
+
+    Give either ``clients_per_round`` (a count) or ``fraction`` (of enrolled
+    members); the default is every member. A round closes as soon as every
+    sampled member has reported, or at ``round_timeout`` seconds if at least
+    ``min_clients`` have; otherwise the job fails with the reason.
+    """
+
+    clients_per_round: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    min_clients: Annotated[int, Field(ge=1, le=100_000)] = 1
+    round_timeout: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 300.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederationSection:
+        if self.clients_per_round is not None and self.fraction is not None:
+            raise ValueError("give clients_per_round or fraction, not both")
+        if self.clients_per_round is not None and self.min_clients > self.clients_per_round:
+            raise ValueError(
+                f"min_clients ({self.min_clients}) exceeds clients_per_round "
+                f"({self.clients_per_round})"
+            )
+        return self
+
+
+class StrategySection(_Section):
+    """How the coordinator combines updates. ``fedavg``: McMahan et al. 2017."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+class EvaluationSection(_Section):
+    """How the global model is evaluated after every round.
+
+    ``holdout``: a dataset on the coordinator (path or URL) for centralized
+    evaluation. ``validation_split``: the share of each member's data kept
+    aside for federated evaluation; members report loss and accuracy of each
+    new global model on it and the coordinator averages them by examples.
+    0 disables federated evaluation (all local data is used for training).
+    """
+
+    holdout: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    validation_split: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class JobSpec(_Section):
+    """A complete, validated job."""
+
+    job: JobSection
+    model: ModelSection
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    federation: FederationSection = Field(default_factory=FederationSection)
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+
+    def clients_for_round(self, available: int) -> int:
+        """How many members to sample from ``available`` enrolled ones."""
+        fed = self.federation
+        if fed.clients_per_round is not None:
+            return fed.clients_per_round
+        if fed.fraction is not None:
+            return max(1, round(fed.fraction * available))
+        return max(available, fed.min_clients)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_spec(data: dict[str, Any]) -> JobSpec:
+    """Validate a mapping (parsed TOML or JSON) into a :class:`JobSpec`."""
+    if not isinstance(data, dict):
+        raise SpecError(["the job spec must be a table of sections"])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = _location(err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{where}: unknown key")
+            elif err["type"] == "missing":
+                problems.append(f"{where}: required key is missing")
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                got = repr(err.get("input"))
+                got = got if len(got) <= 60 else got[:57] + "..."
+                problems.append(f"{where}: {msg} (got {got})")
+        raise SpecError(problems) from None
+
+
+def loads_spec(text: str) -> JobSpec:
+    """Parse TOML text into a validated :class:`JobSpec`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([f"not valid TOML: {exc}"]) from None
+    return parse_spec(data)
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a job spec from a TOML file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([f"cannot read {path}: {exc.strerror}"]) from None
+    return loads_spec(text)

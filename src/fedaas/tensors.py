@@ -1,0 +1,213 @@
+"""Named tensors <-> safetensors, and the checks every tensor payload must pass.
+
+Every tensor that crosses the wire or touches disk is safetensors (never
+pickle). The wire dtype is little-endian float32. A *manifest* maps each
+tensor name to its shape; an update is accepted only if it matches the job's
+manifest exactly and holds only finite numbers.
+
+:class:`SafetensorsFile` reads a validated file tensor by tensor, in bounded
+chunks, so that the coordinator can fold an update of any size into its
+running sum without ever holding the whole update in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+WIRE_DTYPE = "F32"
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+CHUNK_ELEMENTS = 1 << 20
+
+Manifest = dict[str, tuple[int, ...]]
+
+
+class TensorError(ValueError):
+    """A tensor payload that does not match what the job expects."""
+
+
+def manifest_of(tensors: Mapping[str, np.ndarray]) -> Manifest:
+    return {name: tuple(int(d) for d in array.shape) for name, array in tensors.items()}
+
+
+def manifest_bytes(manifest: Manifest) -> int:
+    """Bytes of tensor data (float32) that a payload with this manifest carries."""
+    return sum(4 * math.prod(shape) for shape in manifest.values())
+
+
+def max_payload_bytes(manifest: Manifest) -> int:
+    """The largest acceptable body for an update with this manifest.
+
+    Tensor data plus a generous allowance for the JSON header (names, shapes,
+    offsets and the metadata strings), never more than the hard header cap.
+    """
+    header_allowance = 64 * 1024 + 256 * len(manifest)
+    return 8 + manifest_bytes(manifest) + min(header_allowance, MAX_HEADER_BYTES)
+
+
+def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialize float tensors to safetensors bytes (as little-endian float32)."""
+    arrays = {name: np.ascontiguousarray(a, dtype="<f4") for name, a in tensors.items()}
+    return safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
+
+
+def save(
+    path: str | Path,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    arrays = {name: np.ascontiguousarray(a, dtype="<f4") for name, a in tensors.items()}
+    safetensors.numpy.save_file(arrays, str(path), metadata=dict(metadata) if metadata else None)
+
+
+def _parse_header(head: bytes, total: int) -> tuple[dict, int]:
+    """Parse and sanity-check a safetensors header; returns (header, data start)."""
+    if total < 8:
+        raise TensorError("not a safetensors payload: shorter than its 8-byte header length")
+    (length,) = struct.unpack("<Q", head[:8])
+    if length > MAX_HEADER_BYTES or 8 + length > total:
+        raise TensorError("not a safetensors payload: header length out of range")
+    try:
+        header = json.loads(head[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TensorError("not a safetensors payload: header is not JSON") from None
+    if not isinstance(header, dict):
+        raise TensorError("not a safetensors payload: header is not an object")
+    return header, 8 + length
+
+
+def _check_entries(header: dict, data_len: int, manifest: Manifest | None) -> dict[str, tuple]:
+    """Check names, dtypes, shapes and offsets; returns name -> (shape, start, end)."""
+    entries: dict[str, tuple] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise TensorError(f"tensor {name!r}: malformed header entry")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype != WIRE_DTYPE:
+            raise TensorError(f"tensor {name!r}: dtype {dtype}, expected {WIRE_DTYPE}")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+        ):
+            raise TensorError(f"tensor {name!r}: malformed shape or offsets")
+        start, end = offsets
+        if not 0 <= start <= end <= data_len or end - start != 4 * math.prod(shape):
+            raise TensorError(f"tensor {name!r}: data offsets do not match its shape")
+        entries[name] = (tuple(shape), start, end)
+    spans = sorted((s, e) for _, s, e in entries.values())
+    position = 0
+    for start, end in spans:
+        if start != position:
+            raise TensorError("tensor data is not laid out contiguously")
+        position = end
+    if position != data_len:
+        raise TensorError("payload length does not match its header (truncated or padded)")
+    if manifest is not None:
+        missing = sorted(set(manifest) - set(entries))
+        extra = sorted(set(entries) - set(manifest))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing[:5])}")
+            if extra:
+                parts.append(f"unexpected {', '.join(extra[:5])}")
+            raise TensorError("tensor names do not match the model: " + "; ".join(parts))
+        for name, (shape, _, _) in entries.items():
+            if shape != tuple(manifest[name]):
+                raise TensorError(
+                    f"tensor {name!r}: shape {list(shape)}, expected {list(manifest[name])}"
+                )
+    return entries
+
+
+def _metadata(header: dict) -> dict[str, str]:
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise TensorError("safetensors metadata must map strings to strings")
+    return meta
+
+
+def decode(
+    data: bytes, manifest: Manifest | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Parse and validate safetensors bytes; returns (tensors, metadata)."""
+    header, start = _parse_header(data[: 8 + MAX_HEADER_BYTES], len(data))
+    _check_entries(header, len(data) - start, manifest)
+    meta = _metadata(header)
+    try:
+        tensors = safetensors.numpy.load(data)
+    except safetensors.SafetensorError as exc:
+        raise TensorError(f"not a valid safetensors payload: {exc}") from None
+    for name, array in tensors.items():
+        if not np.isfinite(array).all():
+            raise TensorError(f"tensor {name!r} holds NaN or Inf")
+    return tensors, meta
+
+
+def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    return decode(Path(path).read_bytes())
+
+
+class SafetensorsFile:
+    """A safetensors file on disk, validated once, then read in bounded chunks."""
+
+    def __init__(self, path: str | Path, manifest: Manifest | None = None) -> None:
+        self.path = Path(path)
+        total = self.path.stat().st_size
+        with self.path.open("rb") as f:
+            head = f.read(8 + MAX_HEADER_BYTES if total > 8 else total)
+        header, self._data_start = _parse_header(head, total)
+        self._entries = _check_entries(header, total - self._data_start, manifest)
+        self.metadata = _metadata(header)
+        try:  # the reference parser must agree that the file is well formed
+            with safetensors.safe_open(str(self.path), framework="numpy"):
+                pass
+        except Exception as exc:
+            raise TensorError(f"not a valid safetensors payload: {exc}") from None
+
+    @property
+    def manifest(self) -> Manifest:
+        return {name: shape for name, (shape, _, _) in self._entries.items()}
+
+    def chunks(
+        self, name: str, max_elements: int = CHUNK_ELEMENTS
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(flat offset, float32 values)`` for one tensor, in bounded pieces."""
+        _, start, end = self._entries[name]
+        with self.path.open("rb") as f:
+            yield from _read_chunks(f, self._data_start + start, end - start, max_elements)
+
+    def check_finite(self) -> None:
+        for name in self._entries:
+            for _, values in self.chunks(name):
+                if not np.isfinite(values).all():
+                    raise TensorError(f"tensor {name!r} holds NaN or Inf")
+
+
+def _read_chunks(
+    f: BinaryIO, offset: int, nbytes: int, max_elements: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    f.seek(offset)
+    done = 0
+    while done < nbytes:
+        size = min(4 * max_elements, nbytes - done)
+        buf = f.read(size)
+        if len(buf) != size:
+            raise TensorError("payload ended early")
+        yield done // 4, np.frombuffer(buf, dtype="<f4")
+        done += size

@@ -1,0 +1,76 @@
+"""Local training and evaluation loops, shared by members and the coordinator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedaas.data.dataset import Dataset
+from fedaas.spec import TrainSection
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    examples: int
+
+
+def _optimizer(module: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    return torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+
+
+def train_local(
+    module: nn.Module, data: Dataset, cfg: TrainSection, seed: int, epochs: int | None = None
+) -> dict[str, float]:
+    """Train in place for ``cfg.epochs`` epochs of shuffled mini-batch SGD/Adam.
+
+    With ``cfg.mu > 0`` this is FedProx local training (Li et al., MLSys 2020,
+    arXiv:1812.06127): every step adds ``mu * (w - w_start)`` to the gradient,
+    pulling the local model towards the global one it started from.
+    Returns the mean training loss and accuracy over the last epoch.
+    """
+    module.train()
+    optimizer = _optimizer(module, cfg)
+    loss_fn = nn.CrossEntropyLoss()
+    anchor = [p.detach().clone() for p in module.parameters()] if cfg.mu > 0 else None
+    rng = np.random.default_rng(seed)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for _ in range(epochs if epochs is not None else cfg.epochs):
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x_np, y_np in data.batches(cfg.batch_size, rng):
+            xb, yb = torch.from_numpy(x_np), torch.from_numpy(y_np)
+            optimizer.zero_grad(set_to_none=True)
+            logits = module(xb)
+            loss = loss_fn(logits, yb)
+            loss.backward()
+            if anchor is not None:
+                with torch.no_grad():
+                    for p, p0 in zip(module.parameters(), anchor, strict=True):
+                        if p.grad is not None:
+                            p.grad.add_(p.detach() - p0, alpha=cfg.mu)
+            optimizer.step()
+            loss_sum += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, data: Dataset, batch_size: int = 4096) -> EvalResult:
+    """Mean cross-entropy loss and accuracy of ``module`` on ``data``."""
+    module.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum, correct = 0.0, 0
+    for xb, yb in data.batches(batch_size):
+        logits = module(torch.from_numpy(xb))
+        target = torch.from_numpy(yb)
+        loss_sum += float(loss_fn(logits, target))
+        correct += int((logits.argmax(1) == target).sum())
+    n = max(data.num_examples, 1)
+    return EvalResult(loss=loss_sum / n, accuracy=correct / n, examples=data.num_examples)
