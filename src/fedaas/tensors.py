@@ -64,8 +64,33 @@ def save(
     tensors: Mapping[str, np.ndarray],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    arrays = {name: np.ascontiguousarray(a, dtype="<f4") for name, a in tensors.items()}
-    safetensors.numpy.save_file(arrays, str(path), metadata=dict(metadata) if metadata else None)
+    """Write a safetensors file tensor by tensor, without a second in-memory copy.
+
+    ``safetensors.numpy.save_file`` first copies every tensor to ``bytes``;
+    for the coordinator's model-sized buffers that doubles peak memory, so the
+    (documented, simple) layout is streamed here instead: 8-byte header
+    length, JSON header with sorted names and contiguous offsets, raw data.
+    Files written here are read back by the reference parser in the tests.
+    """
+    arrays = {name: np.ascontiguousarray(a, dtype="<f4") for name, a in sorted(tensors.items())}
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for name, array in arrays.items():
+        header[name] = {
+            "dtype": WIRE_DTYPE,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for array in arrays.values():
+            f.write(memoryview(array).cast("B"))
 
 
 def _parse_header(head: bytes, total: int) -> tuple[dict, int]:

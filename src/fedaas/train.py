@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,11 @@ def _optimizer(module: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
 
 
 def train_local(
-    module: nn.Module, data: Dataset, cfg: TrainSection, seed: int, epochs: int | None = None
+    module: nn.Module,
+    data: Dataset,
+    cfg: TrainSection,
+    seed: int | Sequence[int],
+    epochs: int | None = None,
 ) -> dict[str, float]:
     """Train in place for ``cfg.epochs`` epochs of shuffled mini-batch SGD/Adam.
 

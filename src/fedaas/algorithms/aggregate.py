@@ -51,14 +51,19 @@ class WeightedSum:
         scale = np.float32(1.0 / self.total_weight)
         return {name: total * scale for name, total in self._sums.items()}
 
-    def apply_mean_(self, model: dict[str, np.ndarray], server_lr: float = 1.0) -> None:
-        """In place: ``model += server_lr * mean``, reusing the sum buffers."""
+    def take_mean(self, server_lr: float = 1.0) -> dict[str, np.ndarray]:
+        """``server_lr * mean``, computed in the sum's own buffers (the sum is consumed).
+
+        Avoids a second model-sized allocation when the coordinator turns the
+        sum into the new global model.
+        """
         if self.count == 0:
             raise ValueError("no update has been folded")
         scale = np.float32(server_lr / self.total_weight)
-        for name, total in self._sums.items():
+        sums, self._sums = self._sums, {}
+        for total in sums.values():
             total *= scale
-            model[name] += total
+        return sums
 
 
 def fedavg(

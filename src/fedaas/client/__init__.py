@@ -1,0 +1,1 @@
+"""The member agent and the HTTP transport every fedaas client uses."""

@@ -1,0 +1,157 @@
+"""The member agent: pull a task, train locally, send back only the update.
+
+The agent makes outbound requests only (it works behind a firewall) and its
+raw data never leaves it: what it uploads is the model delta
+``local - global`` plus the number of examples and training metrics. Before
+its first round in a job it checks its data against the job's schema; on a
+mismatch it tells the coordinator why it declines the job (every problem,
+one line each) and uploads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedaas import tensors
+from fedaas.client.transport import ApiClientError, Transport
+from fedaas.data.dataset import DataError, Dataset
+from fedaas.data.source import open_dataset
+from fedaas.models import build_model, get_state, set_state
+from fedaas.models.registry import ModelError
+from fedaas.spec import JobSpec, SpecError, parse_spec
+from fedaas.train import evaluate, train_local
+
+log = logging.getLogger("fedaas.agent")
+POLL_S = 25.0
+
+
+@dataclass
+class _JobContext:
+    spec: JobSpec
+    train: Dataset
+    validation: Dataset | None
+    module: Any
+
+
+class Agent:
+    """One member's long-lived loop; ``run`` returns when ``stop`` is set."""
+
+    def __init__(
+        self, transport: Transport, data_url: str, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.t = transport
+        self.data_url = data_url
+        self.storage_options = storage_options or {}
+        self._jobs: dict[str, _JobContext] = {}
+        self._declined: set[str] = set()
+        self._model_cache: tuple[str, dict[str, np.ndarray]] | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        log.info("member agent polling %s", self.t.server)
+        while not self.stop.is_set():
+            response = self.t.request(
+                "GET", "/v1/tasks/next", params={"timeout": POLL_S}, timeout=POLL_S
+            )
+            if response.status_code == 204:
+                continue
+            try:
+                self.handle(response.json())
+            except ApiClientError as exc:
+                if exc.status == 409:
+                    log.warning("task no longer open: %s", exc.detail)
+                else:
+                    raise
+
+    def handle(self, task: dict[str, Any]) -> None:
+        job_id = task["job_id"]
+        ctx = self._context(job_id, task["spec"])
+        if ctx is None:
+            return
+        state = self._global_model(job_id, task["model_round"], task["model_etag"])
+        set_state(ctx.module, state)
+        if task["stage"] == "evaluate":
+            self._evaluate(job_id, task["round"], ctx)
+        elif task["stage"] == "train":
+            self._train(job_id, task["round"], ctx, state)
+        else:
+            log.warning("ignoring unknown task stage %r", task["stage"])
+
+    def _context(self, job_id: str, spec_data: dict[str, Any]) -> _JobContext | None:
+        if job_id in self._jobs:
+            return self._jobs[job_id]
+        try:
+            spec = parse_spec(spec_data)
+            data = open_dataset(self.data_url, spec.data, self.storage_options)
+            train, validation = data, None
+            if spec.evaluation.validation_split > 0:
+                train, validation = data.split(spec.evaluation.validation_split, spec.job.seed)
+            module = build_model(spec.model, spec.data)
+        except (DataError, SpecError, ModelError) as exc:
+            problems = getattr(exc, "problems", [str(exc)])
+            reason = "; ".join(problems)
+            log.error("cannot take part in job %s: %s", job_id, reason)
+            if job_id not in self._declined:
+                self._declined.add(job_id)
+                self.t.post_json(f"/v1/jobs/{job_id}/decline", {"reason": reason[:4000]})
+            return None
+        log.info("joined job %s (%s): %d local examples", job_id, spec.job.name, data.num_examples)
+        self._jobs = {job_id: _JobContext(spec, train, validation, module)}
+        return self._jobs[job_id]
+
+    def _global_model(self, job_id: str, number: int, etag: str) -> dict[str, np.ndarray]:
+        headers = {}
+        if self._model_cache is not None and self._model_cache[0] == etag:
+            headers["If-None-Match"] = etag
+        response = self.t.request(
+            "GET", f"/v1/jobs/{job_id}/model", params={"round": number}, headers=headers
+        )
+        if response.status_code == 304 and self._model_cache is not None:
+            return self._model_cache[1]
+        state, _ = tensors.decode(response.content)
+        self._model_cache = (response.headers.get("ETag", etag), state)
+        return state
+
+    def _train(
+        self, job_id: str, number: int, ctx: _JobContext, start: dict[str, np.ndarray]
+    ) -> None:
+        began = time.perf_counter()
+        seed = [ctx.spec.job.seed, number, zlib.crc32(self.data_url.encode())]
+        metrics = train_local(ctx.module, ctx.train, ctx.spec.train, seed=seed)
+        trained = get_state(ctx.module)
+        delta = {name: trained[name] - start[name] for name in start}
+        body = tensors.encode(
+            delta,
+            {"num_examples": str(ctx.train.num_examples), "metrics": json.dumps(metrics)},
+        )
+        self.t.request(
+            "PUT",
+            f"/v1/jobs/{job_id}/rounds/{number}/update",
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        log.info(
+            "round %d: trained on %d examples in %.2f s (loss %.4f), sent %d bytes",
+            number,
+            ctx.train.num_examples,
+            time.perf_counter() - began,
+            metrics["train_loss"],
+            len(body),
+        )
+
+    def _evaluate(self, job_id: str, number: int, ctx: _JobContext) -> None:
+        if ctx.validation is None:
+            return
+        result = evaluate(ctx.module, ctx.validation)
+        self.t.post_json(
+            f"/v1/jobs/{job_id}/rounds/{number}/evaluation",
+            {"num_examples": result.examples, "loss": result.loss, "accuracy": result.accuracy},
+        )

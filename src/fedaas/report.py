@@ -1,0 +1,99 @@
+"""Run folders: ``metrics.json``, the final model, the job spec and ``accuracy.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROUND_KEYS = ("round", "accuracy", "loss", "clients", "seconds", "bytes_up", "bytes_down")
+
+
+def metrics_document(
+    job: dict[str, Any], baselines: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``metrics.json`` content: one record per round (required keys first)."""
+    rounds = []
+    for record in job["rounds"]:
+        ordered = {key: record.get(key) for key in ROUND_KEYS}
+        ordered.update({k: v for k, v in record.items() if k not in ordered})
+        rounds.append(ordered)
+    doc: dict[str, Any] = {
+        "job": {k: job.get(k) for k in ("id", "name", "status", "reason", "round", "rounds_total")},
+        "rounds": rounds,
+    }
+    if baselines is not None:
+        doc["baselines"] = baselines
+    return doc
+
+
+def plot_accuracy(
+    path: Path, rounds: list[dict[str, Any]], baselines: dict[str, Any] | None, title: str
+) -> None:
+    """Federated accuracy per round, with the local-only band and centralized line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["round"] for r in rounds if r.get("accuracy") is not None]
+    ys = [r["accuracy"] for r in rounds if r.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.plot(xs, ys, marker="o", markersize=3, color="tab:blue", label="federated (FedAvg)")
+    if baselines:
+        local = baselines.get("local_only")
+        if local:
+            ax.axhspan(
+                local["min"],
+                local["max"],
+                color="tab:orange",
+                alpha=0.18,
+                label="local-only (min-max)",
+            )
+            ax.axhline(
+                local["mean"],
+                color="tab:orange",
+                linestyle="--",
+                label=f"local-only mean {local['mean']:.3f}",
+            )
+        central = baselines.get("centralized")
+        if central:
+            ax.axhline(
+                central["accuracy"],
+                color="tab:green",
+                linestyle=":",
+                label=f"centralized {central['accuracy']:.3f}",
+            )
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy (held-out)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_run_folder(
+    out: Path,
+    job: dict[str, Any],
+    model: bytes | None,
+    baselines: dict[str, Any] | None = None,
+) -> Path:
+    """Write the run folder of DESIGN.md for a job description from the API."""
+    out.mkdir(parents=True, exist_ok=True)
+    doc = metrics_document(job, baselines)
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if job.get("source"):
+        (out / "job.toml").write_text(job["source"])
+    (out / "spec.json").write_text(json.dumps(job["spec"], indent=2) + "\n")
+    if model is not None:
+        (out / "model.safetensors").write_bytes(model)
+    plot_accuracy(
+        out / "accuracy.png",
+        doc["rounds"],
+        baselines,
+        f"{job.get('name', 'job')}: accuracy per round",
+    )
+    return out

@@ -1,0 +1,1 @@
+"""The coordinator: HTTP API, round state machine, persistence, artifacts, auth."""

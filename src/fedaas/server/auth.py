@@ -1,0 +1,96 @@
+"""Bearer tokens and roles.
+
+Two roles: ``admin`` (the operator; one token, from ``FEDAAS_ADMIN_TOKEN`` or
+a generated 0600 file in the state folder) and ``client`` (one token per
+enrolled member). Tokens carry 256 bits from :mod:`secrets`; only their
+SHA-256 digests are kept (a slow hash adds nothing for tokens this long).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedaas.server.db import Store
+from fedaas.server.errors import ApiError
+
+ADMIN_TOKEN_ENV = "FEDAAS_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: str  # "admin" or "client"
+    member_id: int | None = None
+    name: str = "admin"
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_admin_token(state: Path) -> tuple[str, str]:
+    """The admin token and where it came from (the env var, or the token file)."""
+    from_env = os.environ.get(ADMIN_TOKEN_ENV)
+    if from_env:
+        if len(from_env) < 16:
+            raise ValueError(f"{ADMIN_TOKEN_ENV} must be at least 16 characters")
+        return from_env, ADMIN_TOKEN_ENV
+    path = state / ADMIN_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), str(path)
+    token = new_token("fda")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, str(path)
+
+
+class Authenticator:
+    """Maps bearer tokens to principals; member tokens are cached by digest."""
+
+    def __init__(self, store: Store, admin_token: str) -> None:
+        self._store = store
+        self._admin_hash = token_hash(admin_token)
+        self._members: dict[str, Principal] = {}
+        for member in store.members():
+            if member.revoked_at is None:
+                self._members[member.token_hash] = Principal("client", member.id, member.name)
+
+    def enroll(self, name: str) -> tuple[Principal, str]:
+        if self._store.member_by_name(name) is not None:
+            raise ApiError(409, "exists", f"a member named {name!r} is already enrolled")
+        token = new_token("fdm")
+        member = self._store.add_member(name, token_hash(token))
+        principal = Principal("client", member.id, member.name)
+        self._members[member.token_hash] = principal
+        return principal, token
+
+    def revoke(self, name: str) -> None:
+        member = self._store.member_by_name(name)
+        if member is None:
+            raise ApiError(404, "not_found", f"no member named {name!r}")
+        self._store.revoke_member(member.id)
+        self._members.pop(member.token_hash, None)
+
+    def identify(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise ApiError(401, "unauthorized", "missing bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'")
+        digest = token_hash(token.strip())
+        if hmac.compare_digest(digest, self._admin_hash):
+            return Principal("admin")
+        principal = self._members.get(digest)
+        if principal is None:
+            raise ApiError(401, "unauthorized", "unknown or revoked token")
+        return principal

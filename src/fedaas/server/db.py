@@ -1,0 +1,191 @@
+"""Coordinator persistence through SQLAlchemy: members, jobs, rounds, updates.
+
+SQLite (a file in the state folder) is the default; any SQLAlchemy URL works.
+Only hashes of tokens are stored. A job row's ``round`` is the last round
+whose model is durable in the artifact store; a restarted coordinator
+continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Member(Base):
+    __tablename__ = "members"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[str] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    extra: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[str] = mapped_column(Text)
+    participants: Mapped[str] = mapped_column(Text)
+    closed_at: Mapped[float] = mapped_column(Float)
+
+
+class Update(Base):
+    __tablename__ = "updates"
+    __table_args__ = (UniqueConstraint("job_id", "round", "member_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    num_examples: Mapped[int] = mapped_column(Integer)
+    nbytes: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """Typed access to the coordinator's database."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._session() as session, session.begin():
+            yield session
+
+    # members ---------------------------------------------------------------
+    def add_member(self, name: str, token_hash: str) -> Member:
+        with self.session() as s:
+            member = Member(name=name, token_hash=token_hash, created_at=time.time())
+            s.add(member)
+            s.flush()
+            return member
+
+    def members(self) -> list[Member]:
+        with self.session() as s:
+            return list(s.scalars(select(Member).order_by(Member.id)))
+
+    def member_by_name(self, name: str) -> Member | None:
+        with self.session() as s:
+            return s.scalar(select(Member).where(Member.name == name))
+
+    def revoke_member(self, member_id: int) -> None:
+        with self.session() as s:
+            member = s.get(Member, member_id)
+            if member is not None and member.revoked_at is None:
+                member.revoked_at = time.time()
+
+    # jobs ------------------------------------------------------------------
+    def add_job(self, job: Job) -> Job:
+        with self.session() as s:
+            s.add(job)
+        return job
+
+    def job(self, job_id: str) -> Job | None:
+        with self.session() as s:
+            return s.get(Job, job_id)
+
+    def jobs(self, statuses: tuple[str, ...] | None = None) -> list[Job]:
+        with self.session() as s:
+            query = select(Job).order_by(Job.created_at)
+            if statuses:
+                query = query.where(Job.status.in_(statuses))
+            return list(s.scalars(query))
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return
+            for key, value in fields.items():
+                setattr(job, key, value)
+
+    # rounds ----------------------------------------------------------------
+    def close_round(
+        self, job_id: str, number: int, metrics: dict[str, Any], participants: list[str]
+    ) -> None:
+        """Record a finished round and advance the job, in one transaction."""
+        with self.session() as s:
+            s.add(
+                Round(
+                    job_id=job_id,
+                    number=number,
+                    metrics=json.dumps(metrics),
+                    participants=json.dumps(participants),
+                    closed_at=time.time(),
+                )
+            )
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.round = number
+
+    def rounds(self, job_id: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.number))
+            return [
+                {
+                    "round": r.number,
+                    **json.loads(r.metrics),
+                    "participants": json.loads(r.participants),
+                }
+                for r in rows
+            ]
+
+    def add_update(self, update: Update) -> None:
+        with self.session() as s:
+            s.add(update)
+
+    def updates_for(self, job_id: str, number: int) -> list[Update]:
+        with self.session() as s:
+            query = select(Update).where(Update.job_id == job_id, Update.round == number)
+            return list(s.scalars(query))

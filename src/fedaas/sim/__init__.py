@@ -1,0 +1,1 @@
+"""Whole federations on one machine: coordinator and members as OS processes."""

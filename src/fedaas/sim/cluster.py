@@ -1,0 +1,146 @@
+"""Start a coordinator and member agents as separate processes on loopback.
+
+Used by ``fedaas demo``, the integration tests and the benchmarks. Every
+process is started with its PID kept and stopped by PID (terminate, then
+kill); logs go to ``<workdir>/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from fedaas.client.admin import AdminClient
+from fedaas.client.transport import Transport
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class LocalCluster:
+    """A coordinator process plus member processes; a context manager."""
+
+    def __init__(self, workdir: Path, *, threads_per_client: int = 1) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.state = workdir / "state"
+        self.admin_token = "fda_" + secrets.token_urlsafe(32)
+        self.threads = threads_per_client
+        self.server: subprocess.Popen | None = None
+        self.clients: dict[str, subprocess.Popen] = {}
+        self.url = ""
+        self._admin: AdminClient | None = None
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.stop()
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            OMP_NUM_THREADS=str(self.threads),
+            MKL_NUM_THREADS=str(self.threads),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def _spawn(self, args: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen:
+        log = (self.logs / f"{log_name}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedaas", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+
+    def start_server(self, *, timeout: float = 60.0, extra_args: list[str] | None = None) -> str:
+        """Start (or restart) the coordinator on a free port; returns its URL."""
+        endpoint = self.state / "endpoint.json"
+        endpoint.unlink(missing_ok=True)
+        args = ["server", "--state", str(self.state), "--port", "0", *(extra_args or [])]
+        self.server = self._spawn(args, "server", self._env(FEDAAS_ADMIN_TOKEN=self.admin_token))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise ClusterError(
+                    f"coordinator exited with {self.server.returncode}; see {self.logs / 'server.log'}"
+                )
+            if endpoint.exists():
+                info = json.loads(endpoint.read_text())
+                if info.get("pid") == self.server.pid:
+                    self.url = info["url"]
+                    try:
+                        if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                            self._admin = None
+                            return self.url
+                    except httpx.TransportError:
+                        pass
+            time.sleep(0.05)
+        raise ClusterError(f"coordinator did not start within {timeout:.0f} s")
+
+    @property
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(Transport(self.url, self.admin_token, give_up_after=120.0))
+        return self._admin
+
+    def start_client(self, name: str, data: str, token: str | None = None) -> subprocess.Popen:
+        """Start a member agent (enrolling it first unless a token is given)."""
+        token = token or self.admin.enroll(name)["token"]
+        args = ["client", "--server", self.url, "--data", data, "--threads", str(self.threads)]
+        proc = self._spawn(args, f"client-{name}", self._env(FEDAAS_TOKEN=token))
+        self.clients[name] = proc
+        return proc
+
+    def wait_online(self, count: int, timeout: float = 120.0) -> None:
+        """Wait until ``count`` members are polling the coordinator."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            online = sum(1 for m in self.admin.members() if m["online"])
+            if online >= count:
+                return
+            dead = [n for n, p in self.clients.items() if p.poll() is not None]
+            if dead:
+                raise ClusterError(f"member(s) {', '.join(dead)} exited; see {self.logs}")
+            time.sleep(0.1)
+        raise ClusterError(f"only {online} of {count} members came online within {timeout:.0f} s")
+
+    @staticmethod
+    def _halt(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill_server(self) -> None:
+        """SIGKILL the coordinator (for crash tests)."""
+        self._halt(self.server, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for proc in self.clients.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.clients.values():
+            self._halt(proc)
+        self._halt(self.server)
+        if self._admin is not None:
+            self._admin.t.close()
