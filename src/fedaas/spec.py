@@ -28,7 +28,9 @@ class SpecError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a value of the wrong type (``rounds = true``, ``batch_size = "32"``,
+    # ``hidden = [64.5]``) is an error, not silently coerced; ints still pass as floats.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class JobSection(_Section):

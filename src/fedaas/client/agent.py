@@ -66,10 +66,10 @@ class Agent:
             try:
                 self.handle(response.json())
             except ApiClientError as exc:
-                if exc.status == 409:
-                    log.warning("task no longer open: %s", exc.detail)
-                else:
+                if exc.status == 401:  # revoked or unknown token: nothing to retry
                     raise
+                log.warning("task abandoned: %s", exc)
+                self.stop.wait(0.5)
 
     def handle(self, task: dict[str, Any]) -> None:
         job_id = task["job_id"]

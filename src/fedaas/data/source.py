@@ -1,62 +1,147 @@
 """Open a member's dataset from a path or URL, and write one.
 
-Every location goes through fsspec (``fsspec.open``), so local paths and
-``file://`` URLs work today and object-store URLs (``s3://``, ``gs://``,
-``az://``) work wherever the matching fsspec backend is installed, with
-``storage_options`` passed straight to it. Arrays are read with
-``allow_pickle=False``: an NPZ that smuggles Python objects is rejected.
+Locations are local paths, ``file://``, ``s3://``, ``gs://`` or ``az://`` URLs
+(see :mod:`fedaas.data.storage` for credentials). Formats:
+
+- ``npz``: arrays ``x`` (examples x features) and ``y`` (labels), read whole;
+  ``allow_pickle=False``, so an NPZ that smuggles Python objects is rejected.
+- ``parquet`` / ``csv``: a file or a folder of files with feature columns
+  ``x0..x{n-1}`` (or as named) and a label column ``y``, streamed in record
+  batches (:mod:`fedaas.data.tabular`).
+- ``images``: a folder with one subfolder per class (:mod:`fedaas.data.images`).
+
+The format follows from the file suffix or the folder's content unless given.
+Every mismatch with the job's schema is reported at once as a
+:class:`DataError` before any training starts.
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
-from typing import Any
+from typing import Any, Literal
 
-import fsspec
 import numpy as np
 
+from fedaas.data import storage
 from fedaas.data.dataset import ArrayDataset, DataError
+from fedaas.data.images import ImageMode, open_images, write_images
+from fedaas.data.streaming import StreamingDataset
+from fedaas.data.tabular import SUFFIXES, open_table, write_table
 from fedaas.spec import DataSection
 
+DataFormat = Literal["npz", "parquet", "csv", "images"]
+FORMATS: tuple[str, ...] = ("npz", "parquet", "csv", "images")
+DEFAULT_MEMORY_BUDGET = 256 << 20
+"""Bytes of decoded examples a dataset may hold in memory; larger data is streamed."""
 
-def _suffix(url: str) -> str:
-    name = url.rstrip("/").rsplit("/", 1)[-1]
-    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+def _format_of_name(name: str) -> str | None:
+    low = name.lower().rstrip("/")
+    if low.endswith(".npz"):
+        return "npz"
+    for fmt, suffixes in SUFFIXES.items():
+        if low.endswith(suffixes):
+            return fmt
+    return None
+
+
+def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The format of the dataset at ``url``: by suffix, else by the folder's content."""
+    by_name = _format_of_name(url)
+    if by_name:
+        return by_name
+    fs, path = storage.resolve(url, storage_options)
+    with storage.errors_as_storage_error(url, fs, path):
+        if not fs.isdir(path) and not fs.exists(path):
+            raise FileNotFoundError(path)
+        entries = fs.ls(path, detail=True) if fs.isdir(path) else None
+    if entries is None:
+        raise DataError([f"{storage.redact(url)}: unknown data format; use {', '.join(FORMATS)}"])
+    files = [e["name"] for e in entries if e["type"] != "directory"]
+    folders = [
+        e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+    ]
+    for fmt in ("parquet", "csv"):
+        if any(_format_of_name(f) == fmt for f in files):
+            return fmt
+    if folders and all("=" in f for f in folders):
+        return "parquet"  # a Hive-partitioned folder: key=value/part.parquet
+    if folders:
+        return "images"
+    raise DataError(
+        [f"{storage.redact(url)}: empty folder or unknown data format; use {', '.join(FORMATS)}"]
+    )
 
 
 def read_npz(
     url: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Arrays ``x`` and ``y`` of an NPZ file."""
+    shown = storage.redact(url)
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError([f"{url}: no such file"]) from None
-    except OSError as exc:
-        raise DataError([f"{url}: cannot read ({exc})"]) from None
+        raw = storage.read_bytes(url, storage_options)
+    except storage.StorageError as exc:
+        raise DataError([str(exc)]) from None
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             missing = [k for k in ("x", "y") if k not in npz.files]
             if missing:
-                raise DataError([f"{url}: missing array(s) {', '.join(missing)} (need x and y)"])
+                raise DataError([f"{shown}: missing array(s) {', '.join(missing)} (need x and y)"])
             return npz["x"], npz["y"]
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError([f"{url}: not a readable NPZ file ({exc})"]) from None
+        raise DataError([f"{shown}: not a readable NPZ file ({storage.one_line(exc)})"]) from None
 
 
 def open_dataset(
-    url: str, schema: DataSection, storage_options: dict[str, Any] | None = None
-) -> ArrayDataset:
-    """Read the dataset at ``url`` and check it against ``schema``."""
-    kind = _suffix(url)
-    if kind != "npz":
-        raise DataError([f"{url}: unsupported data format {kind or '(none)'!r}; use .npz"])
-    x, y = read_npz(url, storage_options)
-    return ArrayDataset.checked(x, y, schema)
+    url: str,
+    schema: DataSection,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    format: str | None = None,
+    feature_columns: list[str] | str | None = None,
+    label_column: str = "y",
+    image_size: tuple[int, int] | None = None,
+    image_mode: ImageMode | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> ArrayDataset | StreamingDataset:
+    """Read the dataset at ``url`` and check it against ``schema``.
+
+    Returns an :class:`ArrayDataset` when the data fits ``memory_budget``
+    (always for NPZ), else a :class:`StreamingDataset`; both have
+    ``num_examples``, ``batches`` and ``split``. Raises :class:`DataError`
+    listing every problem (storage failures included, as one line each).
+    """
+    try:
+        fmt = format if format not in (None, "auto") else detect_format(url, storage_options)
+        if fmt not in FORMATS:
+            raise DataError([f"unknown data format {fmt!r}; use {', '.join(FORMATS)}"])
+        if fmt == "npz":
+            x, y = read_npz(url, storage_options)
+            try:
+                return ArrayDataset.checked(x, y, schema)
+            except DataError as exc:
+                raise DataError([f"{storage.redact(url)}: {p}" for p in exc.problems]) from None
+        fs, path = storage.resolve(url, storage_options)
+        if fmt == "images":
+            return open_images(url, fs, path, schema, image_size, image_mode, memory_budget)
+        with storage.errors_as_storage_error(url, fs, path):
+            if not fs.exists(path):
+                raise FileNotFoundError(path)
+        return open_table(
+            url,
+            fs,
+            path,
+            fmt,
+            schema,
+            feature_columns,
+            label_column,
+            memory_budget,  # type: ignore[arg-type]
+        )
+    except storage.StorageError as exc:
+        raise DataError([str(exc)]) from None
 
 
 def write_npz(
@@ -65,5 +150,37 @@ def write_npz(
     """Write arrays ``x`` and ``y`` as a compressed NPZ at ``url``."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=x, y=y)
-    with fsspec.open(url, "wb", auto_mkdir=True, **(storage_options or {})) as f:
-        f.write(buffer.getvalue())
+    storage.write_bytes(url, buffer.getvalue(), storage_options)
+
+
+def write_dataset(
+    url_dir: str,
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    fmt: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    feature_columns: list[str] | str | None = None,
+    label_column: str = "y",
+    image_size: tuple[int, int] | None = None,
+    image_mode: ImageMode | None = None,
+) -> str:
+    """Write ``(x, y)`` below ``url_dir`` in format ``fmt``; returns the dataset's URL.
+
+    ``name.npz``, ``name.parquet``, ``name.csv``, or a folder ``name/`` of
+    class subfolders of PNG images. Raises ``ValueError`` for an unknown
+    format and :class:`~fedaas.data.storage.StorageError` when storage fails.
+    """
+    if fmt == "npz":
+        url = storage.join(url_dir, f"{name}.npz")
+        write_npz(url, x, y, storage_options)
+    elif fmt in ("parquet", "csv"):
+        url = storage.join(url_dir, f"{name}.{fmt}")
+        write_table(url, [(x, y)], fmt, storage_options, feature_columns, label_column)  # type: ignore[arg-type]
+    elif fmt == "images":
+        url = storage.join(url_dir, name)
+        write_images(url, x, y, storage_options, image_size, image_mode)
+    else:
+        raise ValueError(f"unknown data format {fmt!r}; use {', '.join(FORMATS)}")
+    return url

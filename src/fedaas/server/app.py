@@ -22,7 +22,7 @@ from fedaas.server.auth import Authenticator, Principal
 from fedaas.server.coordinator import Coordinator, etag
 from fedaas.server.db import Store
 from fedaas.server.errors import ApiError, install_handlers
-from fedaas.server.uploads import spool_body
+from fedaas.server.uploads import MEMORY_SPOOL_BYTES, receive_body
 from fedaas.spec import SpecError
 
 MAX_POLL_S = 60.0
@@ -51,7 +51,9 @@ class DeclineReport(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=4000)]
 
 
-def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def _principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
     return request.app.state.auth.identify(authorization)
 
 
@@ -72,12 +74,26 @@ Member = Annotated[Principal, Depends(_member)]
 Anyone = Annotated[Principal, Depends(_principal)]
 
 
+class _SmallFileCache:
+    """The last small model file read, kept in memory: every member downloads it."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._data = b""
+
+    def read(self, path: Path) -> bytes:
+        if path != self._path:
+            self._data, self._path = path.read_bytes(), path
+        return self._data
+
+
 def create_app(state_dir: Path, db_url: str, admin_token: str) -> FastAPI:
     """Build the API over the coordinator state in ``state_dir``."""
     store = Store(db_url)
     artifacts = Artifacts(state_dir / "artifacts")
     coordinator = Coordinator(store, artifacts)
     auth = Authenticator(store, admin_token)
+    models = _SmallFileCache()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -163,14 +179,16 @@ def create_app(state_dir: Path, db_url: str, admin_token: str) -> FastAPI:
     ) -> Response:
         path, number = coordinator.model_file(job_id, round)
         tag = etag(job_id, number)
+        headers = {"ETag": tag, "X-Fedaas-Round": str(number)}
         if if_none_match == tag:
-            return Response(status_code=304, headers={"ETag": tag})
-        coordinator.count_download(job_id, number, path.stat().st_size)
-        return FileResponse(
-            path,
-            media_type="application/octet-stream",
-            headers={"ETag": tag, "X-Fedaas-Round": str(number)},
-        )
+            return Response(status_code=304, headers=headers)
+        size = path.stat().st_size
+        coordinator.count_download(job_id, number, size)
+        if size <= MEMORY_SPOOL_BYTES:
+            return Response(
+                models.read(path), media_type="application/octet-stream", headers=headers
+            )
+        return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
     @app.get("/v1/tasks/next")
     async def next_task(
@@ -186,14 +204,17 @@ def create_app(state_dir: Path, db_url: str, admin_token: str) -> FastAPI:
     async def upload(job_id: str, number: int, request: Request, who: Member) -> dict[str, Any]:
         assert who.member_id is not None
         limit = coordinator.check_upload(job_id, number, who.member_id)
-        path = artifacts.new_spool()
-        try:
-            size = await spool_body(request, path, limit)
-            receipt = await asyncio.to_thread(
-                coordinator.accept_update, job_id, number, who.member_id, path, size
-            )
-        finally:
-            path.unlink(missing_ok=True)
+        body = await receive_body(request, limit, artifacts.new_spool)
+        if isinstance(body, bytes):  # small: validating and folding is quicker than a thread hop
+            receipt = coordinator.accept_update(job_id, number, who.member_id, body, len(body))
+        else:
+            try:
+                size = body.stat().st_size
+                receipt = await asyncio.to_thread(
+                    coordinator.accept_update, job_id, number, who.member_id, body, size
+                )
+            finally:
+                body.unlink(missing_ok=True)
         coordinator.after_answer(job_id)
         return receipt
 

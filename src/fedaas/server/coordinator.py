@@ -101,7 +101,22 @@ class Coordinator:
 
     # lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._supervisor = asyncio.create_task(self._supervise(), name="fedaas-supervisor")
+
+    def closing(self) -> None:
+        """The server is shutting down: release every long-poll now."""
+        self._closing = True
+        for signal in (self._tasks_changed, self._progress, self._members_changed):
+            signal.fire()
+
+    _closing = False
+
+    def request_close(self) -> None:
+        """Thread- and signal-safe form of :meth:`closing`."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.closing)
 
     async def stop(self) -> None:
         for task in (self._runner, self._supervisor):
@@ -210,20 +225,25 @@ class Coordinator:
             if job.round > after_round or job.status in TERMINAL:
                 return self.describe(job_id)
             remaining = end - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._closing:
                 return self.describe(job_id)
             await self._progress.wait(remaining)
 
     def model_file(self, job_id: str, number: int | None) -> tuple[Path, int]:
+        """The global model after round ``number`` (default: the latest committed one).
+
+        Only the latest committed model is kept, plus, while a round is being
+        evaluated, the freshly aggregated one.
+        """
         job = self._job_or_404(job_id)
         number = job.round if number is None else number
-        if number != job.round:
-            raise ApiError(
-                404, "not_found", f"job {job_id} keeps only its current model (round {job.round})"
-            )
         path = self.artifacts.model_path(job_id, number)
         if not path.exists():
-            raise ApiError(404, "not_found", f"no model for job {job_id} round {number}")
+            raise ApiError(
+                404,
+                "not_found",
+                f"job {job_id} has no model for round {number} (latest: {job.round})",
+            )
         return path, number
 
     def count_download(self, job_id: str, number: int, nbytes: int) -> None:
@@ -257,7 +277,7 @@ class Coordinator:
                     self._members_changed.fire()
                 task = self._task_for(member_id)
                 remaining = end - time.monotonic()
-                if task is not None or remaining <= 0:
+                if task is not None or remaining <= 0 or self._closing:
                     return task
                 await self._tasks_changed.wait(remaining)
         finally:
@@ -488,7 +508,7 @@ class Coordinator:
         metrics.setdefault("accuracy", None)
         metrics.setdefault("loss", None)
         participants = sorted(state.sampled[m] for m in state.reported)
-        self.store.close_round(job.id, number, metrics, participants)
+        self.store.close_round(job.id, number, metrics, participants, state.receipts)
         self.artifacts.prune_models(job.id, keep=number)
         job.completed_round = number
         state.stage = Stage.CLOSED

@@ -152,10 +152,16 @@ class Store:
 
     # rounds ----------------------------------------------------------------
     def close_round(
-        self, job_id: str, number: int, metrics: dict[str, Any], participants: list[str]
+        self,
+        job_id: str,
+        number: int,
+        metrics: dict[str, Any],
+        participants: list[str],
+        updates: list[Update],
     ) -> None:
-        """Record a finished round and advance the job, in one transaction."""
+        """Record a finished round, its updates, and advance the job, in one transaction."""
         with self.session() as s:
+            s.add_all(updates)
             s.add(
                 Round(
                     job_id=job_id,

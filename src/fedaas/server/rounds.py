@@ -20,6 +20,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from fedaas.algorithms.aggregate import WeightedSum
 
@@ -44,6 +45,7 @@ class RoundState:
     train_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     evaluators: dict[int, str] = field(default_factory=dict)
     evaluated: dict[int, tuple[int, float, float]] = field(default_factory=dict)
+    receipts: list[Any] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -49,7 +50,14 @@ def serve(
         timeout_keep_alive=75,
         timeout_graceful_shutdown=2,
     )
+    coordinator = app.state.coordinator
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            coordinator.request_close()  # long-polls return at once instead of holding shutdown
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config).run(sockets=[sock])
     finally:
         endpoint.unlink(missing_ok=True)

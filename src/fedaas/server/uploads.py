@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -23,8 +25,16 @@ MAX_EXAMPLES = 10**12
 MAX_METRICS = 32
 
 
-async def spool_body(request: Request, path: Path, limit: int) -> int:
-    """Write the request body to ``path``; 413 as soon as it exceeds ``limit``."""
+MEMORY_SPOOL_BYTES = 4 * 1024 * 1024
+
+
+async def receive_body(request: Request, limit: int, new_spool: Callable[[], Path]) -> bytes | Path:
+    """Read the request body, with 413 as soon as it exceeds ``limit``.
+
+    Bodies up to :data:`MEMORY_SPOOL_BYTES` stay in memory; larger ones are
+    streamed to a spool file from ``new_spool()`` (the caller deletes it), so
+    an in-flight upload never costs more than that much memory.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -34,16 +44,35 @@ async def spool_body(request: Request, path: Path, limit: int) -> int:
                 413, "too_large", f"update of {declared} bytes exceeds the limit of {limit}"
             )
     size = 0
+    pieces: list[bytes] = []
+    spool: Path | None = None
+    sink: BinaryIO | None = None
     try:
-        with path.open("wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, "too_large", f"update exceeds the limit of {limit} bytes")
-                f.write(chunk)
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"update exceeds the limit of {limit} bytes")
+            if sink is None and size > MEMORY_SPOOL_BYTES:
+                spool = new_spool()
+                sink = spool.open("wb")
+                sink.writelines(pieces)
+                pieces = []
+            if sink is not None:
+                sink.write(chunk)
+            else:
+                pieces.append(chunk)
     except ClientDisconnect:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
         raise ApiError(400, "bad_request", "the upload was interrupted") from None
-    return size
+    except BaseException:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+        raise
+    finally:
+        if sink is not None:
+            sink.close()
+    return spool if spool is not None else b"".join(pieces)
 
 
 def _metadata(meta: dict[str, str]) -> tuple[int, dict[str, float]]:
@@ -73,11 +102,11 @@ def _metadata(meta: dict[str, str]) -> tuple[int, dict[str, float]]:
 
 
 def validate_update(
-    path: Path, manifest: Manifest
+    body: bytes | Path, manifest: Manifest
 ) -> tuple[SafetensorsFile, int, dict[str, float]]:
     """Check a spooled update completely; raises :class:`ApiError` (400) if it is bad."""
     try:
-        update = SafetensorsFile(path, manifest)
+        update = SafetensorsFile(body, manifest)
         num_examples, metrics = _metadata(update.metadata)
         update.check_finite()
     except TensorError as exc:

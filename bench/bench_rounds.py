@@ -1,0 +1,98 @@
+"""Seconds per round and coordinator peak memory on the demo workload.
+
+Runs the demo's job (digits, MLP 64-64-10, FedAvg, held-out evaluation on the
+coordinator) with a real coordinator process and N real member processes on
+loopback, for N = 10 and N = 50, and prints the median and p90 round time
+and the coordinator's peak resident memory (VmHWM) for each, side by side.
+
+    .venv/bin/python bench/bench_rounds.py [--rounds 30] [--members 10 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from fedaas.data.digits import digits_federation
+from fedaas.data.source import write_npz
+from fedaas.sim.cluster import LocalCluster
+from fedaas.sim.demo import EXAMPLE_SPEC, demo_spec
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(members: int, rounds: int, workdir: Path) -> dict[str, float]:
+    parts, (x_test, y_test) = digits_federation(members, 0.5, 0)
+    data = workdir / "data"
+    for i, (x, y) in enumerate(parts):
+        write_npz(str(data / f"client_{i}.npz"), x, y)
+    write_npz(str(data / "test.npz"), x_test, y_test)
+    _, spec = demo_spec(EXAMPLE_SPEC, members, rounds, data / "test.npz")
+    with LocalCluster(workdir / "cluster") as cluster:
+        cluster.start_server()
+        for i in range(members):
+            cluster.start_client(f"m{i}", str(data / f"client_{i}.npz"))
+        cluster.wait_online(members, timeout=600)
+        assert cluster.server is not None
+        t0 = time.perf_counter()
+        job = cluster.admin.submit(spec)
+        for current, _ in cluster.admin.follow(job["id"]):
+            job = current
+        wall = time.perf_counter() - t0
+        peak = peak_rss_mb(cluster.server.pid)
+    if job["status"] != "completed":
+        raise SystemExit(f"job {job['status']}: {job.get('reason')}")
+    # round 1 includes every member's first model build and torch warm-up
+    seconds = [r["seconds"] for r in job["rounds"][1:]]
+    return {
+        "members": members,
+        "median_s": statistics.median(seconds),
+        "p90_s": statistics.quantiles(seconds, n=10)[-1],
+        "first_round_s": job["rounds"][0]["seconds"],
+        "job_wall_s": wall,
+        "final_accuracy": job["rounds"][-1]["accuracy"],
+        "server_peak_rss_mb": peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--members", type=int, nargs="+", default=[10, 50])
+    args = parser.parse_args()
+    results = []
+    for n in args.members:
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(run(n, args.rounds, Path(tmp)))
+            r = results[-1]
+            print(f"{n} members: median round {r['median_s']:.4f} s", flush=True)
+    print()
+    print(
+        f"{'members':>8} {'median s/round':>15} {'p90 s/round':>12} {'round 1 s':>10} {'accuracy':>9} {'coord. peak RSS MB':>19}"
+    )
+    for r in results:
+        print(
+            f"{r['members']:>8} {r['median_s']:>15.4f} {r['p90_s']:>12.4f} {r['first_round_s']:>10.2f} "
+            f"{r['final_accuracy']:>9.4f} {r['server_peak_rss_mb']:>19.1f}"
+        )
+    if len(results) > 1:
+        base = results[0]
+        for r in results[1:]:
+            print(
+                f"{r['members']} vs {base['members']} members: round time x{r['median_s'] / base['median_s']:.2f}, "
+                f"coordinator peak memory x{r['server_peak_rss_mb'] / base['server_peak_rss_mb']:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
