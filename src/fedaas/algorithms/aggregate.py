@@ -28,6 +28,8 @@ class WeightedSum:
     def add_chunk(self, name: str, offset: int, values: np.ndarray, weight: float) -> None:
         """Add ``weight * values`` into tensor ``name`` at flat position ``offset``."""
         flat = self._sums[name].reshape(-1)
+        if offset < 0 or offset + values.size > flat.size:
+            raise ValueError(f"chunk [{offset}, {offset + values.size}) outside tensor {name!r}")
         target = flat[offset : offset + values.size]
         target += np.float32(weight) * values
 
@@ -61,6 +63,7 @@ class WeightedSum:
             raise ValueError("no update has been folded")
         scale = np.float32(server_lr / self.total_weight)
         sums, self._sums = self._sums, {}
+        self.count, self.total_weight = 0, 0.0
         for total in sums.values():
             total *= scale
         return sums

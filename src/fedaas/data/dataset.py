@@ -91,11 +91,11 @@ class ArrayDataset:
         return int(self.y.shape[0])
 
     def split(self, fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
-        """Hold out ``fraction`` of the examples (at least one) for validation."""
+        """Hold out ``fraction`` of the examples for validation (at least one, never all)."""
         if fraction <= 0 or self.num_examples < 2:
             return self, None
         order = np.random.default_rng(seed).permutation(self.num_examples)
-        cut = max(1, int(round(fraction * self.num_examples)))
+        cut = min(max(1, int(round(fraction * self.num_examples))), self.num_examples - 1)
         val, train = order[:cut], order[cut:]
         return ArrayDataset(self.x[train], self.y[train]), ArrayDataset(self.x[val], self.y[val])
 

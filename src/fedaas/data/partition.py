@@ -19,8 +19,8 @@ def dirichlet_per_class(
     ``p_{c,j}`` of class c's examples: the common code variant used by
     NIID-Bench (Li et al., ICDE 2022). Smaller ``alpha`` means more skew. As
     in NIID-Bench, the whole draw is repeated until every client holds at
-    least ``min_size`` examples (lowered automatically when the data is too
-    small for it). Returns one sorted index array per client.
+    least ``min_size`` examples (lowered to half an equal share when even an
+    equal split could not reach it). Returns one sorted index array per client.
     """
     if clients < 1:
         raise ValueError("clients must be at least 1")
@@ -30,7 +30,8 @@ def dirichlet_per_class(
     n = labels.shape[0]
     if n < clients:
         raise ValueError(f"cannot split {n} examples across {clients} clients")
-    min_size = min(min_size, n // clients)
+    if min_size > n // clients:  # unreachable: settle for half an equal share
+        min_size = max(1, n // (2 * clients))
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     for _ in range(max_tries):

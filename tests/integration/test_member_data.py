@@ -1,0 +1,142 @@
+"""Members whose data does not fit the job decline it, naming why, and upload nothing.
+
+A real coordinator process and three real member agents (in threads of the
+test process): one with good data, one whose data has the wrong number of
+features, one whose labels are out of range. The round closes with the good
+member's update alone; the job's ``declined`` map names each mismatch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from fedaas.client import agent as agent_module
+from fedaas.client.agent import Agent
+from fedaas.client.transport import Transport
+from fedaas.sim.cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+FEATURES, CLASSES = 4, 3
+SPEC = {
+    "job": {"name": "member-data", "rounds": 1, "seed": 0},
+    "model": {"name": "logreg"},
+    "data": {"features": FEATURES, "classes": CLASSES},
+    "train": {"batch_size": 8},
+    "federation": {"min_clients": 1, "round_timeout": 60},
+}
+
+
+class RecordingTransport(Transport):
+    """A transport that remembers every request it sent."""
+
+    def __init__(self, server: str, token: str) -> None:
+        super().__init__(server, token, give_up_after=30.0)
+        self.sent: list[tuple[str, str]] = []
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        self.sent.append((method, path))
+        return super().request(method, path, **kwargs)
+
+
+def _write_npz(path: Path, features: int, labels: np.ndarray) -> str:
+    rng = np.random.default_rng(len(labels) + features)
+    np.savez(path, x=rng.normal(size=(labels.size, features)).astype(np.float32), y=labels)
+    return str(path)
+
+
+@pytest.fixture
+def datasets(tmp_path: Path) -> dict[str, str]:
+    labels = np.arange(40) % CLASSES
+    bad_labels = labels.copy()
+    bad_labels[[3, 17]] = [5, 4]
+    return {
+        "good": _write_npz(tmp_path / "good.npz", FEATURES, labels),
+        "wide": _write_npz(tmp_path / "wide.npz", FEATURES + 1, labels),
+        "labels": _write_npz(tmp_path / "labels.npz", FEATURES, bad_labels),
+    }
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        cluster.start_server()
+        yield cluster
+
+
+def test_members_with_mismatched_data_decline_and_upload_nothing(
+    cluster: LocalCluster, datasets: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "POLL_S", 0.5)  # so that the agents stop quickly
+    agents: dict[str, Agent] = {}
+    transports: dict[str, RecordingTransport] = {}
+    failures: dict[str, BaseException] = {}
+
+    def run(name: str) -> None:
+        try:
+            agents[name].run()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures[name] = exc
+
+    threads = []
+    for name, data in datasets.items():
+        token = cluster.admin.enroll(name)["token"]
+        transports[name] = RecordingTransport(cluster.url, token)
+        agents[name] = Agent(transports[name], data)
+        threads.append(threading.Thread(target=run, args=(name,), name=f"agent-{name}"))
+    try:
+        for thread in threads:
+            thread.start()
+        job_id = cluster.admin.submit(SPEC)["id"]
+        job = cluster.admin.job(job_id)
+        for _ in range(6):
+            if job["status"] in ("completed", "failed", "cancelled"):
+                break
+            job = cluster.admin.job(job_id, after_round=0, timeout=10)
+    finally:
+        for one in agents.values():
+            one.stop.set()
+        for thread in threads:
+            thread.join(timeout=20)
+        for transport in transports.values():
+            transport.close()
+    assert not [t.name for t in threads if t.is_alive()]
+    assert failures == {}
+
+    assert job["status"] == "completed", job
+    assert set(job["declined"]) == {"wide", "labels"}
+    wide, labels = job["declined"]["wide"], job["declined"]["labels"]
+    assert "data has 5 features, the job expects 4" in wide
+    assert "wide.npz" in wide
+    assert "label 5 is out of range: the job has classes 0..2" in labels
+    assert "labels.npz" in labels
+    assert len(wide.split("; ")) == 1 and len(labels.split("; ")) == 1  # one problem each
+
+    (first,) = job["rounds"]
+    assert first["clients"] == 1
+    assert first["participants"] == ["good"]
+
+    # the declining members asked for their task, declined once, and sent no update
+    for name in ("wide", "labels"):
+        sent = transports[name].sent
+        assert ("POST", f"/v1/jobs/{job_id}/decline") in sent
+        assert sent.count(("POST", f"/v1/jobs/{job_id}/decline")) == 1
+        assert not [s for s in sent if s[0] == "PUT" or s[1].endswith("/model")], sent
+    uploads = [s for s in transports["good"].sent if s[0] == "PUT"]
+    assert uploads == [("PUT", f"/v1/jobs/{job_id}/rounds/1/update")]
+
+    db = cluster.state / "fedaas.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        rows = con.execute(
+            "SELECT m.name FROM updates u JOIN members m ON m.id = u.member_id WHERE u.job_id = ?",
+            (job_id,),
+        ).fetchall()
+    assert rows == [("good",)]
