@@ -2,10 +2,12 @@
 
 Each DP-FedAvg round (McMahan et al., ICLR 2018, arXiv:1710.06963) is a
 Poisson-subsampled Gaussian mechanism with sampling rate ``q`` and noise
-multiplier ``z``; rounds compose. Two accountants: Renyi DP
-(``dp_accounting.rdp.RdpAccountant``) and privacy loss distributions
-(``dp_accounting.pld.PLDAccountant``, tighter). Adaptive clipping (Andrew et
-al., NeurIPS 2021, arXiv:1905.03871) is accounted with the nominal ``z``.
+multiplier ``z``; rounds compose. Two accountants: Renyi DP (``"rdp"``, the
+curves of ``dp_accounting.rdp.RdpAccountant``) and privacy loss distributions
+(``"pld"``, tighter; the pessimistic PLDs that ``dp_accounting.pld.PLDAccountant``
+builds, composed here one round at a time so that a :class:`PrivacyLedger`
+round costs the same at round 1000 as at round 1). Adaptive clipping (Andrew
+et al., NeurIPS 2021, arXiv:1905.03871) is accounted with the nominal ``z``.
 
 Ornstein-Uhlenbeck (AR(1)) noise with correlation ``theta`` is accounted with
 the whitening bound: ``w_t = y_t - theta*y_{t-1}`` is invertible
@@ -22,6 +24,8 @@ which the discretized PLD accountant approaches from above.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -30,7 +34,12 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import dp_accounting
-from dp_accounting import pld, rdp
+import numpy as np
+from dp_accounting import rdp
+from dp_accounting.pld.privacy_loss_distribution import (
+    PrivacyLossDistribution,
+    from_gaussian_mechanism,
+)
 from scipy.special import log_ndtr, ndtr
 
 Accountant = Literal["rdp", "pld"]
@@ -39,9 +48,19 @@ ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 PLD_DISCRETIZATION = 1e-3
 """PLD grid step; the estimate is pessimistic (an upper bound) at any step."""
 PLD_MAX_EPSILON = 500.0
-"""Above this RDP epsilon, PLD (slow for huge losses) is skipped; the RDP bound is returned."""
+"""Once the RDP epsilon exceeds this, PLD (slow for huge losses, and pointless) is
+dropped and the RDP bound is returned instead."""
 
 Group = tuple[float, float, int]  # (noise multiplier to account with, sampling rate, rounds)
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    # dp-accounting's RDP skips fractional orders it cannot evaluate and warns
+    # each time (every round); the skipped orders only make the bound looser.
+    return not str(record.msg).startswith("_compute_log_a_frac failed to converge")
+
+
+logging.getLogger("absl").addFilter(_quiet)
 
 
 def ou_effective_multiplier(noise_multiplier: float, theta: float) -> float:
@@ -133,37 +152,25 @@ def _check_delta(delta: float) -> None:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
 
 
-class _Groups:
-    """Rounds grouped by (accounted multiplier, rate); OU whitening applied on add."""
+def _accounted(event: PrivacyEvent, ou_started: bool) -> float:
+    """The multiplier to account ``event`` with (OU rounds after the first: whitened)."""
+    if event.mechanism == "ou" and ou_started:
+        return ou_effective_multiplier(event.noise_multiplier, event.theta)
+    return event.noise_multiplier
 
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[float, float]] = Counter()
-        self.ou_started = False
 
-    def add(self, event: PrivacyEvent) -> None:
-        z = event.noise_multiplier
-        if event.mechanism == "ou":
-            if self.ou_started:
-                z = ou_effective_multiplier(z, event.theta)
-            self.ou_started = True
-        self.counts[(z, event.sampling_rate)] += 1
-
-    def copy(self) -> _Groups:
-        other = _Groups()
-        other.counts = self.counts.copy()
-        other.ou_started = self.ou_started
-        return other
-
-    def key(self) -> tuple[Group, ...]:
-        return tuple(sorted((z, q, n) for (z, q), n in self.counts.items()))
+def _groups(events: Iterable[PrivacyEvent]) -> tuple[Group, ...]:
+    counts: Counter[tuple[float, float]] = Counter()
+    ou_started = False
+    for event in events:
+        counts[(_accounted(event, ou_started), event.sampling_rate)] += 1
+        ou_started = ou_started or event.mechanism == "ou"
+    return tuple(sorted((z, q, n) for (z, q), n in counts.items()))
 
 
 def dp_event(events: Iterable[PrivacyEvent]) -> dp_accounting.DpEvent:
     """The ``dp_accounting`` event for a sequence of rounds (OU whitening applied)."""
-    groups = _Groups()
-    for event in events:
-        groups.add(event)
-    return _dp_event(groups.key())
+    return _dp_event(_groups(events))
 
 
 def _dp_event(groups: Iterable[Group]) -> dp_accounting.DpEvent:
@@ -205,25 +212,101 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
     return hi
 
 
+_ORDERS = np.asarray(rdp.RdpAccountant().orders, dtype=np.float64)
+
+
+@lru_cache(maxsize=256)
+def _single_rdp(z: float, q: float) -> np.ndarray:
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z))
+    return np.asarray(rdp.RdpAccountant().compose(event).rdp, dtype=np.float64)
+
+
+@lru_cache(maxsize=256)
+def _single_pld(z: float, q: float) -> PrivacyLossDistribution:
+    return from_gaussian_mechanism(
+        standard_deviation=z, sampling_prob=q, value_discretization_interval=PLD_DISCRETIZATION
+    )
+
+
+class _Composition:
+    """Rounds composed so far, kept so that adding one round is cheap.
+
+    Unsampled Gaussian rounds compose exactly into one Gaussian mechanism
+    (``full`` = sum of ``1/z^2``); subsampled rounds are kept as a summed RDP
+    curve and, for the PLD accountant, as a composed privacy loss distribution.
+    """
+
+    def __init__(self, accountant: str, delta: float) -> None:
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {accountant!r}: use 'rdp' or 'pld'")
+        _check_delta(delta)
+        self.accountant = accountant
+        self.delta = delta
+        self.full = 0.0
+        self.sampled_rdp = np.zeros_like(_ORDERS)
+        self.sampled_pld: PrivacyLossDistribution | None = None
+        self.has_sampled = False
+        self.infinite = False
+
+    def copy(self) -> _Composition:
+        other = copy.copy(self)
+        other.sampled_rdp = self.sampled_rdp.copy()  # PLD objects are never mutated
+        return other
+
+    def add(self, z: float, q: float, count: int = 1) -> None:
+        if count <= 0:
+            return
+        if z == 0:
+            self.infinite = True
+        if self.infinite:
+            return
+        if q == 1:
+            self.full += count / z**2
+            return
+        self.has_sampled = True
+        self.sampled_rdp = self.sampled_rdp + count * _single_rdp(z, q)
+        if self.accountant == "pld" and self._rdp_epsilon() <= PLD_MAX_EPSILON:
+            piece = _single_pld(z, q) if count == 1 else _single_pld(z, q).self_compose(count)
+            self.sampled_pld = (
+                piece if self.sampled_pld is None else self.sampled_pld.compose(piece)
+            )
+        else:  # losses this large make PLD slow and add nothing: RDP from here on
+            self.sampled_pld = None
+
+    def _rdp_epsilon(self) -> float:
+        curve = self.sampled_rdp + _ORDERS * self.full / 2  # Gaussian RDP: alpha / (2 z^2)
+        return float(rdp.rdp_privacy_accountant.compute_epsilon(_ORDERS, curve, self.delta)[0])
+
+    def epsilon(self) -> float:
+        if self.infinite:
+            return math.inf
+        if not self.has_sampled and self.full == 0:
+            return 0.0
+        if self.accountant == "pld" and not self.has_sampled:
+            return gaussian_epsilon(math.sqrt(self.full), self.delta)
+        if self.accountant == "rdp" or self.sampled_pld is None:
+            return self._rdp_epsilon()
+        total = self.sampled_pld
+        if self.full > 0:
+            total = total.compose(
+                from_gaussian_mechanism(
+                    standard_deviation=self.full**-0.5,
+                    value_discretization_interval=PLD_DISCRETIZATION,
+                )
+            )
+        return float(total.get_epsilon_for_delta(self.delta))
+
+
 @lru_cache(maxsize=512)
 def _epsilon(groups: tuple[Group, ...], delta: float, accountant: str) -> float:
-    groups = tuple(g for g in groups if g[2] > 0)
-    if not groups:
-        return 0.0
-    if any(z == 0 for z, _, _ in groups):
-        return math.inf
-    if accountant not in ACCOUNTANTS:
-        raise ValueError(f"unknown accountant {accountant!r}: use 'rdp' or 'pld'")
-    full = sum(n / z**2 for z, q, n in groups if q == 1)  # exact Gaussian composition
-    sampled = [g for g in groups if g[1] < 1]
-    if accountant == "pld" and not sampled:
-        return gaussian_epsilon(math.sqrt(full), delta)
-    merged = ([(full**-0.5, 1.0, 1)] if full > 0 else []) + sampled
-    rdp_eps = rdp.RdpAccountant().compose(_dp_event(merged)).get_epsilon(delta)
-    if accountant == "rdp" or rdp_eps > PLD_MAX_EPSILON:
-        return float(rdp_eps)
-    pld_accountant = pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
-    return float(pld_accountant.compose(_dp_event(merged)).get_epsilon(delta))
+    return _composed(groups, delta, accountant).epsilon()
+
+
+def _composed(groups: Iterable[Group], delta: float, accountant: str) -> _Composition:
+    composition = _Composition(accountant, delta)
+    for z, q, n in groups:
+        composition.add(z, q, n)
+    return composition
 
 
 def _rounds_groups(
@@ -316,8 +399,9 @@ LEDGER_FORMAT = "fedaas.privacy-ledger/1"
 class PrivacyLedger:
     """Every round's privacy event, epsilon after each round, and the budget.
 
-    Part of the coordinator's persisted state: :meth:`to_dict` gives a
-    JSON-compatible dict and :meth:`from_dict` rebuilds the ledger,
+    Adding a round costs one PLD convolution, independent of how many rounds
+    came before. Part of the coordinator's persisted state: :meth:`to_dict`
+    gives a JSON-compatible dict and :meth:`from_dict` rebuilds the ledger,
     recomputing the current epsilon from the events. ``private=False`` marks
     a reproducibility run (fixed-seed noise): its epsilon is not a guarantee.
     """
@@ -329,18 +413,17 @@ class PrivacyLedger:
         accountant: Accountant = "pld",
         private: bool = True,
     ) -> None:
-        _check_delta(delta)
         if epsilon_budget is not None and not epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be positive, got {epsilon_budget}")
-        if accountant not in ACCOUNTANTS:
-            raise ValueError(f"unknown accountant {accountant!r}: use 'rdp' or 'pld'")
+        self._composition = _Composition(accountant, float(delta))
         self.delta = float(delta)
         self.epsilon_budget = None if epsilon_budget is None else float(epsilon_budget)
         self.accountant: Accountant = accountant
         self.private = bool(private)
         self.events: list[PrivacyEvent] = []
         self.history: list[float] = []  # epsilon after each recorded round
-        self._groups = _Groups()
+        self._ou_started = False
+        self._next: tuple[PrivacyEvent, _Composition, float] | None = None
 
     @property
     def rounds(self) -> int:
@@ -352,9 +435,11 @@ class PrivacyLedger:
 
     def epsilon_with(self, event: PrivacyEvent) -> float:
         """Epsilon if ``event`` were recorded next (nothing changes)."""
-        groups = self._groups.copy()
-        groups.add(event)
-        return _epsilon(groups.key(), self.delta, self.accountant)
+        if self._next is None or self._next[0] != event:
+            composition = self._composition.copy()
+            composition.add(_accounted(event, self._ou_started), event.sampling_rate)
+            self._next = (event, composition, composition.epsilon())
+        return self._next[2]
 
     def would_exceed(self, event: PrivacyEvent) -> bool:
         """Whether running one more round like ``event`` would exceed the budget."""
@@ -363,7 +448,10 @@ class PrivacyLedger:
     def record(self, event: PrivacyEvent) -> float:
         """Record one released round; returns the epsilon spent after it."""
         eps = self.epsilon_with(event)
-        self._groups.add(event)
+        assert self._next is not None
+        self._composition = self._next[1]
+        self._next = None
+        self._ou_started = self._ou_started or event.mechanism == "ou"
         self.events.append(event)
         self.history.append(eps)
         return eps
@@ -389,14 +477,14 @@ class PrivacyLedger:
             accountant=data["accountant"],
             private=bool(data["private"]),
         )
-        history = [float(value) for value in data["history"]]
         events = [PrivacyEvent.from_dict(item) for item in data["events"]]
+        history = [float(value) for value in data["history"]]
         if len(history) != len(events):
             raise ValueError("privacy ledger history and events differ in length")
-        for event in events:
-            ledger._groups.add(event)
+        ledger._composition = _composed(_groups(events), ledger.delta, ledger.accountant)
+        ledger._ou_started = any(event.mechanism == "ou" for event in events)
         ledger.events = events
         if events:  # the accountant, not the stored number, is authoritative
-            history[-1] = _epsilon(ledger._groups.key(), ledger.delta, ledger.accountant)
+            history[-1] = ledger._composition.epsilon()
         ledger.history = history
         return ledger

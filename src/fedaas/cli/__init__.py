@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from fedaas.cli import datasets, demo, jobs, nodes
+from fedaas.cli.privacy import privacy
 from fedaas.client.transport import ApiClientError
 from fedaas.data.dataset import DataError
 from fedaas.spec import SpecError
@@ -29,6 +30,7 @@ app.command("client")(nodes.client)
 app.add_typer(jobs.app, name="job")
 app.add_typer(datasets.app, name="datasets")
 app.command("demo")(demo.demo)
+app.command("privacy")(privacy)
 
 err = Console(stderr=True)
 
