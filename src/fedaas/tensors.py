@@ -261,3 +261,27 @@ def _read_chunks(
             raise TensorError("payload ended early")
         yield done // 4, np.frombuffer(buf, dtype="<f4")
         done += size
+
+
+def save_state(
+    path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, object]
+) -> None:
+    """Atomically write arrays with their own dtypes plus a JSON ``state`` (e.g. noise state).
+
+    For small internal state, not for wire payloads (those are float32 and
+    go through :func:`encode`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    safetensors.numpy.save_file(contiguous, str(tmp), metadata={"state": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def load_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Read what :func:`save_state` wrote."""
+    with safetensors.safe_open(str(path), framework="numpy") as f:
+        meta = json.loads((f.metadata() or {}).get("state", "{}"))
+        arrays = {name: f.get_tensor(name) for name in f.keys()}
+    return arrays, meta

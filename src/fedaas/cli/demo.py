@@ -17,8 +17,34 @@ def demo(
     out: Annotated[Path, typer.Option(help="Run folder (replaced if it exists).")] = Path(
         "runs/demo"
     ),
+    privacy: Annotated[
+        str, typer.Option(help="Differential privacy: none, gaussian or ou (Ornstein-Uhlenbeck).")
+    ] = "none",
+    noise_multiplier: Annotated[float, typer.Option(min=0, help="Noise std / clip norm.")] = 1.0,
+    clip_norm: Annotated[float, typer.Option(min=1e-6, help="L2 clip norm of each update.")] = 1.0,
+    theta: Annotated[float, typer.Option(min=-0.999, max=0.999, help="OU correlation.")] = 0.5,
+    placement: Annotated[
+        str, typer.Option(help="Who adds the noise: central, distributed or local.")
+    ] = "central",
+    epsilon_budget: Annotated[
+        float | None, typer.Option(min=0, help="Stop before epsilon would exceed this.")
+    ] = None,
 ) -> None:
     """Federated vs local-only vs centralized training on digits, as real processes over HTTP."""
     from fedaas.sim.demo import run_demo
 
-    run_demo(clients=clients, rounds=rounds, alpha=alpha, out=out, console=console)
+    settings: dict[str, object] | None = None
+    if privacy != "none":
+        settings = {
+            "mechanism": privacy,
+            "placement": placement,
+            "noise_multiplier": noise_multiplier,
+            "clip_norm": clip_norm,
+        }
+        if privacy == "ou":
+            settings["theta"] = theta
+        if epsilon_budget is not None:
+            settings["epsilon_budget"] = epsilon_budget
+    run_demo(
+        clients=clients, rounds=rounds, alpha=alpha, out=out, console=console, privacy=settings
+    )

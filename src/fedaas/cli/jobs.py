@@ -20,10 +20,15 @@ app = typer.Typer(help="Submit and manage jobs.", no_args_is_help=True)
 def format_round(r: dict[str, Any], total: int) -> str:
     acc = "   -  " if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
     loss = "   -  " if r.get("loss") is None else f"{r['loss']:.4f}"
-    return (
+    line = (
         f"round {r['round']:>3}/{total}  accuracy {acc}  loss {loss}  "
         f"clients {r['clients']:>3}  {r['seconds']:.3f} s"
     )
+    if r.get("epsilon") is not None:
+        line += f"  epsilon {r['epsilon']:.3f}" + (
+            "" if r.get("private", True) else " (NOT private)"
+        )
+    return line
 
 
 def watch(admin: AdminClient, job_id: str) -> dict[str, Any]:

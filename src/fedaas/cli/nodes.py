@@ -53,6 +53,12 @@ def client(
             show_default=False,
         ),
     ] = "",
+    state: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for the member's own state (privacy noise that must survive restarts)."
+        ),
+    ] = Path("fedaas-member-state"),
     threads: Annotated[
         int, typer.Option(help="Torch CPU threads (0: torch's default).", min=0)
     ] = 0,
@@ -70,5 +76,5 @@ def client(
     if threads:
         torch.set_num_threads(threads)
     setup_logging()
-    agent = Agent(Transport(server, token, give_up_after=None), data)
+    agent = Agent(Transport(server, token, give_up_after=None), data, state_dir=state)
     agent.run()

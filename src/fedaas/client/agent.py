@@ -16,11 +16,13 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedaas import tensors
+from fedaas.client.privacy import privatize
 from fedaas.client.transport import ApiClientError, Transport
 from fedaas.data.dataset import DataError, Dataset
 from fedaas.data.source import open_dataset
@@ -45,9 +47,14 @@ class Agent:
     """One member's long-lived loop; ``run`` returns when ``stop`` is set."""
 
     def __init__(
-        self, transport: Transport, data_url: str, storage_options: dict[str, Any] | None = None
+        self,
+        transport: Transport,
+        data_url: str,
+        storage_options: dict[str, Any] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.t = transport
+        self.state_dir = state_dir or Path("fedaas-member-state")
         self.data_url = data_url
         self.storage_options = storage_options or {}
         self._jobs: dict[str, _JobContext] = {}
@@ -81,7 +88,7 @@ class Agent:
         if task["stage"] == "evaluate":
             self._evaluate(job_id, task["round"], ctx)
         elif task["stage"] == "train":
-            self._train(job_id, task["round"], ctx, state)
+            self._train(job_id, task["round"], ctx, state, task.get("privacy") or {})
         else:
             log.warning("ignoring unknown task stage %r", task["stage"])
 
@@ -121,16 +128,26 @@ class Agent:
         return state
 
     def _train(
-        self, job_id: str, number: int, ctx: _JobContext, start: dict[str, np.ndarray]
+        self,
+        job_id: str,
+        number: int,
+        ctx: _JobContext,
+        start: dict[str, np.ndarray],
+        privacy: dict[str, Any],
     ) -> None:
         began = time.perf_counter()
         seed = [ctx.spec.job.seed, number, zlib.crc32(self.data_url.encode())]
         metrics = train_local(ctx.module, ctx.train, ctx.spec.train, seed=seed)
         trained = get_state(ctx.module)
         delta = {name: trained[name] - start[name] for name in start}
+        delta, unclipped = privatize(delta, privacy, number, self.state_dir, job_id, self.data_url)
         body = tensors.encode(
             delta,
-            {"num_examples": str(ctx.train.num_examples), "metrics": json.dumps(metrics)},
+            {
+                "num_examples": str(ctx.train.num_examples),
+                "metrics": json.dumps(metrics),
+                "unclipped": "1" if unclipped else "0",
+            },
         )
         self.t.request(
             "PUT",

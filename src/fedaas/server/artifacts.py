@@ -46,11 +46,16 @@ class Artifacts:
             raise
         return path
 
+    def ou_path(self, job_id: str, number: int) -> Path:
+        """The coordinator's OU noise state after round ``number`` (central OU noise)."""
+        return self.root / "jobs" / job_id / f"ou-{number:06d}.safetensors"
+
     def prune_models(self, job_id: str, keep: int) -> None:
-        """Delete every model of the job except round ``keep``."""
+        """Delete the job's per-round files (models, noise state) except round ``keep``."""
         folder = self.root / "jobs" / job_id
-        for path in folder.glob("model-*.safetensors"):
-            if path != self.model_path(job_id, keep):
+        suffix = f"-{keep:06d}.safetensors"
+        for path in folder.glob("*-*.safetensors"):
+            if not path.name.endswith(suffix):
                 path.unlink(missing_ok=True)
 
     def new_spool(self) -> Path:

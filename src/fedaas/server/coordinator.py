@@ -38,6 +38,7 @@ from fedaas.models.registry import ModelError
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store, Update
 from fedaas.server.errors import ApiError
+from fedaas.server.privacy import JobPrivacy, PrivacyError
 from fedaas.server.rounds import RoundState, Stage, weighted_means
 from fedaas.server.uploads import fold_update, validate_update
 from fedaas.spec import JobSpec, parse_spec
@@ -53,6 +54,10 @@ class JobFailed(Exception):
     """The job cannot continue; the message is the reason shown to the operator."""
 
 
+class BudgetReached(Exception):
+    """The next round would exceed the job's privacy budget: stop cleanly."""
+
+
 @dataclass
 class ActiveJob:
     id: str
@@ -63,6 +68,7 @@ class ActiveJob:
     declined: dict[int, str] = field(default_factory=dict)
     round: RoundState | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    privacy: JobPrivacy | None = None
     holdout: ArrayDataset | None = None
     module: Any = None
     cancelled: bool = False
@@ -312,6 +318,7 @@ class Coordinator:
             "deadline_in": max(0.0, state.deadline - time.monotonic()),
             "max_upload_bytes": job.max_upload,
             "spec": job.spec.to_dict(),
+            "privacy": state.privacy,
         }
 
     def _round_for(
@@ -349,7 +356,9 @@ class Coordinator:
         with job.lock:  # the round may have closed while the body was checked
             job, state = self._round_for(job_id, number, Stage.TRAINING, member_id)
             assert state.acc is not None
-            fold_update(update, state.acc, float(num_examples))
+            private = job.privacy is not None and job.privacy.enabled
+            fold_update(update, state.acc, 1.0 if private else float(num_examples))
+            state.unclipped += update.metadata.get("unclipped") == "1"
             state.reported[member_id] = num_examples
             state.train_metrics.append((num_examples, metrics))
             state.bytes_up += nbytes
@@ -410,6 +419,9 @@ class Coordinator:
             log.warning("job %s failed: %s", job_id, exc)
             self._finish(job_id, "failed", str(exc))
             return
+        except BudgetReached as exc:
+            self._finish(job_id, "completed", str(exc))
+            return
         self._finish(job_id, "completed", None)
 
     def _activate(self, row: Job, spec: JobSpec) -> ActiveJob:
@@ -428,6 +440,8 @@ class Coordinator:
             completed_round=row.round,
             declined={},
         )
+        saved = json.loads(row.extra or "{}").get("privacy")
+        job.privacy = JobPrivacy(spec, saved, self.artifacts.ou_path(row.id, row.round))
         if spec.evaluation.holdout:
             try:
                 job.holdout = open_dataset(spec.evaluation.holdout, spec.data)
@@ -469,11 +483,27 @@ class Coordinator:
         count = min(spec.clients_for_round(eligible_count), len(online))
         rng = np.random.default_rng([spec.job.seed, number])
         chosen = sorted(int(m) for m in rng.choice(online, size=count, replace=False))
+        privacy = job.privacy
+        assert privacy is not None
+        event = None
+        if privacy.enabled:
+            try:
+                event = privacy.event(count, eligible_count)
+            except PrivacyError as exc:
+                raise JobFailed(str(exc)) from None
+            if privacy.ledger.would_exceed(event):
+                raise BudgetReached(
+                    f"privacy budget reached: epsilon {privacy.ledger.epsilon():.3f} after round "
+                    f"{number - 1}; round {number} would bring it to "
+                    f"{privacy.ledger.epsilon_with(event):.3f} > {privacy.cfg.epsilon_budget:g}"
+                )
         state = RoundState(
             number=number,
             sampled={m: names[m] for m in chosen},
             deadline=time.monotonic() + spec.federation.round_timeout,
             acc=WeightedSum(job.manifest),
+            privacy=privacy.task_info(count),
+            event=event,
         )
         job.round = state
         self._tasks_changed.fire()
@@ -508,7 +538,8 @@ class Coordinator:
         metrics.setdefault("accuracy", None)
         metrics.setdefault("loss", None)
         participants = sorted(state.sampled[m] for m in state.reported)
-        self.store.close_round(job.id, number, metrics, participants, state.receipts)
+        extra = {"privacy": privacy.persisted()} if privacy.enabled else {}
+        self.store.close_round(job.id, number, metrics, participants, state.receipts, extra)
         self.artifacts.prune_models(job.id, keep=number)
         job.completed_round = number
         state.stage = Stage.CLOSED
@@ -525,8 +556,16 @@ class Coordinator:
             pass
 
     def _aggregate(self, job: ActiveJob, state: RoundState) -> dict[str, Any]:
-        assert state.acc is not None
-        model = state.acc.take_mean()
+        assert state.acc is not None and job.privacy is not None
+        privacy = job.privacy
+        sampled = len(state.sampled)
+        if privacy.enabled:  # DP-FedAvg: noise on the sum of clipped deltas, fixed denominator
+            noise = privacy.central_noise(job.manifest, sampled, state.number)
+            for name, values in (noise or {}).items():
+                state.acc.add_chunk(name, 0, values.reshape(-1), 1.0)
+            model = state.acc.take_mean(denominator=sampled)
+        else:
+            model = state.acc.take_mean()
         base = tensors.SafetensorsFile(self.artifacts.model_path(job.id, state.number - 1))
         for name, values in model.items():
             flat = values.reshape(-1)
@@ -536,6 +575,12 @@ class Coordinator:
             job.id, state.number, model, {"job": job.id, "round": str(state.number)}
         )
         metrics: dict[str, Any] = {}
+        if privacy.enabled:
+            assert state.event is not None
+            privacy.adapt_clip_norm(state.unclipped, len(state.reported), sampled, state.number)
+            privacy.record(state.event)
+            privacy.save_ou(self.artifacts.ou_path(job.id, state.number))
+            metrics.update(privacy.metrics())
         if job.holdout is not None:
             set_state(job.module, model)
             result = evaluate(job.module, job.holdout)

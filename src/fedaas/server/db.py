@@ -158,8 +158,9 @@ class Store:
         metrics: dict[str, Any],
         participants: list[str],
         updates: list[Update],
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        """Record a finished round, its updates, and advance the job, in one transaction."""
+        """Record a finished round, its updates and job state (``extra``), in one transaction."""
         with self.session() as s:
             s.add_all(updates)
             s.add(
@@ -174,6 +175,8 @@ class Store:
             job = s.get(Job, job_id)
             assert job is not None
             job.round = number
+            if extra:
+                job.extra = json.dumps({**json.loads(job.extra or "{}"), **extra})
 
     def rounds(self, job_id: str) -> list[dict[str, Any]]:
         with self.session() as s:

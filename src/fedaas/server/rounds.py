@@ -46,6 +46,9 @@ class RoundState:
     evaluators: dict[int, str] = field(default_factory=dict)
     evaluated: dict[int, tuple[int, float, float]] = field(default_factory=dict)
     receipts: list[Any] = field(default_factory=list)
+    privacy: dict[str, Any] = field(default_factory=dict)
+    event: Any = None
+    unclipped: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)

@@ -69,10 +69,11 @@ class LocalCluster:
         )
 
     def start_server(self, *, timeout: float = 60.0, extra_args: list[str] | None = None) -> str:
-        """Start (or restart) the coordinator on a free port; returns its URL."""
+        """Start the coordinator on a free port (a restart reuses it); returns its URL."""
         endpoint = self.state / "endpoint.json"
         endpoint.unlink(missing_ok=True)
-        args = ["server", "--state", str(self.state), "--port", "0", *(extra_args or [])]
+        port = self.url.rsplit(":", 1)[1] if self.url else "0"  # a restart keeps its port
+        args = ["server", "--state", str(self.state), "--port", port, *(extra_args or [])]
         self.server = self._spawn(args, "server", self._env(FEDAAS_ADMIN_TOKEN=self.admin_token))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -102,7 +103,18 @@ class LocalCluster:
     def start_client(self, name: str, data: str, token: str | None = None) -> subprocess.Popen:
         """Start a member agent (enrolling it first unless a token is given)."""
         token = token or self.admin.enroll(name)["token"]
-        args = ["client", "--server", self.url, "--data", data, "--threads", str(self.threads)]
+        state = self.workdir / "members" / name
+        args = [
+            "client",
+            "--server",
+            self.url,
+            "--data",
+            data,
+            "--threads",
+            str(self.threads),
+            "--state",
+            str(state),
+        ]
         proc = self._spawn(args, f"client-{name}", self._env(FEDAAS_TOKEN=token))
         self.clients[name] = proc
         return proc

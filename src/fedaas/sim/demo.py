@@ -28,7 +28,7 @@ EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "digits.toml"
 
 
 def demo_spec(
-    base: Path, clients: int, rounds: int, holdout: Path
+    base: Path, clients: int, rounds: int, holdout: Path, privacy: dict[str, Any] | None = None
 ) -> tuple[JobSpec, dict[str, Any]]:
     """The example job with the demo's size and the held-out split filled in."""
     data = load_spec(base).to_dict()
@@ -36,6 +36,8 @@ def demo_spec(
     data["federation"]["clients_per_round"] = clients
     data["federation"]["min_clients"] = min(data["federation"].get("min_clients", clients), clients)
     data["evaluation"]["holdout"] = str(holdout)
+    if privacy:
+        data["privacy"] = privacy
     return parse_spec(data), data
 
 
@@ -47,6 +49,7 @@ def run_demo(
     spec_path: Path = EXAMPLE_SPEC,
     seed: int = 0,
     console: Console | None = None,
+    privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     from fedaas.cli.jobs import format_round
@@ -59,7 +62,9 @@ def run_demo(
     for i, (x, y) in enumerate(parts):
         write_npz(str(data_dir / f"client_{i}.npz"), x, y)
     write_npz(str(data_dir / "test.npz"), x_test, y_test)
-    spec, spec_data = demo_spec(spec_path, clients, rounds, (data_dir / "test.npz").resolve())
+    spec, spec_data = demo_spec(
+        spec_path, clients, rounds, (data_dir / "test.npz").resolve(), privacy
+    )
     console.print(
         f"[bold]fedaas demo[/]: {clients} members, {rounds} rounds, digits split per-class "
         f"Dirichlet(alpha={alpha}, seed={seed}); sizes {[len(y) for _, y in parts]}"
@@ -100,6 +105,18 @@ def run_demo(
     final = job["rounds"][-1]["accuracy"]
     summary = {"federated": final, "train_seconds": train_seconds, **refs}
     _print_table(console, final, refs)
+    epsilon = job["rounds"][-1].get("epsilon")
+    if epsilon is not None:
+        summary["epsilon"] = epsilon
+        console.print(
+            f"privacy: ({epsilon:.3f}, {spec.privacy.delta:g})-DP at the client level, "
+            f"{spec.privacy.mechanism} noise, {spec.privacy.placement} placement"
+            + (
+                ""
+                if job["rounds"][-1].get("private", True)
+                else " [red](reproducible mode: NOT private)[/]"
+            )
+        )
     console.print(f"run folder: {out} (metrics.json, accuracy.png, model.safetensors)")
     return summary
 

@@ -1,0 +1,70 @@
+"""The member's side of differential privacy: clip the update, add its noise.
+
+Every private job clips the model delta to the coordinator's current clip
+norm (McMahan et al. 2018). With ``local`` or ``distributed`` placement the
+member also adds noise itself, with the standard deviation the coordinator
+computed for the round: independent Gaussian, or Ornstein-Uhlenbeck noise
+whose state is kept in the member's state folder so that a restarted agent
+continues the same process instead of starting a fresh (cheaper-looking but
+differently accounted) one.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedaas import tensors
+from fedaas.algorithms.privacy import (
+    NoiseSource,
+    OUNoise,
+    clip_update,
+    gaussian_noise,
+    reproducible_noise_source,
+    secure_noise_source,
+)
+
+
+def _source(info: dict[str, Any], number: int, member_key: str) -> NoiseSource:
+    if info.get("reproducible"):
+        stream = (zlib.crc32(member_key.encode()) << 20) + number
+        return reproducible_noise_source(int(info["seed"]), stream=stream)
+    return secure_noise_source()
+
+
+def privatize(
+    delta: dict[str, np.ndarray],
+    info: dict[str, Any],
+    number: int,
+    state_dir: Path,
+    job_id: str,
+    member_key: str,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Apply the round's privacy instructions; returns ``(update, unclipped)``."""
+    if info.get("mechanism", "none") == "none":
+        return delta, True
+    clip_norm = float(info["clip_norm"])
+    clipped, norm = clip_update(delta, clip_norm)
+    std = float(info.get("noise_std") or 0.0)
+    if info["placement"] == "central" or std == 0:
+        return clipped, norm <= clip_norm
+    source = _source(info, number, member_key)
+    shapes = {name: values.shape for name, values in clipped.items()}
+    if info["mechanism"] == "ou":
+        path = state_dir / f"ou-{job_id}.safetensors"
+        if path.exists():
+            arrays, meta = tensors.load_state(path)
+            process = OUNoise.from_state(arrays, meta)
+        else:
+            process = OUNoise(shapes, std, float(info["theta"]))
+        noise = process.next(source)
+        arrays, meta = process.state_dict()
+        tensors.save_state(path, arrays, meta)
+    else:
+        noise = gaussian_noise(shapes, std, source)
+    return {
+        name: clipped[name] + noise[name].astype(np.float32) for name in clipped
+    }, norm <= clip_norm
