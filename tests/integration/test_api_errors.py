@@ -71,7 +71,7 @@ class Federation:
             f"/v1/jobs/{job_id or self.job_id}/rounds/{number}/update",
             self.tokens[member],
             content=body,
-            headers={"Content-Type": "application/octet-stream"},
+            headers={"Content-Type": "application/octet-stream"} | kwargs.pop("headers", {}),
             **kwargs,
         )
 
@@ -536,9 +536,16 @@ def test_decline_of_a_job_that_does_not_exist_is_404(fed: Federation) -> None:
 
 def test_good_update_after_all_the_bad_ones_is_the_only_one_counted(fed: Federation) -> None:
     """Runs last: closes round 1 with alpha's update alone (beta declines)."""
-    response = fed.upload(good_body(fed, metrics='{"train_loss": 0.25}'))
+    response = fed.upload(
+        good_body(fed, metrics='{"train_loss": 0.25}'), headers={"Idempotency-Key": "alpha-r1"}
+    )
     assert response.status_code == 200, response.text
-    assert response.json() == {"accepted": True, "round": 1, "num_examples": 10}
+    assert response.json() == {
+        "accepted": True,
+        "job_id": fed.job_id,
+        "round": 1,
+        "num_examples": 10,
+    }
 
     again = fed.upload(good_body(fed))
     assert_error(again, 409, "duplicate", "already reported for round 1")
@@ -582,3 +589,19 @@ def test_good_update_after_all_the_bad_ones_is_the_only_one_counted(fed: Federat
         "GET", f"/v1/jobs/{fed.job_id}/model", fed.tokens["alpha"], params={"round": 0}
     )
     assert_error(old, 404, "not_found", "round 0")
+
+
+def test_a_retried_upload_with_its_idempotency_key_is_answered_not_recounted(
+    fed: Federation,
+) -> None:
+    """Runs after the round closed: alpha's retry (same key) gets its receipt, nothing recounted."""
+    before = fed.job()
+    retry = fed.upload(good_body(fed), headers={"Idempotency-Key": "alpha-r1"})
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == {"accepted": True, "job_id": fed.job_id, "round": 1, "num_examples": 10}
+    fresh = fed.upload(good_body(fed), headers={"Idempotency-Key": "alpha-other"})
+    assert fresh.status_code == 409
+    bad_key = fed.upload(good_body(fed), headers={"Idempotency-Key": "spaces are bad"})
+    assert bad_key.status_code == 422
+    after = fed.job()
+    assert after["rounds"] == before["rounds"] and after["rounds"][0]["clients"] == 1

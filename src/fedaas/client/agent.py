@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,10 @@ class Agent:
             "PUT",
             f"/v1/jobs/{job_id}/rounds/{number}/update",
             content=body,
-            headers={"Content-Type": "application/octet-stream"},
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Idempotency-Key": uuid.uuid4().hex,
+            },
         )
         log.info(
             "round %d: trained on %d examples in %.2f s (loss %.4f), sent %d bytes",

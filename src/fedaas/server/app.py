@@ -201,17 +201,29 @@ def create_app(state_dir: Path, db_url: str, admin_token: str) -> FastAPI:
         return Response(status_code=204) if task is None else task
 
     @app.put("/v1/jobs/{job_id}/rounds/{number}/update")
-    async def upload(job_id: str, number: int, request: Request, who: Member) -> dict[str, Any]:
+    async def upload(
+        job_id: str,
+        number: int,
+        request: Request,
+        who: Member,
+        idempotency_key: Annotated[
+            str | None, Header(max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Upload an update; a retry with the same ``Idempotency-Key`` is answered, not recounted."""
         assert who.member_id is not None
-        limit = coordinator.check_upload(job_id, number, who.member_id)
+        key = idempotency_key
+        limit, replay = coordinator.check_upload(job_id, number, who.member_id, key)
+        if replay is not None:
+            return replay
         body = await receive_body(request, limit, artifacts.new_spool)
         if isinstance(body, bytes):  # small: validating and folding is quicker than a thread hop
-            receipt = coordinator.accept_update(job_id, number, who.member_id, body, len(body))
+            receipt = coordinator.accept_update(job_id, number, who.member_id, body, len(body), key)
         else:
             try:
                 size = body.stat().st_size
                 receipt = await asyncio.to_thread(
-                    coordinator.accept_update, job_id, number, who.member_id, body, size
+                    coordinator.accept_update, job_id, number, who.member_id, body, size, key
                 )
             finally:
                 body.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from fedaas.train import evaluate
 log = logging.getLogger("fedaas.coordinator")
 
 ONLINE_WINDOW_S = 60.0
+MAX_RECEIPTS = 100_000
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -102,6 +104,7 @@ class Coordinator:
         self._members_changed = _Signal()
         self._progress = _Signal()
         self._queue_changed = _Signal()
+        self._receipts: OrderedDict[tuple[int, str | None], dict[str, Any]] = OrderedDict()
         self._supervisor: asyncio.Task | None = None
         self._runner: asyncio.Task | None = None
 
@@ -342,17 +345,39 @@ class Coordinator:
             raise ApiError(409, "duplicate", f"this member already reported for round {number}")
         return job, state
 
-    def check_upload(self, job_id: str, number: int, member_id: int) -> int:
-        """Reject an upload before its body is read; returns its size limit."""
+    def check_upload(
+        self, job_id: str, number: int, member_id: int, key: str | None
+    ) -> tuple[int, dict[str, Any] | None]:
+        """Before the body is read: ``(size limit, None)``, or ``(0, receipt)`` for a retry.
+
+        A retried upload (same ``Idempotency-Key`` from the same member, e.g.
+        after the connection broke once the coordinator had the update) gets
+        the original receipt back and is never counted twice.
+        """
+        replay = self._receipts.get((member_id, key)) if key else None
+        if replay is not None and replay["job_id"] == job_id and replay["round"] == number:
+            return 0, replay
         job, _ = self._round_for(job_id, number, Stage.TRAINING, member_id)
-        return job.max_upload
+        return job.max_upload, None
+
+    def _remember(self, member_id: int, key: str | None, receipt: dict[str, Any]) -> None:
+        if key:
+            self._receipts[(member_id, key)] = receipt
+            while len(self._receipts) > MAX_RECEIPTS:
+                self._receipts.popitem(last=False)
 
     def accept_update(
-        self, job_id: str, number: int, member_id: int, path: Path, nbytes: int
+        self,
+        job_id: str,
+        number: int,
+        member_id: int,
+        body: bytes | Path,
+        nbytes: int,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """Validate and fold a spooled update (runs in a worker thread)."""
+        """Validate and fold an update (large, spooled ones in a worker thread)."""
         job, _ = self._round_for(job_id, number, Stage.TRAINING, member_id)
-        update, num_examples, metrics = validate_update(path, job.manifest)
+        update, num_examples, metrics = validate_update(body, job.manifest)
         with job.lock:  # the round may have closed while the body was checked
             job, state = self._round_for(job_id, number, Stage.TRAINING, member_id)
             assert state.acc is not None
@@ -361,19 +386,26 @@ class Coordinator:
             state.unclipped += update.metadata.get("unclipped") == "1"
             state.reported[member_id] = num_examples
             state.train_metrics.append((num_examples, metrics))
-            state.bytes_up += nbytes
-        self.store.add_update(
-            Update(
-                job_id=job_id,
-                round=number,
-                member_id=member_id,
-                num_examples=num_examples,
-                nbytes=nbytes,
-                metrics=json.dumps(metrics),
-                received_at=time.time(),
+            state.receipts.append(
+                Update(
+                    job_id=job_id,
+                    round=number,
+                    member_id=member_id,
+                    num_examples=num_examples,
+                    nbytes=nbytes,
+                    metrics=json.dumps(metrics),
+                    received_at=time.time(),
+                )
             )
-        )
-        return {"accepted": True, "round": number, "num_examples": num_examples}
+            state.bytes_up += nbytes
+            receipt = {
+                "accepted": True,
+                "job_id": job_id,
+                "round": number,
+                "num_examples": num_examples,
+            }
+            self._remember(member_id, key, receipt)
+        return receipt
 
     def after_answer(self, job_id: str) -> None:
         """Called on the event loop after an answer was recorded."""

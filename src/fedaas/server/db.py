@@ -190,10 +190,6 @@ class Store:
                 for r in rows
             ]
 
-    def add_update(self, update: Update) -> None:
-        with self.session() as s:
-            s.add(update)
-
     def updates_for(self, job_id: str, number: int) -> list[Update]:
         with self.session() as s:
             query = select(Update).where(Update.job_id == job_id, Update.round == number)
