@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	npm ci --no-audit --no-fund --silent  # Azurite, the Azure Blob emulator (tests, cloud demo)
 	@touch $(STAMP)
 
 demo: setup
@@ -31,4 +32,4 @@ bench: setup
 	$(BIN)/python bench/bench_memory.py
 
 clean:
-	rm -rf $(VENV) runs bench/out
+	rm -rf $(VENV) runs bench/out node_modules

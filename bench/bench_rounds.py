@@ -43,9 +43,7 @@ def run(members: int, rounds: int, workdir: Path) -> dict[str, float]:
         cluster.wait_online(members, timeout=600)
         assert cluster.server is not None
         t0 = time.perf_counter()
-        job = cluster.admin.submit(spec)
-        for current, _ in cluster.admin.follow(job["id"]):
-            job = current
+        job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
         wall = time.perf_counter() - t0
         peak = peak_rss_mb(cluster.server.pid)
     if job["status"] != "completed":

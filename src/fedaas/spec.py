@@ -72,11 +72,39 @@ class ModelSection(_Section):
         return self
 
 
+_Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class DataSection(_Section):
-    """The schema every member's data must match before it may train."""
+    """The schema every member's data must match before it may train.
+
+    ``format``: ``auto`` (from the file name), ``npz`` (arrays ``x``, ``y``),
+    ``parquet``, ``csv`` or ``images`` (one subfolder per class).
+    ``feature_columns``: for tables, the exact column names (one per feature)
+    or a prefix ``p`` meaning ``p0 .. p{features-1}`` (default ``x``);
+    ``label_column`` (default ``y``). ``image_size`` (width, height) and
+    ``image_mode`` (``L`` or ``RGB``) for image folders.
+    """
 
     features: Annotated[int, Field(ge=1, le=10_000_000)]
     classes: Annotated[int, Field(ge=2, le=100_000)]
+    format: Literal["auto", "npz", "parquet", "csv", "images"] = "auto"
+    feature_columns: list[_Name] | _Name | None = None
+    label_column: _Name = "y"
+    image_size: (
+        Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=2, max_length=2)]
+        | None
+    ) = None
+    image_mode: Literal["L", "RGB"] | None = None
+
+    @model_validator(mode="after")
+    def _columns_fit(self) -> DataSection:
+        if isinstance(self.feature_columns, list) and len(self.feature_columns) != self.features:
+            raise ValueError(
+                f"feature_columns names {len(self.feature_columns)} columns, "
+                f"features is {self.features}"
+            )
+        return self
 
 
 class TrainSection(_Section):

@@ -15,6 +15,7 @@ from fedaas.cli import datasets, demo, jobs, nodes
 from fedaas.cli.privacy import privacy
 from fedaas.client.transport import ApiClientError
 from fedaas.data.dataset import DataError
+from fedaas.data.storage import StorageError
 from fedaas.spec import SpecError
 
 app = typer.Typer(
@@ -41,7 +42,7 @@ def main() -> None:
     except ApiClientError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
-    except (SpecError, DataError) as exc:
+    except (SpecError, DataError, StorageError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:

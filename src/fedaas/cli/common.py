@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +11,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from fedaas.client.admin import AdminClient
-from fedaas.client.transport import Transport
+from fedaas.client.transport import (
+    CA_CERT_ENV,
+    CLIENT_CERT_ENV,
+    CLIENT_KEY_ENV,
+    TlsOptions,
+    Transport,
+)
 
 console = Console()
 
@@ -27,16 +34,75 @@ AdminTokenOpt = Annotated[
     ),
 ]
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        help="key=value passed to the storage backend (repeatable), e.g. endpoint_url=...; "
+        "credentials otherwise come from each cloud's standard environment variables.",
+        show_default=False,
+    ),
+]
+
+CaCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        envvar=CA_CERT_ENV,
+        help="PEM file of the CA that signed the coordinator's TLS certificate "
+        "(default: the system's trust store).",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+ClientCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-cert",
+        envvar=CLIENT_CERT_ENV,
+        help="PEM client certificate for a coordinator that requires mutual TLS.",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+ClientKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-key",
+        envvar=CLIENT_KEY_ENV,
+        help="PEM private key of --client-cert (if not inside it).",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
 
 
-def admin_client(server: str, token: str | None, give_up_after: float | None = 30.0) -> AdminClient:
+def tls_options(
+    ca_cert: Path | None, client_cert: Path | None, client_key: Path | None
+) -> TlsOptions:
+    if client_key is not None and client_cert is None:
+        raise typer.BadParameter("--client-key needs --client-cert", param_hint="--client-key")
+    return TlsOptions(ca_cert, client_cert, client_key)
+
+
+def admin_client(
+    server: str,
+    token: str | None,
+    give_up_after: float | None = 30.0,
+    tls: TlsOptions | None = None,
+) -> AdminClient:
+    """The operator's client; TLS settings default to ``$FEDAAS_CA_CERT`` and friends."""
     if not token:
         raise typer.BadParameter(
             "no admin token: set FEDAAS_ADMIN_TOKEN or pass --token "
             "(the server wrote one to STATE/admin.token)",
             param_hint="--token",
         )
-    return AdminClient(Transport(server, token, give_up_after=give_up_after))
+    tls = tls if tls is not None else TlsOptions.from_env()
+    return AdminClient(Transport(server, token, give_up_after=give_up_after, tls=tls))
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -48,5 +114,5 @@ def setup_logging(verbose: bool = False) -> None:
             RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
         ],
     )
-    for noisy in ("httpx", "httpcore", "uvicorn.error"):
+    for noisy in ("httpx", "httpcore", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

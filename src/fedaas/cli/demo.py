@@ -26,6 +26,13 @@ def demo(
     placement: Annotated[
         str, typer.Option(help="Who adds the noise: central, distributed or local.")
     ] = "central",
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="local: members' data on disk; cloud: half in Google Cloud Storage, half in "
+            "Azure Blob, coordinator artifacts in S3 (local emulators, started and stopped here)."
+        ),
+    ] = "local",
     epsilon_budget: Annotated[
         float | None, typer.Option(min=0, help="Stop before epsilon would exceed this.")
     ] = None,
@@ -33,6 +40,8 @@ def demo(
     """Federated vs local-only vs centralized training on digits, as real processes over HTTP."""
     from fedaas.sim.demo import run_demo
 
+    if storage not in ("local", "cloud"):
+        raise typer.BadParameter("use local or cloud", param_hint="--storage")
     settings: dict[str, object] | None = None
     if privacy != "none":
         settings = {
@@ -46,5 +55,11 @@ def demo(
         if epsilon_budget is not None:
             settings["epsilon_budget"] = epsilon_budget
     run_demo(
-        clients=clients, rounds=rounds, alpha=alpha, out=out, console=console, privacy=settings
+        clients=clients,
+        rounds=rounds,
+        alpha=alpha,
+        out=out,
+        console=console,
+        privacy=settings,
+        storage=storage,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fedaas.client.transport import Transport
 
@@ -20,7 +21,7 @@ class AdminClient:
         return self.t.get_json("/v1/members")
 
     def revoke(self, name: str) -> dict[str, Any]:
-        return self.t.request("DELETE", f"/v1/members/{name}").json()
+        return self.t.request("DELETE", f"/v1/members/{quote(name, safe='')}").json()
 
     def submit(self, spec: dict[str, Any], source: str | None = None) -> dict[str, Any]:
         return self.t.post_json("/v1/jobs", {"spec": spec, "source": source})
@@ -55,3 +56,10 @@ class AdminClient:
             yield job, fresh
             if job["status"] in ("completed", "failed", "cancelled"):
                 return
+
+    def wait(self, job_id: str) -> dict[str, Any]:
+        """Block until the job ends; returns its final description."""
+        job: dict[str, Any] = {}
+        for job, _ in self.follow(job_id):  # noqa: B007 - the last one is the answer
+            pass
+        return job

@@ -4,13 +4,23 @@ Connection failures and 5xx answers are retried with capped exponential
 backoff and jitter (so a restarting coordinator is not stampeded); a 4xx
 answer is final and raised as :class:`ApiClientError` carrying the server's
 ``{"error", "detail"}``.
+
+TLS: :class:`TlsOptions` names the CA that signed the coordinator's
+certificate (``--ca-cert`` / ``$FEDAAS_CA_CERT``; default: the system's
+trust store) and, for mutual TLS, this side's certificate and key. A TLS
+failure that retrying cannot fix (the coordinator's certificate does not
+verify, or it refuses ours) is raised at once as one clear line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import ssl
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +36,99 @@ class ApiClientError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+
+
+CA_CERT_ENV = "FEDAAS_CA_CERT"
+CLIENT_CERT_ENV = "FEDAAS_CLIENT_CERT"
+CLIENT_KEY_ENV = "FEDAAS_CLIENT_KEY"
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How to check the coordinator's certificate and, for mutual TLS, present ours.
+
+    ``ca_cert``: PEM file of the CA(s) to trust instead of the system store.
+    ``client_cert`` / ``client_key``: PEM certificate (chain) and private key
+    sent to a coordinator that requires client certificates (the key may also
+    be inside ``client_cert``).
+    """
+
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> TlsOptions:
+        """From ``$FEDAAS_CA_CERT``, ``$FEDAAS_CLIENT_CERT`` and ``$FEDAAS_CLIENT_KEY``."""
+
+        def path(name: str) -> Path | None:
+            value = os.environ.get(name)
+            return Path(value) if value else None
+
+        return cls(path(CA_CERT_ENV), path(CLIENT_CERT_ENV), path(CLIENT_KEY_ENV))
+
+    def context(self) -> ssl.SSLContext:
+        """A client-side context: certificate and host name checks on, TLS 1.2 or later."""
+        if self.client_key is not None and self.client_cert is None:
+            raise ApiClientError(0, "tls", "a client key needs its certificate (--client-cert)")
+        try:
+            if self.ca_cert is not None:
+                ctx = ssl.create_default_context(cafile=str(self.ca_cert))
+            else:
+                ctx = ssl.create_default_context()
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.client_cert is not None:
+                ctx.load_cert_chain(
+                    str(self.client_cert), str(self.client_key) if self.client_key else None
+                )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ApiClientError(0, "tls", f"cannot load the TLS files: {_reason(exc)}") from None
+        return ctx
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{exc.reason} ({exc.library or 'ssl'})"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+# X509_V_ERR_*: self-signed leaf / in chain, unknown issuer, cannot verify the leaf
+_UNTRUSTED = (18, 19, 20, 21)
+
+
+def tls_problem(exc: BaseException, server: str) -> str | None:
+    """A one-line explanation when ``exc`` is a TLS failure that retrying cannot fix."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or cause.reason or str(cause)
+            hint = ""
+            if cause.verify_code in _UNTRUSTED:
+                hint = f"; pass the CA that signed it with --ca-cert or ${CA_CERT_ENV}"
+            return f"the coordinator's TLS certificate at {server} does not verify ({why}){hint}"
+        if isinstance(cause, ssl.SSLError):
+            reason = (cause.reason or "").upper()
+            if reason in ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_CERTIFICATE_REQUIRED"):
+                return (
+                    f"the coordinator at {server} requires a client certificate; "
+                    f"pass --client-cert and --client-key (or ${CLIENT_CERT_ENV}, ${CLIENT_KEY_ENV})"
+                )
+            if reason in (
+                "SSLV3_ALERT_BAD_CERTIFICATE",
+                "TLSV1_ALERT_UNKNOWN_CA",
+                "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+                "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+                "TLSV1_ALERT_DECRYPT_ERROR",
+            ):
+                return f"the coordinator at {server} refused this client's TLS certificate ({reason.lower()})"
+            if reason == "WRONG_VERSION_NUMBER":
+                return f"the coordinator at {server} does not speak TLS; use http:// or enable TLS on it"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def backoff_delays(base: float = 0.5, cap: float = 30.0) -> Any:
@@ -45,10 +148,13 @@ class Transport:
         token: str,
         *,
         give_up_after: float | None = 60.0,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
+        tls: TlsOptions | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.give_up_after = give_up_after
+        if tls is not None and verify is True and self.server.startswith("https://"):
+            verify = tls.context()
         self._http = httpx.Client(
             base_url=self.server,
             headers={"Authorization": f"Bearer {token}", "User-Agent": "fedaas"},
@@ -71,6 +177,9 @@ class Transport:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
+                fatal = tls_problem(exc, self.server)
+                if fatal is not None:
+                    raise ApiClientError(0, "tls", fatal) from None
                 problem = f"cannot reach the coordinator at {self.server} ({type(exc).__name__})"
             else:
                 if response.status_code < 400 or response.status_code == 304:

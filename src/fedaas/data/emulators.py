@@ -201,12 +201,31 @@ def _make_iam_key(endpoint: str) -> tuple[str, str]:
     return made["AccessKeyId"], made["SecretAccessKey"]
 
 
+# The emulator serves one request at a time from a listen backlog of 5: gcsfs's
+# concurrent requests overflow it and each dropped connection costs seconds of
+# retries. The same program with a deep backlog (the PID is still the server's):
+_GCS_MAIN = (
+    "import sys, http.server; http.server.HTTPServer.request_queue_size = 1024; "
+    "from gcp_storage_emulator.__main__ import main; sys.argv[0] = 'gcp-storage-emulator'; main()"
+)
+
+
 def start_gcs(timeout: float = 30.0) -> Emulator:
     """Start gcp-storage-emulator (data in its temporary folder)."""
     port, workdir = free_port(), _workdir("gs")
     data = workdir / "data"
-    argv = [sys.executable, "-m", "gcp_storage_emulator", "-d", str(data.resolve()), "start", "-M"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "-q"]
+    args = [
+        "-d",
+        str(data.resolve()),
+        "start",
+        "-M",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-q",
+    ]
+    argv = [sys.executable, "-c", _GCS_MAIN, *args]
     emu = _launch("gs", argv, port, workdir)
     _wait_ready(emu, "/storage/v1/b", timeout)
     emu.storage_options = {"endpoint_url": emu.endpoint, "token": "anon"}
@@ -217,7 +236,8 @@ def start_gcs(timeout: float = 30.0) -> Emulator:
 def azurite_path() -> Path | None:
     """``node_modules/.bin/azurite-blob`` from ``$FEDAAS_AZURITE``, the cwd or the repository."""
     if os.environ.get("FEDAAS_AZURITE"):
-        return Path(os.environ["FEDAAS_AZURITE"])
+        given = Path(os.environ["FEDAAS_AZURITE"])
+        return given if given.exists() else None
     for base in [Path.cwd(), *Path.cwd().parents, *Path(__file__).resolve().parents]:
         candidate = base / "node_modules" / ".bin" / "azurite-blob"
         if candidate.exists():

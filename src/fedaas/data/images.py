@@ -21,7 +21,7 @@ from PIL import Image
 
 from fedaas.data import storage
 from fedaas.data.dataset import ArrayDataset, DataError
-from fedaas.data.streaming import Chunk, StreamingDataset
+from fedaas.data.streaming import Chunk, MemoryPlan, StreamingDataset
 from fedaas.spec import DataSection
 
 ImageMode = Literal["L", "RGB"]
@@ -155,15 +155,10 @@ def open_images(
         problems.append(f"{shown}: no images ({', '.join(IMAGE_SUFFIXES)}) in class subfolders")
     if shape is None or not paths:
         raise DataError(problems)
-    features = schema.features
-    source = ImageFolderSource(
-        fs,
-        paths,
-        np.asarray(labels, dtype=np.int64),
-        shape,
-        read_rows=max(1, min(1024, memory_budget // (8 * features * 4 + 64))),
-    )
-    keep = not problems and len(paths) * (features * 4 + 8) <= memory_budget
+    plan = MemoryPlan.of(memory_budget, schema.features)
+    labels_array = np.asarray(labels, dtype=np.int64)
+    source = ImageFolderSource(fs, paths, labels_array, shape, min(plan.read_rows, 1024))
+    keep = not problems and len(paths) * plan.row_bytes <= plan.in_memory_bytes
     kept: list[np.ndarray] = []
     bad: list[str] = []
     for start in range(0, len(paths), source.read_rows):
@@ -182,7 +177,7 @@ def open_images(
         raise DataError(problems)
     if keep:
         return ArrayDataset(np.concatenate(kept), source.labels.copy())
-    return StreamingDataset(source, buffer_rows=max(1, memory_budget // (2 * (features * 4 + 16))))
+    return StreamingDataset(source, plan.buffer_rows)
 
 
 def write_images(

@@ -27,7 +27,7 @@ from fedaas.data import storage
 from fedaas.data.dataset import ArrayDataset, DataError
 from fedaas.data.images import ImageMode, open_images, write_images
 from fedaas.data.streaming import StreamingDataset
-from fedaas.data.tabular import SUFFIXES, open_table, write_table
+from fedaas.data.tabular import SUFFIXES, TableFormat, open_table, write_table
 from fedaas.spec import DataSection
 
 DataFormat = Literal["npz", "parquet", "csv", "images"]
@@ -102,18 +102,27 @@ def open_dataset(
     *,
     format: str | None = None,
     feature_columns: list[str] | str | None = None,
-    label_column: str = "y",
+    label_column: str | None = None,
     image_size: tuple[int, int] | None = None,
     image_mode: ImageMode | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> ArrayDataset | StreamingDataset:
     """Read the dataset at ``url`` and check it against ``schema``.
 
-    Returns an :class:`ArrayDataset` when the data fits ``memory_budget``
-    (always for NPZ), else a :class:`StreamingDataset`; both have
-    ``num_examples``, ``batches`` and ``split``. Raises :class:`DataError`
-    listing every problem (storage failures included, as one line each).
+    ``format``, ``feature_columns``, ``label_column``, ``image_size`` and
+    ``image_mode`` default to the schema's keys of those names where it has
+    them, else to: format from the suffix or folder, columns ``x0..`` and ``y``,
+    a square image size. Returns an :class:`ArrayDataset` when the data fits
+    half of ``memory_budget`` (always for NPZ), else a
+    :class:`StreamingDataset`; both have ``num_examples``, ``batches`` and
+    ``split``. Raises :class:`DataError` listing every problem (storage
+    failures included, one line each, credentials redacted).
     """
+    format = format or getattr(schema, "format", None)
+    feature_columns = feature_columns or getattr(schema, "feature_columns", None)
+    label_column = label_column or getattr(schema, "label_column", None) or "y"
+    image_size = image_size or getattr(schema, "image_size", None)
+    image_mode = image_mode or getattr(schema, "image_mode", None)
     try:
         fmt = format if format not in (None, "auto") else detect_format(url, storage_options)
         if fmt not in FORMATS:
@@ -130,15 +139,9 @@ def open_dataset(
         with storage.errors_as_storage_error(url, fs, path):
             if not fs.exists(path):
                 raise FileNotFoundError(path)
+        table_format: TableFormat = "parquet" if fmt == "parquet" else "csv"
         return open_table(
-            url,
-            fs,
-            path,
-            fmt,
-            schema,
-            feature_columns,
-            label_column,
-            memory_budget,  # type: ignore[arg-type]
+            url, fs, path, table_format, schema, feature_columns, label_column, memory_budget
         )
     except storage.StorageError as exc:
         raise DataError([str(exc)]) from None
@@ -177,7 +180,8 @@ def write_dataset(
         write_npz(url, x, y, storage_options)
     elif fmt in ("parquet", "csv"):
         url = storage.join(url_dir, f"{name}.{fmt}")
-        write_table(url, [(x, y)], fmt, storage_options, feature_columns, label_column)  # type: ignore[arg-type]
+        table_format: TableFormat = "parquet" if fmt == "parquet" else "csv"
+        write_table(url, [(x, y)], table_format, storage_options, feature_columns, label_column)
     elif fmt == "images":
         url = storage.join(url_dir, name)
         write_images(url, x, y, storage_options, image_size, image_mode)

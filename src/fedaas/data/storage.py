@@ -182,11 +182,12 @@ def _remember_secrets(value: Any, key: str = "") -> None:
         for k, v in value.items():
             _remember_secrets(v, str(k))
     elif isinstance(value, str) and _SECRET_KEY.search(key) and value not in ("", "anon"):
-        if key.lower() == "connection_string":
-            for m in _SECRET_TEXT[0].finditer(value):
-                _SECRETS.add(m.group(0).split("=", 1)[1])
-        elif len(value) >= 4:
-            _SECRETS.add(value)
+        found = (
+            [m.group(0).split("=", 1)[1] for m in _SECRET_TEXT[0].finditer(value)]
+            if key.lower() == "connection_string"
+            else [value]
+        )
+        _SECRETS.update(v for v in found if len(v) >= 6)  # shorter ones would mask words
 
 
 def redact_text(text: str) -> str:
@@ -241,34 +242,45 @@ def redact(value: Any) -> Any:
     return value
 
 
-class RedactFilter(logging.Filter):
-    """A logging filter that scrubs credentials from every record it sees.
+def _scrub_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: leave it to logging itself
+        return
+    clean = redact_text(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        text = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = redact_text(text)
 
-    Attach it to a *handler* (``handler.addFilter(RedactFilter())``) to cover
-    every library's records; :func:`install_log_redaction` puts it on the
-    storage libraries' loggers.
-    """
+
+class RedactFilter(logging.Filter):
+    """A logging filter (for handlers or loggers) that scrubs credentials from records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: leave it to logging itself
-            return True
-        text = redact_text(message)
-        if record.exc_info and record.exc_info[1] is not None:
-            text += " (" + redact_text(one_line(record.exc_info[1])) + ")"
-            record.exc_info = None
-            record.exc_text = None
-        record.msg, record.args = text, None
+        _scrub_record(record)
         return True
 
 
 def install_log_redaction() -> None:
-    """Add :class:`RedactFilter` to the loggers of the cloud storage libraries."""
-    for name in ("gcsfs", "s3fs", "adlfs", "fsspec", "botocore", "aiobotocore", "azure"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactFilter) for f in logger.filters):
-            logger.addFilter(RedactFilter())
+    """Scrub credentials from every log record created from now on, whatever its logger.
+
+    Wraps the process's log record factory (idempotent), so records of
+    gcsfs, s3fs, botocore, azure and our own code are all covered, tracebacks
+    included, before any handler sees them.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "fedaas_redacting", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _scrub_record(record)
+        return record
+
+    factory.fedaas_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 install_log_redaction()
@@ -278,8 +290,9 @@ install_log_redaction()
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, shortened."""
+    """The first line of an exception's message, redacted and shortened."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = redact_text(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -288,6 +301,15 @@ _CRED_HINT = {
     "gs": "GOOGLE_APPLICATION_CREDENTIALS or --storage-option token=...",
     "az": "AZURE_STORAGE_CONNECTION_STRING or --storage-option connection_string=...",
 }
+
+
+_UNREACHABLE = (
+    "EndpointConnectionError",
+    "ServiceRequestError",
+    "ClientConnectorError",
+    "ConnectionError",  # requests'
+    "ConnectTimeoutError",
+)
 
 
 def _bucket_of(path: str) -> str:
@@ -349,9 +371,7 @@ def explain(
             f"(check {hint})",
             "denied",
         )
-    if name in ("EndpointConnectionError", "ServiceRequestError", "ClientConnectorError") or (
-        isinstance(exc, ConnectionError)
-    ):
+    if name in _UNREACHABLE or isinstance(exc, ConnectionError):
         return StorageError(
             f"{shown}: cannot reach the storage service ({redact_text(text)})", "unreachable"
         )

@@ -15,11 +15,34 @@ to the held-out part when ``hash(seed, i) < fraction`` (SplitMix64).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a memory budget (bytes of decoded examples) is spent.
+
+    Data whose decoded size is at most ``in_memory_bytes`` (half the budget:
+    the other half covers the copy made while assembling it) is held as an
+    array; larger data streams through a shuffle buffer of ``buffer_rows``
+    (a quarter of the budget) filled ``read_rows`` at a time.
+    """
+
+    row_bytes: int
+    in_memory_bytes: int
+    buffer_rows: int
+    read_rows: int
+
+    @classmethod
+    def of(cls, budget: int, features: int) -> MemoryPlan:
+        row_bytes = features * 4 + 16  # float32 features, int64 label, int64 index
+        buffer_rows = max(1, budget // (4 * row_bytes))
+        return cls(row_bytes, budget // 2, buffer_rows, max(1, min(buffer_rows // 4, 65536)))
 
 
 class ChunkSource(Protocol):
@@ -153,5 +176,7 @@ class StreamingDataset:
                 buf_x[slots], buf_y[slots] = xs, ys
                 yield from out.add(gone_x, gone_y)
         order = rng.permutation(filled)
-        yield from out.add(buf_x[order], buf_y[order])
+        for start in range(0, filled, batch_size):  # drain without copying the whole buffer
+            rows = order[start : start + batch_size]
+            yield from out.add(buf_x[rows], buf_y[rows])
         yield from out.flush()

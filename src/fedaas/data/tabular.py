@@ -23,7 +23,7 @@ from fsspec.spec import AbstractFileSystem
 from fedaas.data import storage
 from fedaas.data.checks import DEFAULT_LABEL_COLUMN, ValueScan, feature_columns_for
 from fedaas.data.dataset import ArrayDataset, DataError
-from fedaas.data.streaming import Chunk, StreamingDataset
+from fedaas.data.streaming import Chunk, MemoryPlan, StreamingDataset
 from fedaas.spec import DataSection
 
 TableFormat = Literal["parquet", "csv"]
@@ -31,7 +31,7 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
     "parquet": (".parquet", ".pq"),
     "csv": (".csv", ".csv.gz", ".csv.bz2", ".csv.zst"),
 }
-_BUFFER_SIZE = 1 << 20  # Parquet column chunks are read through a 1 MiB buffer
+_BUFFER_SIZE = 1 << 16  # Parquet column chunks are read through a 64 KiB buffer
 
 
 def _numeric(t: pa.DataType) -> bool:
@@ -50,12 +50,14 @@ class _Reader:
             if self.fmt == "parquet":
                 meta = pq.ParquetFile(f).metadata
                 return meta.schema.to_arrow_schema(), meta.num_rows
-            with pacsv.open_csv(self._text(f, path)) as reader:  # types inferred, first block
+            options = pacsv.ReadOptions(block_size=1 << 16)  # types inferred from 64 KiB
+            with pacsv.open_csv(self._text(f, path), read_options=options) as reader:
                 return reader.schema, None
 
     def _text(self, f: Any, path: str) -> Any:
         if path.endswith((".gz", ".bz2", ".zst")):
-            return pa.CompressedInputStream(f, path.rsplit(".", 1)[1].replace("zst", "zstd"))
+            codec = {"gz": "gzip", "bz2": "bz2", "zst": "zstd"}[path.rsplit(".", 1)[1]]
+            return pa.CompressedInputStream(f, codec)
         return f
 
     def batches(
@@ -70,7 +72,9 @@ class _Reader:
                 groups = rng.permutation(len(sizes)) if rng is not None else range(len(sizes))
                 for g in groups:
                     pos = int(starts[g])
-                    for rb in pf.iter_batches(self.read_rows, row_groups=[int(g)], columns=columns):
+                    for rb in pf.iter_batches(
+                        self.read_rows, row_groups=[int(g)], columns=columns, use_threads=False
+                    ):
                         yield rb, pos
                         pos += rb.num_rows
                 return
@@ -148,9 +152,8 @@ def open_table(
     files = list_files(fs, path, fmt)
     if not files:
         raise DataError([f"{shown}: no {fmt} files ({', '.join(SUFFIXES[fmt])}) in this folder"])
-    row_bytes = schema.features * 4 + 16
-    buffer_rows = max(1, memory_budget // (2 * row_bytes))
-    reader = _Reader(fs, fmt, read_rows=max(1, min(buffer_rows // 4, 65536)))
+    plan = MemoryPlan.of(memory_budget, schema.features)
+    reader = _Reader(fs, fmt, read_rows=plan.read_rows)
     problems: list[str] = []
     plans: list[tuple[str, list[str], bool, str]] = []  # file, columns to scan, label ok, name
     feature_cols: list[str] = []
@@ -202,8 +205,8 @@ def open_table(
                 scan.add(x, y, rb.num_rows)
                 if keep and x is not None and y is not None:
                     kept.append((x, y))
-                    kept_bytes += rb.num_rows * row_bytes
-                    if kept_bytes > memory_budget:
+                    kept_bytes += rb.num_rows * plan.row_bytes
+                    if kept_bytes > plan.in_memory_bytes:
                         keep = False
                         kept.clear()
         except Exception as exc:
@@ -220,7 +223,7 @@ def open_table(
         y = np.concatenate([k[1] for k in kept]).astype(np.int64)
         return ArrayDataset(x, y)
     return StreamingDataset(
-        TableSource(reader, files, rows, feature_cols, label_column), buffer_rows
+        TableSource(reader, files, rows, feature_cols, label_column), plan.buffer_rows
     )
 
 
@@ -265,7 +268,7 @@ def write_table(
                     table = pa.table([*x.T, y], names=[*names, label_column])
                     if writer is None:
                         writer = (
-                            pq.ParquetWriter(f, table.schema)
+                            pq.ParquetWriter(f, table.schema, use_dictionary=[label_column])
                             if fmt == "parquet"
                             else pacsv.CSVWriter(f, table.schema)
                         )

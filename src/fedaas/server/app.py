@@ -87,10 +87,16 @@ class _SmallFileCache:
         return self._data
 
 
-def create_app(state_dir: Path, db_url: str, admin_token: str) -> FastAPI:
-    """Build the API over the coordinator state in ``state_dir``."""
+def create_app(
+    state_dir: Path,
+    db_url: str,
+    admin_token: str,
+    artifacts_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> FastAPI:
+    """Build the API over the coordinator state in ``state_dir`` (and ``artifacts_url``)."""
     store = Store(db_url)
-    artifacts = Artifacts(state_dir / "artifacts")
+    artifacts = Artifacts(state_dir / "artifacts", artifacts_url, storage_options)
     coordinator = Coordinator(store, artifacts)
     auth = Authenticator(store, admin_token)
     models = _SmallFileCache()

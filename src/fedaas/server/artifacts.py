@@ -1,9 +1,17 @@
-"""The coordinator's artifact folder: global models and upload spools.
+"""The coordinator's artifact store: global models, noise state, upload spools.
 
-Layout under the root: ``jobs/<job>/model-<round>.safetensors`` (the global
-model after that round; round 0 is the initialization) and ``spool/`` for
-uploads being received. Models are written to a temporary name and renamed,
-so a reader never sees half a file and a crash never leaves one behind.
+Layout under the local root: ``jobs/<job>/model-<round>.safetensors`` (the
+global model after that round; round 0 is the initialization),
+``jobs/<job>/ou-<round>.safetensors`` (central OU noise state) and
+``spool/`` for uploads being received. Files are written to a temporary name
+and renamed, so a reader never sees half a file and a crash never leaves
+one behind.
+
+With a ``remote`` URL (``s3://``, ``gs://``, ``az://`` or a path, through
+fsspec) every durable file is also copied there as soon as it is written, and
+a coordinator restarted on a fresh machine pulls what it needs to resume from
+there. The local root then acts as a working cache; spools stay local (they
+are transient and are never the only copy of anything).
 """
 
 from __future__ import annotations
@@ -12,22 +20,66 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedaas import tensors
+from fedaas.data import storage
 
 
 class Artifacts:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, remote: str | None = None, storage_options: dict[str, Any] | None = None
+    ) -> None:
         self.root = root
+        self.remote = remote.rstrip("/") if remote else None
+        self.options = storage.storage_options_for(remote, storage_options) if remote else {}
         self.spool = root / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
         for stale in self.spool.iterdir():
             stale.unlink(missing_ok=True)
+        if self.remote:  # fail at start-up, with a clear reason, if the store is unusable
+            probe = storage.join(self.remote, ".fedaas-probe")
+            storage.write_bytes(probe, b"ok", self.options)
+            storage.remove(probe, self.options)
 
     def model_path(self, job_id: str, number: int) -> Path:
         return self.root / "jobs" / job_id / f"model-{number:06d}.safetensors"
+
+    def ou_path(self, job_id: str, number: int) -> Path:
+        """The coordinator's OU noise state after round ``number`` (central OU noise)."""
+        return self.root / "jobs" / job_id / f"ou-{number:06d}.safetensors"
+
+    def _remote_url(self, path: Path) -> str:
+        assert self.remote is not None
+        return storage.join(self.remote, path.relative_to(self.root).as_posix())
+
+    def publish(self, path: Path) -> None:
+        """Copy a freshly written local artifact to the remote store (if any)."""
+        if self.remote is None or not path.exists():
+            return
+        url = self._remote_url(path)
+        fs, remote_path = storage.resolve(url, self.options)
+        with storage.errors_as_storage_error(url, fs, remote_path):
+            fs.put_file(str(path), remote_path)
+
+    def restore(self, path: Path) -> bool:
+        """Make sure ``path`` exists locally, pulling it from the remote store; True if it does."""
+        if path.exists():
+            return True
+        if self.remote is None:
+            return False
+        url = self._remote_url(path)
+        fs, remote_path = storage.resolve(url, self.options)
+        with storage.errors_as_storage_error(url, fs, remote_path):
+            if not fs.exists(remote_path):
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".partial")
+            fs.get_file(remote_path, str(tmp))
+        tmp.replace(path)
+        return True
 
     def save_model(
         self, job_id: str, number: int, state: Mapping[str, np.ndarray], metadata: dict[str, str]
@@ -44,11 +96,8 @@ class Artifacts:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.publish(path)
         return path
-
-    def ou_path(self, job_id: str, number: int) -> Path:
-        """The coordinator's OU noise state after round ``number`` (central OU noise)."""
-        return self.root / "jobs" / job_id / f"ou-{number:06d}.safetensors"
 
     def prune_models(self, job_id: str, keep: int) -> None:
         """Delete the job's per-round files (models, noise state) except round ``keep``."""
@@ -57,6 +106,8 @@ class Artifacts:
         for path in folder.glob("*-*.safetensors"):
             if not path.name.endswith(suffix):
                 path.unlink(missing_ok=True)
+                if self.remote is not None:
+                    storage.remove(self._remote_url(path), self.options)
 
     def new_spool(self) -> Path:
         fd, name = tempfile.mkstemp(dir=self.spool, suffix=".upload")

@@ -463,6 +463,9 @@ class Coordinator:
             log.info("resuming job %s after round %d", row.id, row.round)
         self.store.update_job(row.id, status="running", started_at=row.started_at or time.time())
         path = self.artifacts.model_path(row.id, row.round)
+        if not self.artifacts.restore(path):
+            raise JobFailed(f"the model of round {row.round} is missing from the artifact store")
+        self.artifacts.restore(self.artifacts.ou_path(row.id, row.round))
         manifest = tensors.SafetensorsFile(path).manifest
         job = ActiveJob(
             id=row.id,
@@ -612,6 +615,7 @@ class Coordinator:
             privacy.adapt_clip_norm(state.unclipped, len(state.reported), sampled, state.number)
             privacy.record(state.event)
             privacy.save_ou(self.artifacts.ou_path(job.id, state.number))
+            self.artifacts.publish(self.artifacts.ou_path(job.id, state.number))
             metrics.update(privacy.metrics())
         if job.holdout is not None:
             set_state(job.module, model)

@@ -15,21 +15,34 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     ForeignKey,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 class Base(DeclarativeBase):
-    pass
+    # deterministic constraint names on every backend, so migrations can refer to them
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
 
 
 class Member(Base):
@@ -74,8 +87,8 @@ class Update(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     round: Mapped[int] = mapped_column(Integer)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
-    num_examples: Mapped[int] = mapped_column(Integer)
-    nbytes: Mapped[int] = mapped_column(Integer)
+    num_examples: Mapped[int] = mapped_column(BigInteger)  # up to 10**12 (uploads.MAX_EXAMPLES)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
     metrics: Mapped[str] = mapped_column(Text)
     received_at: Mapped[float] = mapped_column(Float)
 
@@ -88,14 +101,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema (``alembic upgrade head``).
+
+    A database created before migrations existed (tables, no
+    ``alembic_version``) holds exactly the first revision: it is stamped
+    ``0001`` and then upgraded like any other.
+    """
+    from alembic import command
+
+    from fedaas.server.migrations import alembic_config
+
+    with engine.begin() as connection:
+        config = alembic_config(connection)
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables and "jobs" in tables:
+            command.stamp(config, "0001")
+        command.upgrade(config, "head")
+
+
 class Store:
-    """Typed access to the coordinator's database."""
+    """Typed access to the coordinator's database.
+
+    Any SQLAlchemy URL: ``sqlite:///PATH`` (the default, WAL mode) or
+    ``postgresql+psycopg://USER@HOST:PORT/DB``. The schema is migrated to the
+    newest revision on start.
+    """
 
     def __init__(self, url: str) -> None:
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        upgrade_schema(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -1,4 +1,4 @@
-"""Start the coordinator: state folder, admin token, socket, uvicorn."""
+"""Start the coordinator: state folder, admin token, socket, TLS, uvicorn."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import socket
+import ssl
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -18,29 +20,83 @@ ENDPOINT_FILE = "endpoint.json"
 log = logging.getLogger("fedaas.server")
 
 
+class TlsConfigError(ValueError):
+    """The coordinator's TLS files are missing, unreadable or do not match."""
+
+
+def server_ssl_context(
+    cert: Path, key: Path | None, client_ca: Path | None = None
+) -> ssl.SSLContext:
+    """TLS 1.2+ server context; with ``client_ca``, clients must present a certificate it signed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+    except FileNotFoundError as exc:
+        raise TlsConfigError(f"TLS certificate or key not found: {exc.filename}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"cannot load the TLS certificate {cert} and key {key}: {_reason(exc)}"
+        ) from None
+    if client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(client_ca))
+        except FileNotFoundError:
+            raise TlsConfigError(f"client CA file not found: {client_ca}") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsConfigError(f"cannot load the client CA {client_ca}: {_reason(exc)}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 def serve(
-    state: Path, host: str = "127.0.0.1", port: int = 8080, db_url: str | None = None
+    state: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    db_url: str | None = None,
+    artifacts_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_client_ca: Path | None = None,
 ) -> None:
     """Run the coordinator until interrupted.
 
     ``port=0`` binds a free port. Once listening, the URL and PID are written
     to ``<state>/endpoint.json`` so scripts and tests can find the server.
+    With ``tls_cert`` (and ``tls_key``) it speaks HTTPS only; ``tls_client_ca``
+    adds mutual TLS: every client must present a certificate signed by it.
     """
+    if (tls_key is not None or tls_client_ca is not None) and tls_cert is None:
+        raise TlsConfigError("--tls-key and --tls-client-ca need --tls-cert")
+    context = server_ssl_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     token, token_source = load_admin_token(state)
     db_url = db_url or f"sqlite:///{state / 'fedaas.db'}"
-    app = create_app(state, db_url, token)
+    app = create_app(state, db_url, token, artifacts_url, storage_options)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
-    url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound}"
+    scheme = "https" if context is not None else "http"
+    url = f"{scheme}://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound}"
     endpoint = state / ENDPOINT_FILE
     tmp = endpoint.with_suffix(".tmp")
     tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
     os.replace(tmp, endpoint)
-    log.warning("fedaas coordinator on %s (admin token: %s)", url, token_source)
+    log.warning(
+        "fedaas coordinator on %s (admin token: %s%s)",
+        url,
+        token_source,
+        ", client certificates required" if tls_client_ca is not None else "",
+    )
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -49,6 +105,7 @@ def serve(
         http="httptools",
         timeout_keep_alive=75,
         timeout_graceful_shutdown=2,
+        ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
     )
     coordinator = app.state.coordinator
 

@@ -20,7 +20,13 @@ from types import TracebackType
 import httpx
 
 from fedaas.client.admin import AdminClient
-from fedaas.client.transport import Transport
+from fedaas.client.transport import (
+    CA_CERT_ENV,
+    CLIENT_CERT_ENV,
+    CLIENT_KEY_ENV,
+    TlsOptions,
+    Transport,
+)
 
 
 class ClusterError(RuntimeError):
@@ -28,9 +34,17 @@ class ClusterError(RuntimeError):
 
 
 class LocalCluster:
-    """A coordinator process plus member processes; a context manager."""
+    """A coordinator process plus member processes; a context manager.
 
-    def __init__(self, workdir: Path, *, threads_per_client: int = 1) -> None:
+    ``tls``: how the admin client, the start-up health check and the member
+    processes check the coordinator's certificate (and which client
+    certificate they present); start the coordinator with ``--tls-cert`` etc.
+    in ``start_server(extra_args=...)``.
+    """
+
+    def __init__(
+        self, workdir: Path, *, threads_per_client: int = 1, tls: TlsOptions | None = None
+    ) -> None:
         self.workdir = workdir
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -40,6 +54,7 @@ class LocalCluster:
         self.server: subprocess.Popen | None = None
         self.clients: dict[str, subprocess.Popen] = {}
         self.url = ""
+        self.tls = tls or TlsOptions()
         self._admin: AdminClient | None = None
 
     def __enter__(self) -> LocalCluster:
@@ -68,13 +83,21 @@ class LocalCluster:
             env=env,
         )
 
-    def start_server(self, *, timeout: float = 60.0, extra_args: list[str] | None = None) -> str:
+    def start_server(
+        self,
+        *,
+        timeout: float = 60.0,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Start the coordinator on a free port (a restart reuses it); returns its URL."""
         endpoint = self.state / "endpoint.json"
         endpoint.unlink(missing_ok=True)
         port = self.url.rsplit(":", 1)[1] if self.url else "0"  # a restart keeps its port
         args = ["server", "--state", str(self.state), "--port", port, *(extra_args or [])]
-        self.server = self._spawn(args, "server", self._env(FEDAAS_ADMIN_TOKEN=self.admin_token))
+        self._server_env = {**getattr(self, "_server_env", {}), **(env or {})}
+        server_env = self._env(FEDAAS_ADMIN_TOKEN=self.admin_token, **self._server_env)
+        self.server = self._spawn(args, "server", server_env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
@@ -86,7 +109,7 @@ class LocalCluster:
                 if info.get("pid") == self.server.pid:
                     self.url = info["url"]
                     try:
-                        if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                        if self._healthy():
                             self._admin = None
                             return self.url
                     except httpx.TransportError:
@@ -94,14 +117,33 @@ class LocalCluster:
             time.sleep(0.05)
         raise ClusterError(f"coordinator did not start within {timeout:.0f} s")
 
+    def _healthy(self) -> bool:
+        verify = self.tls.context() if self.url.startswith("https://") else True
+        return httpx.get(f"{self.url}/v1/health", timeout=2, verify=verify).status_code == 200
+
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(Transport(self.url, self.admin_token, give_up_after=120.0))
+            transport = Transport(self.url, self.admin_token, give_up_after=120.0, tls=self.tls)
+            self._admin = AdminClient(transport)
         return self._admin
 
-    def start_client(self, name: str, data: str, token: str | None = None) -> subprocess.Popen:
-        """Start a member agent (enrolling it first unless a token is given)."""
+    def _tls_env(self) -> dict[str, str]:
+        pairs = (
+            (CA_CERT_ENV, self.tls.ca_cert),
+            (CLIENT_CERT_ENV, self.tls.client_cert),
+            (CLIENT_KEY_ENV, self.tls.client_key),
+        )
+        return {name: str(path) for name, path in pairs if path is not None}
+
+    def start_client(
+        self, name: str, data: str, token: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start a member agent (enrolling it first unless a token is given).
+
+        ``env`` adds environment variables, e.g. the storage credentials of
+        this member's cloud (kept out of the command line).
+        """
         token = token or self.admin.enroll(name)["token"]
         state = self.workdir / "members" / name
         args = [
@@ -115,7 +157,8 @@ class LocalCluster:
             "--state",
             str(state),
         ]
-        proc = self._spawn(args, f"client-{name}", self._env(FEDAAS_TOKEN=token))
+        env = {**self._tls_env(), **(env or {})}
+        proc = self._spawn(args, f"client-{name}", self._env(FEDAAS_TOKEN=token, **env))
         self.clients[name] = proc
         return proc
 

@@ -9,22 +9,82 @@ folder gets ``metrics.json`` and ``accuracy.png`` comparing the three.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from fedaas.data.dataset import ArrayDataset
 from fedaas.data.digits import digits_federation
 from fedaas.data.source import write_npz
+from fedaas.data.storage import join as storage_join
 from fedaas.sim import baselines
 from fedaas.sim.cluster import LocalCluster
 from fedaas.spec import JobSpec, load_spec, parse_spec
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "digits.toml"
+
+
+@dataclass
+class _Places:
+    """Where each member's data lives, and how the coordinator stores artifacts."""
+
+    members: list[tuple[str, dict[str, str]]]
+    server_args: list[str] = field(default_factory=list)
+    server_env: dict[str, str] = field(default_factory=dict)
+
+
+def _data_places(
+    stack: contextlib.ExitStack,
+    storage: str,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    data_dir: Path,
+    console: Console,
+) -> _Places:
+    """Write each member's partition where it lives: local files, or the brief's clouds.
+
+    ``cloud``: even-numbered members keep Parquet files in Google Cloud
+    Storage, odd-numbered ones in Azure Blob Storage, and the coordinator's
+    artifacts go to S3, each a real local emulator started (and stopped,
+    by PID) here. Each member gets only its own cloud's credentials, through
+    the environment.
+    """
+    if storage == "local":
+        members = []
+        for i, (x, y) in enumerate(parts):
+            path = data_dir / f"client_{i}.npz"
+            write_npz(str(path), x, y)
+            members.append((str(path.resolve()), {}))
+        return _Places(members)
+    if storage != "cloud":
+        raise ValueError(f"unknown storage {storage!r}: use local or cloud")
+    from fedaas.data import emulators
+    from fedaas.data.source import write_dataset
+
+    t0 = time.perf_counter()
+    gcs = stack.enter_context(emulators.running("gs"))
+    azure = stack.enter_context(emulators.running("az"))
+    s3 = stack.enter_context(emulators.running("s3"))
+    clouds = [(gcs, gcs.make_bucket("hospital-data")), (azure, azure.make_bucket("bank-data"))]
+    s3.make_bucket("fedaas-artifacts")
+    members = []
+    for i, (x, y) in enumerate(parts):
+        emulator, bucket = clouds[i % 2]
+        url = write_dataset(
+            storage_join(bucket, f"member-{i}"), "train", x, y, "parquet", emulator.storage_options
+        )
+        members.append((url, emulator.env))
+    console.print(
+        f"storage emulators up in {time.perf_counter() - t0:.1f} s: members' data in "
+        f"{clouds[0][1]} and {clouds[1][1]}, coordinator artifacts in s3://fedaas-artifacts/demo"
+    )
+    return _Places(members, ["--artifacts", "s3://fedaas-artifacts/demo"], s3.env)
 
 
 def demo_spec(
@@ -50,7 +110,9 @@ def run_demo(
     seed: int = 0,
     console: Console | None = None,
     privacy: dict[str, Any] | None = None,
+    storage: str = "local",
 ) -> dict[str, Any]:
+    """Run the demo; ``storage="cloud"`` puts members' data in GCS and Azure, artifacts in S3."""
     console = console or Console()
     from fedaas.cli.jobs import format_round
     from fedaas.report import write_run_folder
@@ -59,8 +121,6 @@ def run_demo(
         shutil.rmtree(out)
     data_dir = out / "data"
     parts, (x_test, y_test) = digits_federation(clients, alpha, seed)
-    for i, (x, y) in enumerate(parts):
-        write_npz(str(data_dir / f"client_{i}.npz"), x, y)
     write_npz(str(data_dir / "test.npz"), x_test, y_test)
     spec, spec_data = demo_spec(
         spec_path, clients, rounds, (data_dir / "test.npz").resolve(), privacy
@@ -70,11 +130,13 @@ def run_demo(
         f"Dirichlet(alpha={alpha}, seed={seed}); sizes {[len(y) for _, y in parts]}"
     )
 
-    with LocalCluster(out / "cluster") as cluster:
+    with contextlib.ExitStack() as stack:
+        places = _data_places(stack, storage, parts, data_dir, console)
+        cluster = stack.enter_context(LocalCluster(out / "cluster"))
         t0 = time.perf_counter()
-        cluster.start_server()
-        for i in range(clients):
-            cluster.start_client(f"member-{i}", str((data_dir / f"client_{i}.npz").resolve()))
+        cluster.start_server(extra_args=places.server_args, env=places.server_env)
+        for i, (url, env) in enumerate(places.members):
+            cluster.start_client(f"member-{i}", url, env=env)
         cluster.wait_online(clients)
         console.print(
             f"coordinator {cluster.url} and {clients} member processes up in {time.perf_counter() - t0:.1f} s"

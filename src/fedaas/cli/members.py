@@ -1,0 +1,55 @@
+"""``fedaas members`` and ``fedaas revoke``: who is enrolled, and shutting one out.
+
+Revoking is immediate (the member's next request is refused with 401) and
+permanent: it survives coordinator restarts, and the name stays taken.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedaas.cli.common import (
+    DEFAULT_SERVER,
+    AdminTokenOpt,
+    CaCertOpt,
+    ClientCertOpt,
+    ClientKeyOpt,
+    ServerOpt,
+    admin_client,
+    console,
+    tls_options,
+)
+
+
+def revoke(
+    name: Annotated[str, typer.Argument(help="The member organization's name.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+) -> None:
+    """Revoke a member's token now; its requests are refused from the next one on."""
+    tls = tls_options(ca_cert, client_cert, client_key)
+    admin_client(server, token, tls=tls).revoke(name)
+    console.print(f"member {name} revoked", highlight=False)
+
+
+def members(
+    server: ServerOpt = DEFAULT_SERVER,
+    token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+) -> None:
+    """List enrolled members: name, whether revoked, whether online now."""
+    tls = tls_options(ca_cert, client_cert, client_key)
+    table = Table("id", "name", "status", "online")
+    for member in admin_client(server, token, tls=tls).members():
+        status = "[red]revoked[/]" if member["revoked"] else "active"
+        online = "yes" if member["online"] and not member["revoked"] else "no"
+        table.add_row(str(member["id"]), member["name"], status, online)
+    console.print(table)
