@@ -44,8 +44,8 @@ def privatize(
     member_key: str,
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Apply the round's privacy instructions; returns ``(update, unclipped)``."""
-    if info.get("mechanism", "none") == "none":
-        return delta, True
+    if info.get("mechanism", "none") == "none" or info.get("unit") == "record":
+        return delta, True  # record-level DP already happened inside training (DP-SGD)
     clip_norm = float(info["clip_norm"])
     clipped, norm = clip_update(delta, clip_norm)
     std = float(info.get("noise_std") or 0.0)

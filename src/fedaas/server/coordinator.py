@@ -564,6 +564,9 @@ class Coordinator:
                 metrics.setdefault("accuracy", metrics["federated_accuracy"])
                 metrics.setdefault("loss", metrics["federated_loss"])
         metrics.update(weighted_means(state.train_metrics))
+        record_eps = [m["record_epsilon"] for _, m in state.train_metrics if "record_epsilon" in m]
+        if record_eps:  # record-level DP: the guarantee is the weakest member's
+            metrics.update(record_epsilon=max(record_eps), delta=spec.privacy.delta)
         metrics.update(
             clients=len(state.reported),
             seconds=time.monotonic() - state.opened_at,

@@ -42,7 +42,10 @@ class JobPrivacy:
     def __init__(self, spec: JobSpec, saved: dict[str, Any] | None, ou_path: Path | None) -> None:
         self.cfg = spec.privacy
         self.seed = spec.job.seed
-        self.enabled = self.cfg.mechanism != "none"
+        # client-level DP is the coordinator's business; record-level DP (DP-SGD)
+        # happens inside each member, which reports its own epsilon
+        self.record_level = self.cfg.mechanism != "none" and self.cfg.unit == "record"
+        self.enabled = self.cfg.mechanism != "none" and not self.record_level
         saved = saved or {}
         if "ledger" in saved:
             self.ledger = PrivacyLedger.from_dict(saved["ledger"])
@@ -83,6 +86,16 @@ class JobPrivacy:
 
     def task_info(self, sampled: int) -> dict[str, Any]:
         """What each member needs: clip norm and the noise it must add itself."""
+        if self.record_level:
+            return {
+                "mechanism": self.cfg.mechanism,
+                "unit": "record",
+                "noise_multiplier": self.cfg.noise_multiplier,
+                "clip_norm": self.cfg.clip_norm,
+                "delta": self.cfg.delta,
+                "reproducible": self.cfg.reproducible,
+                "seed": self.seed,
+            }
         if not self.enabled:
             return {"mechanism": "none"}
         member_std = 0.0
@@ -92,6 +105,7 @@ class JobPrivacy:
             )
         return {
             "mechanism": self.cfg.mechanism,
+            "unit": "client",
             "placement": self.cfg.placement,
             "clip_norm": self.clip_norm,
             "noise_std": member_std,

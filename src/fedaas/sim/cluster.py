@@ -53,6 +53,7 @@ class LocalCluster:
         self.threads = threads_per_client
         self.server: subprocess.Popen | None = None
         self.clients: dict[str, subprocess.Popen] = {}
+        self._client_args: dict[str, tuple[str, str, dict[str, str]]] = {}
         self.url = ""
         self.tls = tls or TlsOptions()
         self._admin: AdminClient | None = None
@@ -145,6 +146,7 @@ class LocalCluster:
         this member's cloud (kept out of the command line).
         """
         token = token or self.admin.enroll(name)["token"]
+        self._client_args[name] = (data, token, dict(env or {}))
         state = self.workdir / "members" / name
         args = [
             "client",
@@ -185,6 +187,15 @@ class LocalCluster:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    def kill_client(self, name: str) -> None:
+        """SIGKILL one member agent (for fault tests)."""
+        self._halt(self.clients[name], signal.SIGKILL)
+
+    def restart_client(self, name: str) -> subprocess.Popen:
+        """Start a killed member again with its own token, data and state folder."""
+        data, token, env = self._client_args[name]
+        return self.start_client(name, data, token=token, env=env)
 
     def kill_server(self) -> None:
         """SIGKILL the coordinator (for crash tests)."""

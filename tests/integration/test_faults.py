@@ -1,0 +1,159 @@
+"""Fault injection: kill the coordinator and members at random points.
+
+Several short jobs run on one federation of real processes. In each, the
+coordinator (SIGKILL, restarted on the same state and port) or a member
+(SIGKILL, restarted with its token) dies at a random moment. Every job must
+finish with each round counted exactly once, and reach the accuracy of an
+undisturbed run within noise. ``fedaas job submit --wait`` must ride
+through a coordinator restart.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedaas.data.digits import digits_federation
+from fedaas.data.source import write_npz
+from fedaas.sim.cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 6
+MEMBERS = 3
+
+
+def spec(holdout: Path, seed: int) -> dict[str, Any]:
+    return {
+        "job": {"name": f"faults-{seed}", "rounds": ROUNDS, "seed": 0},
+        "model": {"name": "mlp", "hidden": [32]},
+        "data": {"features": 64, "classes": 10},
+        "train": {"lr": 0.1, "batch_size": 16, "epochs": 2},
+        "federation": {"clients_per_round": MEMBERS, "min_clients": 2, "round_timeout": 6},
+        "evaluation": {"holdout": str(holdout)},
+    }
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Path]]:
+    work = tmp_path_factory.mktemp("faults")
+    parts, (x_test, y_test) = digits_federation(MEMBERS, 1.0, 0)
+    write_npz(str(work / "test.npz"), x_test, y_test)
+    with LocalCluster(work / "cluster") as cluster:
+        cluster.start_server()
+        for i, (x, y) in enumerate(parts):
+            write_npz(str(work / f"m{i}.npz"), x, y)
+            cluster.start_client(f"m{i}", str(work / f"m{i}.npz"))
+        cluster.wait_online(MEMBERS)
+        yield cluster, work / "test.npz"
+
+
+def check_rounds(job: dict[str, Any]) -> None:
+    assert job["status"] == "completed", job["reason"]
+    assert [r["round"] for r in job["rounds"]] == list(range(1, ROUNDS + 1))
+    assert all(r["clients"] >= 2 for r in job["rounds"])
+
+
+def wait_round(cluster: LocalCluster, job_id: str, number: int) -> None:
+    while cluster.admin.job(job_id)["round"] < number:
+        time.sleep(0.02)
+
+
+def test_jobs_survive_random_crashes(federation: tuple[LocalCluster, Path]) -> None:
+    cluster, holdout = federation
+    calm = cluster.admin.wait(cluster.admin.submit(spec(holdout, 0))["id"])
+    check_rounds(calm)
+    reference = calm["rounds"][-1]["accuracy"]
+    assert reference > 0.5
+
+    rng = random.Random(1234)
+    for trial in range(1, 4):
+        job_id = cluster.admin.submit(spec(holdout, trial))["id"]
+        wait_round(cluster, job_id, rng.randint(1, ROUNDS - 2))
+        time.sleep(rng.uniform(0.0, 0.15))  # anywhere inside the next round
+        if trial % 2:
+            cluster.kill_server()
+            cluster.start_server()
+        else:
+            victim = f"m{rng.randrange(MEMBERS)}"
+            cluster.kill_client(victim)
+            time.sleep(rng.uniform(0.5, 2.0))
+            cluster.restart_client(victim)
+        job = cluster.admin.wait(job_id)
+        check_rounds(job)
+        assert job["rounds"][-1]["accuracy"] == pytest.approx(reference, abs=0.08)
+
+
+def test_submit_wait_rides_through_a_coordinator_restart(
+    federation: tuple[LocalCluster, Path], tmp_path: Path
+) -> None:
+    cluster, holdout = federation
+    job_file = tmp_path / "job.toml"
+    s = spec(holdout, 99)
+    job_file.write_text(
+        "\n".join(
+            f"[{section}]\n"
+            + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in values.items())
+            for section, values in s.items()
+        ).replace("True", "true")
+    )
+    out = tmp_path / "run"
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedaas",
+            "job",
+            "submit",
+            str(job_file),
+            "--server",
+            cluster.url,
+            "--wait",
+            "--out",
+            str(out),
+        ],
+        env={**os.environ, "FEDAAS_ADMIN_TOKEN": cluster.admin_token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(j["name"] == "faults-99" for j in cluster.admin.jobs()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        job_id = next(j["id"] for j in cluster.admin.jobs() if j["name"] == "faults-99")
+        wait_round(cluster, job_id, 2)
+        cluster.kill_server()
+        time.sleep(1.0)
+        cluster.start_server()
+        output, _ = waiter.communicate(timeout=120)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    assert waiter.returncode == 0, output
+    for number in range(1, ROUNDS + 1):
+        assert output.count(f"round {number:>3}/{ROUNDS}") == 1, output
+    assert (out / "metrics.json").exists() and (out / "model.safetensors").exists()
+
+
+def test_a_job_whose_quorum_cannot_be_met_fails_with_the_reason(
+    federation: tuple[LocalCluster, Path],
+) -> None:
+    cluster, holdout = federation
+    impossible = spec(holdout, 7)
+    impossible["federation"] = {"min_clients": MEMBERS + 1, "round_timeout": 2}
+    started = time.monotonic()
+    job = cluster.admin.wait(cluster.admin.submit(impossible)["id"])
+    assert job["status"] == "failed"
+    assert "quorum not met" in job["reason"] and f"min_clients is {MEMBERS + 1}" in job["reason"]
+    assert time.monotonic() - started < 30
+    assert job["rounds"] == []
