@@ -19,7 +19,9 @@ import argparse
 import multiprocessing as mp
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -42,31 +44,39 @@ def rss_mb(pid: int, field: str) -> float:
     raise KeyError(field)
 
 
-def play_members(url: str, tokens: list[str], manifest: dict[str, list[int]]) -> int:
-    """One worker process: act as several members, one upload at a time."""
+def _member(url: str, token: str, body: bytes) -> tuple[float, float]:
+    """Poll for the task and upload; returns (start, end) wall times of the upload."""
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, timeout=600) as http:
+        while True:
+            r = http.get("/v1/tasks/next", params={"timeout": 30}, headers=headers)
+            if r.status_code == 200:
+                break
+        task = r.json()
+        start = time.time()
+        r = http.put(
+            f"/v1/jobs/{task['job_id']}/rounds/{task['round']}/update",
+            content=body,
+            headers={**headers, "Idempotency-Key": token[-16:]},
+        )
+        r.raise_for_status()
+    return start, time.time()
+
+
+def play_members(
+    url: str, tokens: list[str], manifest: dict[str, list[int]], concurrent: bool = False
+) -> list[tuple[float, float]]:
+    """One worker process playing several members: one after another, or all at once (threads)."""
     rng = np.random.default_rng(len(tokens))
     delta = {
         k: (rng.standard_normal(tuple(v)) * 1e-3).astype(np.float32) for k, v in manifest.items()
     }
     body = tensors.encode(delta, {"num_examples": "100", "metrics": "{}"})
     del delta
-    sent = 0
-    with httpx.Client(base_url=url, timeout=600) as http:
-        for token in tokens:
-            headers = {"Authorization": f"Bearer {token}"}
-            while True:
-                r = http.get("/v1/tasks/next", params={"timeout": 30}, headers=headers)
-                if r.status_code == 200:
-                    break
-            task = r.json()
-            r = http.put(
-                f"/v1/jobs/{task['job_id']}/rounds/{task['round']}/update",
-                content=body,
-                headers=headers,
-            )
-            r.raise_for_status()
-            sent += 1
-    return sent
+    if not concurrent:
+        return [_member(url, token, body) for token in tokens]
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        return list(pool.map(lambda token: _member(url, token, body), tokens))
 
 
 def poll_once(url: str, token: str) -> None:
@@ -75,10 +85,20 @@ def poll_once(url: str, token: str) -> None:
     )
 
 
-def run(members: int, workers: int, workdir: Path) -> dict[str, float]:
+def run(
+    members: int,
+    workers: int,
+    workdir: Path,
+    model: dict[str, Any] | None = None,
+    features: int = 1000,
+    concurrent: bool = False,
+) -> dict[str, float]:
+    """One round with ``members`` uploads; coordinator memory and throughput."""
     spec = dict(
         SPEC,
         federation={**SPEC["federation"], "clients_per_round": members, "min_clients": members},
+        model=model or SPEC["model"],
+        data={"features": features, "classes": 10},
     )
     with LocalCluster(workdir) as cluster:
         cluster.start_server()
@@ -102,7 +122,15 @@ def run(members: int, workers: int, workdir: Path) -> dict[str, float]:
         t0 = time.perf_counter()
         groups = [tokens[i::workers] for i in range(workers)]
         with mp.get_context("spawn").Pool(workers) as pool:
-            sent = sum(pool.starmap(play_members, [(cluster.url, g, manifest) for g in groups]))
+            spans = [
+                span
+                for spans in pool.starmap(
+                    play_members, [(cluster.url, g, manifest, concurrent) for g in groups]
+                )
+                for span in spans
+            ]
+        sent = len(spans)
+        uploading = max(end for _, end in spans) - min(start for start, _ in spans)
         while cluster.admin.job(job["id"])["status"] not in ("completed", "failed"):
             time.sleep(0.1)
         elapsed = time.perf_counter() - t0
@@ -122,7 +150,8 @@ def run(members: int, workers: int, workdir: Path) -> dict[str, float]:
         "idle_mb": idle,
         "peak_above_idle_mb": peak - idle,
         "seconds": elapsed,
-        "updates_per_s": members / elapsed,
+        "updates_per_s": members / uploading,
+        "mb_per_s": members * model_mb / uploading,
     }
 
 

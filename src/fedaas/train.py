@@ -23,7 +23,7 @@ class EvalResult:
 def _optimizer(module: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(module.parameters(), lr=cfg.lr)
-    return torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, foreach=True)
 
 
 def train_local(
@@ -45,9 +45,9 @@ def train_local(
     loss_fn = nn.CrossEntropyLoss()
     anchor = [p.detach().clone() for p in module.parameters()] if cfg.mu > 0 else None
     rng = np.random.default_rng(seed)
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
     for _ in range(epochs if epochs is not None else cfg.epochs):
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
         for x_np, y_np in data.batches(cfg.batch_size, rng):
             xb, yb = torch.from_numpy(x_np), torch.from_numpy(y_np)
             optimizer.zero_grad(set_to_none=True)
@@ -60,10 +60,12 @@ def train_local(
                         if p.grad is not None:
                             p.grad.add_(p.detach() - p0, alpha=cfg.mu)
             optimizer.step()
-            loss_sum += loss.item() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
+            with torch.no_grad():  # accumulate as tensors: no per-step Python round trips
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+    n = max(seen, 1)
+    return {"train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
 
 
 @torch.no_grad()

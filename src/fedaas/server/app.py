@@ -51,19 +51,19 @@ class DeclineReport(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=4000)]
 
 
-def _principal(
+async def _principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     return request.app.state.auth.identify(authorization)
 
 
-def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
     if who.role != "admin":
         raise ApiError(403, "forbidden", "this endpoint is for the coordinator's operator")
     return who
 
 
-def _member(who: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _member(who: Annotated[Principal, Depends(_principal)]) -> Principal:
     if who.role != "client":
         raise ApiError(403, "forbidden", "this endpoint is for enrolled members")
     return who

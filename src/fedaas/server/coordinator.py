@@ -244,14 +244,18 @@ class Coordinator:
         Only the latest committed model is kept, plus, while a round is being
         evaluated, the freshly aggregated one.
         """
-        job = self._job_or_404(job_id)
-        number = job.round if number is None else number
+        active = self.active
+        if active is not None and active.id == job_id:  # the hot path: no database query
+            latest = active.completed_round
+        else:
+            latest = self._job_or_404(job_id).round
+        number = latest if number is None else number
         path = self.artifacts.model_path(job_id, number)
         if not path.exists():
             raise ApiError(
                 404,
                 "not_found",
-                f"job {job_id} has no model for round {number} (latest: {job.round})",
+                f"job {job_id} has no model for round {number} (latest: {latest})",
             )
         return path, number
 

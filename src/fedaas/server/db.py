@@ -25,8 +25,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    insert,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -198,10 +200,20 @@ class Store:
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Record a finished round, its updates and job state (``extra``), in one transaction."""
-        with self.session() as s:
-            s.add_all(updates)
-            s.add(
-                Round(
+        columns = (
+            "job_id",
+            "round",
+            "member_id",
+            "num_examples",
+            "nbytes",
+            "metrics",
+            "received_at",
+        )
+        with self.session() as s:  # Core inserts: this runs once per round, on the hot path
+            if updates:
+                s.execute(insert(Update), [{c: getattr(u, c) for c in columns} for u in updates])
+            s.execute(
+                insert(Round).values(
                     job_id=job_id,
                     number=number,
                     metrics=json.dumps(metrics),
@@ -209,11 +221,11 @@ class Store:
                     closed_at=time.time(),
                 )
             )
-            job = s.get(Job, job_id)
-            assert job is not None
-            job.round = number
+            values: dict[str, Any] = {"round": number}
             if extra:
-                job.extra = json.dumps({**json.loads(job.extra or "{}"), **extra})
+                current = s.scalar(select(Job.extra).where(Job.id == job_id))
+                values["extra"] = json.dumps({**json.loads(current or "{}"), **extra})
+            s.execute(update(Job).where(Job.id == job_id).values(**values))
 
     def rounds(self, job_id: str) -> list[dict[str, Any]]:
         with self.session() as s:
