@@ -28,7 +28,7 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def settings(clip: float) -> list[tuple[str, dict[str, Any] | None]]:
     rows: list[tuple[str, dict[str, Any] | None]] = [("no privacy", None)]
-    for z in (0.1, 0.3, 1.0):
+    for z in (0.1, 0.3, 1.0, 3.0):
         rows.append(
             (f"gaussian z={z}", {"mechanism": "gaussian", "noise_multiplier": z, "clip_norm": clip})
         )
@@ -39,6 +39,8 @@ def settings(clip: float) -> list[tuple[str, dict[str, Any] | None]]:
                 {"mechanism": "ou", "noise_multiplier": 0.3, "theta": theta, "clip_norm": clip},
             )
         )
+    record = {"mechanism": "gaussian", "unit": "record", "placement": "local", "clip_norm": 1.0}
+    rows.append(("DP-SGD record-level z=1.0", {**record, "noise_multiplier": 1.0}))
     return rows
 
 
@@ -71,7 +73,8 @@ def main() -> None:
                     raise SystemExit(f"{label}: job {job['status']}: {job.get('reason')}")
                 results.append((label, job["rounds"]))
                 last = job["rounds"][-1]
-                eps = "inf" if last.get("epsilon") is None else f"{last['epsilon']:.2f}"
+                value = last.get("epsilon", last.get("record_epsilon"))
+                eps = "inf" if value is None else f"{value:.2f}"
                 print(f"{label:<24} accuracy {last['accuracy']:.4f}  epsilon {eps}", flush=True)
 
     lines = [

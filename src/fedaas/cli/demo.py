@@ -23,6 +23,13 @@ def demo(
     noise_multiplier: Annotated[float, typer.Option(min=0, help="Noise std / clip norm.")] = 1.0,
     clip_norm: Annotated[float, typer.Option(min=1e-6, help="L2 clip norm of each update.")] = 1.0,
     theta: Annotated[float, typer.Option(min=-0.999, max=0.999, help="OU correlation.")] = 0.5,
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="client: protect each member's whole contribution (DP-FedAvg); "
+            "record: each example, with DP-SGD inside every member (noise added locally)."
+        ),
+    ] = "client",
     placement: Annotated[
         str, typer.Option(help="Who adds the noise: central, distributed or local.")
     ] = "central",
@@ -46,7 +53,8 @@ def demo(
     if privacy != "none":
         settings = {
             "mechanism": privacy,
-            "placement": placement,
+            "placement": "local" if unit == "record" else placement,
+            "unit": unit,
             "noise_multiplier": noise_multiplier,
             "clip_norm": clip_norm,
         }

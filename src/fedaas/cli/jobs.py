@@ -24,6 +24,8 @@ def format_round(r: dict[str, Any], total: int) -> str:
         f"round {r['round']:>3}/{total}  accuracy {acc}  loss {loss}  "
         f"clients {r['clients']:>3}  {r['seconds']:.3f} s"
     )
+    if r.get("record_epsilon") is not None:
+        line += f"  record-level epsilon {r['record_epsilon']:.3f}"
     if r.get("epsilon") is not None:
         line += f"  epsilon {r['epsilon']:.3f}" + (
             "" if r.get("private", True) else " (NOT private)"

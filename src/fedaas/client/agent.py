@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedaas import tensors
-from fedaas.client.privacy import privatize
+from fedaas.client.privacy import privatize, train_record_level
 from fedaas.client.transport import ApiClientError, Transport
 from fedaas.data.dataset import DataError, Dataset
 from fedaas.data.source import open_dataset
@@ -138,7 +138,12 @@ class Agent:
     ) -> None:
         began = time.perf_counter()
         seed = [ctx.spec.job.seed, number, zlib.crc32(self.data_url.encode())]
-        metrics = train_local(ctx.module, ctx.train, ctx.spec.train, seed=seed)
+        if privacy.get("unit") == "record":
+            metrics = train_record_level(
+                ctx, privacy, seed, self.state_dir / f"dpsgd-{job_id}.json"
+            )
+        else:
+            metrics = train_local(ctx.module, ctx.train, ctx.spec.train, seed=seed)
         trained = get_state(ctx.module)
         delta = {name: trained[name] - start[name] for name in start}
         delta, unclipped = privatize(delta, privacy, number, self.state_dir, job_id, self.data_url)

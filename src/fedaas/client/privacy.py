@@ -68,3 +68,42 @@ def privatize(
     return {
         name: clipped[name] + noise[name].astype(np.float32) for name in clipped
     }, norm <= clip_norm
+
+
+def train_record_level(
+    ctx: Any, info: dict[str, Any], seed: list[int], ledger: Path
+) -> dict[str, float]:
+    """Record-level DP: train with DP-SGD (Abadi et al. 2016) and report cumulative epsilon.
+
+    The count of rounds this member has trained in the job is saved *before*
+    training, so a crash mid-round still counts the round as spent.
+    """
+    import json
+    import math
+
+    from fedaas.train_dp import dp_sgd_schedule, record_epsilon_after, train_local_dp
+
+    cfg, spec = ctx.spec.train, ctx.spec
+    z, delta = float(info["noise_multiplier"]), float(info["delta"])
+    rounds = json.loads(ledger.read_text())["rounds"] + 1 if ledger.exists() else 1
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ledger.with_name(ledger.name + ".partial")
+    tmp.write_text(json.dumps({"rounds": rounds}))
+    tmp.replace(ledger)
+    q, steps = dp_sgd_schedule(ctx.train.num_examples, cfg.batch_size, cfg.epochs)
+    metrics = train_local_dp(
+        ctx.module,
+        ctx.train,
+        cfg,
+        seed=seed,
+        noise_multiplier=z,
+        max_grad_norm=float(info["clip_norm"]),
+        delta=delta,
+        secure=not info.get("reproducible", False),
+        accountant=spec.privacy.accountant,
+    )
+    eps = record_epsilon_after(rounds, steps, q, z, delta, accountant=spec.privacy.accountant)
+    metrics.pop("record_epsilon", None)
+    if math.isfinite(eps):
+        metrics["record_epsilon"] = eps
+    return metrics

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -131,6 +132,20 @@ def tls_problem(exc: BaseException, server: str) -> str | None:
     return None
 
 
+def _closed_without_answer(exc: BaseException) -> bool:
+    """The server dropped the connection (no HTTP answer, or a TLS EOF/reset)."""
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return True
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionResetError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def backoff_delays(base: float = 0.5, cap: float = 30.0) -> Any:
     """Full-jitter exponential backoff: 0.5 s, 1 s, 2 s ... capped at ``cap``."""
     attempt = 0
@@ -155,6 +170,8 @@ class Transport:
         self.give_up_after = give_up_after
         if tls is not None and verify is True and self.server.startswith("https://"):
             verify = tls.context()
+        self._client_cert = tls is not None and tls.client_cert is not None
+        self._verify = verify
         self._http = httpx.Client(
             base_url=self.server,
             headers={"Authorization": f"Bearer {token}", "User-Agent": "fedaas"},
@@ -178,6 +195,8 @@ class Transport:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 fatal = tls_problem(exc, self.server)
+                if fatal is None and _closed_without_answer(exc):
+                    fatal = self._tls_refusal()
                 if fatal is not None:
                     raise ApiClientError(0, "tls", fatal) from None
                 problem = f"cannot reach the coordinator at {self.server} ({type(exc).__name__})"
@@ -195,6 +214,56 @@ class Transport:
                 raise ApiClientError(0, "unreachable", problem)
             log.warning("%s; retrying in %.1f s", problem, delay)
             time.sleep(delay)
+
+    def _tls_refusal(self) -> str | None:
+        """After an HTTPS connection closed with no answer: does the coordinator refuse our TLS?
+
+        A coordinator that requires client certificates closes the connection
+        when it gets none (or one it does not trust) without a word: no TLS
+        alert reaches the client. One fresh probe tells that apart from an
+        outage (a restarting coordinator refuses the TCP connection or answers):
+        TCP connects, then the TLS connection closes before a single byte of
+        answer to a well-formed request.
+        """
+        url = httpx.URL(self.server)
+        if url.scheme != "https" or self._verify is False:
+            return None
+        if isinstance(self._verify, ssl.SSLContext):
+            ctx = self._verify
+        elif isinstance(self._verify, str):
+            ctx = ssl.create_default_context(cafile=self._verify)
+        else:
+            ctx = ssl.create_default_context()
+        host, port = url.host, url.port or 443
+        request = f"GET /v1/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        try:
+            raw = socket.create_connection((host, port), timeout=5)
+        except OSError:
+            return None  # not listening: an outage, keep retrying
+        try:
+            with ctx.wrap_socket(raw, server_hostname=host) as conn:
+                conn.sendall(request.encode())
+                answered = bool(conn.recv(1))
+        except ssl.SSLCertVerificationError:
+            return None  # reported by tls_problem on the next try
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            answered = False
+        except OSError:  # timeouts and the like: not conclusive
+            return None
+        finally:
+            raw.close()
+        if answered:
+            return None
+        if self._client_cert:
+            return (
+                f"the coordinator at {self.server} closed the TLS connection without answering: "
+                "it refused this client's TLS certificate (--client-cert)"
+            )
+        return (
+            f"the coordinator at {self.server} closed the TLS connection without answering: "
+            f"it requires a client certificate; pass --client-cert and --client-key "
+            f"(or ${CLIENT_CERT_ENV}, ${CLIENT_KEY_ENV})"
+        )
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs).json()
