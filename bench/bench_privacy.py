@@ -82,10 +82,11 @@ def main() -> None:
         "|---|---:|---:|",
     ]
     for label, rounds in results:
-        eps = rounds[-1].get("epsilon")
-        lines.append(
-            f"| {label} | {rounds[-1]['accuracy']:.3f} | {'-' if eps is None else f'{eps:.1f}'} |"
-        )
+        last = rounds[-1]
+        shown = "-" if last.get("epsilon") is None else f"{last['epsilon']:.1f}"
+        if last.get("record_epsilon") is not None:
+            shown = f"{last['record_epsilon']:.1f} (per record, RDP)"
+        lines.append(f"| {label} | {last['accuracy']:.3f} | {shown} |")
     table = "\n".join(lines)
     print()
     print(table)

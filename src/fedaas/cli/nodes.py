@@ -54,10 +54,12 @@ def server(
     ] = None,
 ) -> None:
     """Run the coordinator (the parent node)."""
-    from fedaas.server.run import TlsConfigError, serve
-
     if tls_cert is not None and tls_key is None:
         raise typer.BadParameter("--tls-cert needs --tls-key", param_hint="--tls-key")
+    if tls_client_ca is not None and tls_cert is None:
+        raise typer.BadParameter("--tls-client-ca needs --tls-cert", param_hint="--tls-cert")
+    from fedaas.server.run import TlsConfigError, serve
+
     setup_logging()
     from fedaas.data.storage import parse_storage_options
 

@@ -29,6 +29,14 @@ def main(argv: list[str]) -> int:
         engine = create_engine(f"sqlite:///{Path(tmp) / 'scratch.db'}")
         with engine.begin() as connection:
             config = alembic_config(connection)
+            ruff = Path(sys.executable).with_name("ruff")
+            if ruff.exists():  # format the new file the way the project does
+                config.set_section_option("post_write_hooks", "hooks", "ruff")
+                config.set_section_option("post_write_hooks", "ruff.type", "exec")
+                config.set_section_option("post_write_hooks", "ruff.executable", str(ruff))
+                config.set_section_option(
+                    "post_write_hooks", "ruff.options", "format REVISION_SCRIPT_FILENAME"
+                )
             command.upgrade(config, "head")
             script = command.revision(
                 config, message=message, autogenerate=True, rev_id=f"{number:04d}"
