@@ -100,11 +100,15 @@ class Artifacts:
         return path
 
     def prune_models(self, job_id: str, keep: int) -> None:
-        """Delete the job's per-round files (models, noise state) except round ``keep``."""
+        """Delete the job's per-round files (models, noise state) of rounds before ``keep``.
+
+        Never touches newer rounds, so a late prune cannot remove a model that a
+        later round has just written.
+        """
         folder = self.root / "jobs" / job_id
-        suffix = f"-{keep:06d}.safetensors"
         for path in folder.glob("*-*.safetensors"):
-            if not path.name.endswith(suffix):
+            number = path.stem.rsplit("-", 1)[-1]
+            if number.isdigit() and int(number) < keep:
                 path.unlink(missing_ok=True)
                 if self.remote is not None:
                     storage.remove(self._remote_url(path), self.options)

@@ -495,19 +495,26 @@ class Coordinator:
             self.store.update_job(job_id, status=status, reason=reason, finished_at=time.time())
         self._progress.fire()
 
-    async def _await_members(self, job: ActiveJob) -> list[int]:
+    async def _await_members(self, job: ActiveJob) -> tuple[list[int], dict[int, str]]:
+        """Wait until enough eligible members are online: ``(online ids, eligible id -> name)``.
+
+        Eligible: enrolled, not revoked, and not declined this job.
+        """
         spec = job.spec
         deadline = time.monotonic() + spec.federation.round_timeout
         while True:
-            enrolled = [m.id for m in self.store.members() if m.revoked_at is None]
-            eligible = [m for m in enrolled if m not in job.declined]
+            eligible = {
+                m.id: m.name
+                for m in self.store.members()
+                if m.revoked_at is None and m.id not in job.declined
+            }
             need = min(spec.clients_for_round(len(eligible)), max(len(eligible), 1))
             online = sorted(self._online() & set(eligible))
             if len(online) >= need and online:
-                return online
+                return online, eligible
             if time.monotonic() >= deadline:
                 if len(online) >= spec.federation.min_clients:
-                    return online
+                    return online, eligible
                 raise JobFailed(
                     f"quorum not met: {len(online)} member(s) online after waiting "
                     f"{spec.federation.round_timeout:g} s, min_clients is {spec.federation.min_clients}"
@@ -516,9 +523,8 @@ class Coordinator:
 
     async def _run_round(self, job: ActiveJob, number: int) -> None:
         spec = job.spec
-        online = await self._await_members(job)
-        names = {m.id: m.name for m in self.store.members()}
-        eligible_count = len([m for m in names if m not in job.declined])
+        online, names = await self._await_members(job)
+        eligible_count = len(names)
         count = min(spec.clients_for_round(eligible_count), len(online))
         rng = np.random.default_rng([spec.job.seed, number])
         chosen = sorted(int(m) for m in rng.choice(online, size=count, replace=False))
@@ -582,7 +588,10 @@ class Coordinator:
         participants = sorted(state.sampled[m] for m in state.reported)
         extra = {"privacy": privacy.persisted()} if privacy.enabled else {}
         self.store.close_round(job.id, number, metrics, participants, state.receipts, extra)
-        self.artifacts.prune_models(job.id, keep=number)
+        # off the critical path; pruning only ever removes rounds older than ``number``
+        asyncio.get_running_loop().run_in_executor(
+            None, self.artifacts.prune_models, job.id, number
+        )
         job.completed_round = number
         state.stage = Stage.CLOSED
         job.round = None
