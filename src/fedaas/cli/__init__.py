@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from fedaas.cli import datasets, demo, jobs, nodes
+from fedaas.cli import datasets, demo, jobs, members, nodes
 from fedaas.cli.privacy import privacy
 from fedaas.client.transport import ApiClientError
 from fedaas.data.dataset import DataError
@@ -32,8 +32,10 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(datasets.app, name="datasets")
 app.command("demo")(demo.demo)
 app.command("privacy")(privacy)
+app.command("members")(members.members)
+app.command("revoke")(members.revoke)
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def main() -> None:

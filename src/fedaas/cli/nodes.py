@@ -42,7 +42,13 @@ def server(
     ] = None,
     storage_option: StorageOpt = None,
     db: Annotated[
-        str | None, typer.Option(help="SQLAlchemy database URL (default: SQLite in --state).")
+        str | None,
+        typer.Option(
+            envvar="FEDAAS_DB",
+            help="SQLAlchemy database URL, e.g. postgresql+psycopg://USER@HOST:5432/DB "
+            "(default: SQLite in --state). $FEDAAS_DB keeps a password off the command line.",
+            show_default=False,
+        ),
     ] = None,
     tls_cert: Annotated[
         Path | None, _pem("PEM certificate (chain) to serve HTTPS with; needs --tls-key.")
@@ -58,6 +64,7 @@ def server(
         raise typer.BadParameter("--tls-cert needs --tls-key", param_hint="--tls-key")
     if tls_client_ca is not None and tls_cert is None:
         raise typer.BadParameter("--tls-client-ca needs --tls-cert", param_hint="--tls-cert")
+    from fedaas.server.db import StoreError
     from fedaas.server.run import TlsConfigError, serve
 
     setup_logging()
@@ -78,6 +85,8 @@ def server(
         )
     except TlsConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+    except StoreError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--db") from None
 
 
 def enroll(

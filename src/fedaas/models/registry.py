@@ -61,6 +61,16 @@ def build_model(model: ModelSection, data: DataSection, seed: int | None = None)
     return built
 
 
+def parameter_count(model: ModelSection, data: DataSection) -> int | None:
+    """Parameters of a built-in model without building it (``None`` for plugins)."""
+    if model.name == "logreg":
+        return data.features * data.classes + data.classes
+    if model.name == "mlp":
+        widths = [data.features, *model.hidden, data.classes]
+        return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    return None
+
+
 def get_state(module: nn.Module) -> dict[str, np.ndarray]:
     """The module's floating-point state as float32 numpy arrays (copies)."""
     return {

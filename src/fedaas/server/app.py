@@ -22,6 +22,7 @@ from fedaas.server.auth import Authenticator, Principal
 from fedaas.server.coordinator import Coordinator, etag
 from fedaas.server.db import Store
 from fedaas.server.errors import ApiError, install_handlers
+from fedaas.server.limits import BodyLimit
 from fedaas.server.uploads import MEMORY_SPOOL_BYTES, receive_body
 from fedaas.spec import SpecError
 
@@ -36,7 +37,7 @@ class EnrollRequest(BaseModel):
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     spec: dict[str, Any]
-    source: Annotated[str, Field(max_length=1_000_000)] | None = None
+    source: Annotated[str, Field(max_length=1_000_000, pattern=r"^[^\x00]*$")] | None = None
 
 
 class EvaluationReport(BaseModel):
@@ -111,6 +112,7 @@ def create_app(
     app.state.coordinator = coordinator
     app.state.auth = auth
     install_handlers(app)
+    app.add_middleware(BodyLimit)
 
     @app.get("/v1/health")
     async def health() -> dict[str, str]:
@@ -136,7 +138,7 @@ def create_app(
 
     @app.delete("/v1/members/{name}")
     async def revoke(name: str, _: Admin) -> dict[str, Any]:
-        auth.revoke(name)
+        coordinator.forget_member(auth.revoke(name))
         return {"name": name, "revoked": True}
 
     @app.post("/v1/jobs", status_code=201)

@@ -74,12 +74,14 @@ class Authenticator:
         self._members[member.token_hash] = principal
         return principal, token
 
-    def revoke(self, name: str) -> None:
+    def revoke(self, name: str) -> int:
+        """Refuse the member's token from now on (and after restarts); returns its id."""
         member = self._store.member_by_name(name)
         if member is None:
             raise ApiError(404, "not_found", f"no member named {name!r}")
+        self._members.pop(member.token_hash, None)  # first: no request gets in after this
         self._store.revoke_member(member.id)
-        self._members.pop(member.token_hash, None)
+        return member.id
 
     def identify(self, authorization: str | None) -> Principal:
         if not authorization:

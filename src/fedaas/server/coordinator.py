@@ -35,7 +35,7 @@ from fedaas.algorithms.aggregate import WeightedSum
 from fedaas.data.dataset import ArrayDataset, DataError
 from fedaas.data.source import open_dataset
 from fedaas.models import build_model, get_state, set_state
-from fedaas.models.registry import ModelError
+from fedaas.models.registry import ModelError, parameter_count
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store, Update
 from fedaas.server.errors import ApiError
@@ -49,6 +49,7 @@ log = logging.getLogger("fedaas.coordinator")
 
 ONLINE_WINDOW_S = 60.0
 MAX_RECEIPTS = 100_000
+MAX_PARAMETERS = 250_000_000  # 1 GB of float32: larger models are refused at submission
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -144,12 +145,16 @@ class Coordinator:
             if not pending:
                 await self._queue_changed.wait(5.0)
                 continue
-            self._runner = asyncio.create_task(self._run_job(pending[0].id))
+            job_id = pending[0].id
+            self._runner = asyncio.create_task(self._run_job(job_id))
             try:
                 await self._runner
             except asyncio.CancelledError:
                 if self._runner.cancelled() and not self._runner_cancel_requested:
                     raise
+            except Exception as exc:  # one broken job must not stop the coordinator
+                log.exception("job %s failed unexpectedly", job_id)
+                self._finish(job_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
             finally:
                 self._runner_cancel_requested = False
                 self.active = None
@@ -160,10 +165,20 @@ class Coordinator:
     # jobs ----------------------------------------------------------------
     def submit(self, spec_data: dict[str, Any], source: str | None) -> Job:
         spec = parse_spec(spec_data)
+        size = parameter_count(spec.model, spec.data)
+        if size is not None and size > MAX_PARAMETERS:
+            raise ApiError(
+                422,
+                "invalid_spec",
+                f"the model has {size:,} parameters; this coordinator accepts at most "
+                f"{MAX_PARAMETERS:,}",
+            )
         try:
             module = build_model(spec.model, spec.data, seed=spec.job.seed)
         except ModelError as exc:
             raise ApiError(422, "invalid_spec", str(exc)) from None
+        except (RuntimeError, MemoryError) as exc:
+            raise ApiError(422, "invalid_spec", f"the model cannot be built: {exc}") from None
         job_id = "job-" + secrets.token_hex(6)
         state = get_state(module)
         self.artifacts.save_model(job_id, 0, state, {"job": job_id, "round": "0"})
@@ -275,7 +290,15 @@ class Coordinator:
         }
 
     def forget_member(self, member_id: int) -> None:
+        """A revoked member: never sampled again; an open round stops waiting for it."""
         self._last_seen.pop(member_id, None)
+        job = self.active
+        if job is not None:
+            job.declined.setdefault(member_id, "revoked by the operator")
+            if job.round is not None:
+                job.round.check_done(set(job.declined))
+        self._members_changed.fire()
+        self._tasks_changed.fire()
 
     async def next_task(self, member_id: int, timeout: float) -> dict[str, Any] | None:
         """Long-poll for the member's next task; ``None`` when there is none yet."""
@@ -447,6 +470,8 @@ class Coordinator:
         except JobFailed as exc:
             self._finish(job_id, "failed", str(exc))
             return
+        if self._job_or_404(job_id).status in TERMINAL:  # cancelled while activating
+            return
         self.active = job
         try:
             for number in range(job.completed_round + 1, spec.job.rounds + 1):
@@ -465,7 +490,8 @@ class Coordinator:
             with self.store.session() as s:  # the interrupted round reruns from scratch
                 s.execute(delete(Update).where(Update.job_id == row.id, Update.round > row.round))
             log.info("resuming job %s after round %d", row.id, row.round)
-        self.store.update_job(row.id, status="running", started_at=row.started_at or time.time())
+        if not self.store.start_job(row.id, time.time()):
+            raise JobFailed("the job ended before it started")
         path = self.artifacts.model_path(row.id, row.round)
         if not self.artifacts.restore(path):
             raise JobFailed(f"the model of round {row.round} is missing from the artifact store")

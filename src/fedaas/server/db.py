@@ -25,12 +25,14 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -103,6 +105,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
+class StoreError(RuntimeError):
+    """The database cannot be opened or brought up to date (one line, password hidden)."""
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparsable database URL>"
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
+
+
 def upgrade_schema(engine: Engine) -> None:
     """Bring the database to the newest schema (``alembic upgrade head``).
 
@@ -131,10 +151,15 @@ class Store:
     """
 
     def __init__(self, url: str) -> None:
-        self.engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        upgrade_schema(self.engine)
+        try:
+            self.engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            upgrade_schema(self.engine)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(
+                f"cannot open the database {redacted(url)}: {_one_line(exc)}"
+            ) from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -180,6 +205,21 @@ class Store:
             if statuses:
                 query = query.where(Job.status.in_(statuses))
             return list(s.scalars(query))
+
+    def start_job(self, job_id: str, started_at: float) -> bool:
+        """Mark a queued (or resumed) job running, atomically; False if it ended meanwhile.
+
+        A plain ``update_job(status="running")`` from the thread that activates
+        a job would overwrite a cancel that arrived during activation.
+        """
+        with self.session() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+                .values(status="running", started_at=func.coalesce(Job.started_at, started_at))
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         with self.session() as s:
