@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -106,13 +107,18 @@ def admin_client(
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Rich log lines on a terminal; plain, cheap ones when stderr is a file or pipe."""
+    interactive = sys.stderr.isatty()
+    handler: logging.Handler = (
+        RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+        if interactive
+        else logging.StreamHandler()
+    )
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
+        format="%(message)s" if interactive else "%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
-        handlers=[
-            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
-        ],
+        handlers=[handler],
     )
     for noisy in ("httpx", "httpcore", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedaas import __version__
@@ -64,7 +64,11 @@ async def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
     return who
 
 
-async def _member(who: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _member(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    # one flat dependency: members hit this on every poll, download and upload
+    who: Principal = request.app.state.auth.identify(authorization)
     if who.role != "client":
         raise ApiError(403, "forbidden", "this endpoint is for enrolled members")
     return who
@@ -108,7 +112,12 @@ def create_app(
         yield
         await coordinator.stop()
 
-    app = FastAPI(title="fedaas coordinator", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="fedaas coordinator",
+        version=__version__,
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.coordinator = coordinator
     app.state.auth = auth
     install_handlers(app)
@@ -206,7 +215,7 @@ def create_app(
         """Long-poll for work: 200 with a task, or 204 when none came up in ``timeout``."""
         assert who.member_id is not None
         task = await coordinator.next_task(who.member_id, timeout)
-        return Response(status_code=204) if task is None else task
+        return Response(status_code=204) if task is None else JSONResponse(task)
 
     @app.put("/v1/jobs/{job_id}/rounds/{number}/update")
     async def upload(
@@ -217,13 +226,13 @@ def create_app(
         idempotency_key: Annotated[
             str | None, Header(max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Upload an update; a retry with the same ``Idempotency-Key`` is answered, not recounted."""
         assert who.member_id is not None
         key = idempotency_key
         limit, replay = coordinator.check_upload(job_id, number, who.member_id, key)
         if replay is not None:
-            return replay
+            return JSONResponse(replay)
         body = await receive_body(request, limit, artifacts.new_spool)
         if isinstance(body, bytes):  # small: validating and folding is quicker than a thread hop
             receipt = coordinator.accept_update(job_id, number, who.member_id, body, len(body), key)
@@ -236,7 +245,7 @@ def create_app(
             finally:
                 body.unlink(missing_ok=True)
         coordinator.after_answer(job_id)
-        return receipt
+        return JSONResponse(receipt)
 
     @app.post("/v1/jobs/{job_id}/rounds/{number}/evaluation")
     async def report_evaluation(

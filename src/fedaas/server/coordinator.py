@@ -414,15 +414,15 @@ class Coordinator:
             state.reported[member_id] = num_examples
             state.train_metrics.append((num_examples, metrics))
             state.receipts.append(
-                Update(
-                    job_id=job_id,
-                    round=number,
-                    member_id=member_id,
-                    num_examples=num_examples,
-                    nbytes=nbytes,
-                    metrics=json.dumps(metrics),
-                    received_at=time.time(),
-                )
+                {
+                    "job_id": job_id,
+                    "round": number,
+                    "member_id": member_id,
+                    "num_examples": num_examples,
+                    "nbytes": nbytes,
+                    "metrics": json.dumps(metrics),
+                    "received_at": time.time(),
+                }
             )
             state.bytes_up += nbytes
             receipt = {

@@ -236,22 +236,13 @@ class Store:
         number: int,
         metrics: dict[str, Any],
         participants: list[str],
-        updates: list[Update],
+        updates: list[dict[str, Any]],
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Record a finished round, its updates and job state (``extra``), in one transaction."""
-        columns = (
-            "job_id",
-            "round",
-            "member_id",
-            "num_examples",
-            "nbytes",
-            "metrics",
-            "received_at",
-        )
         with self.session() as s:  # Core inserts: this runs once per round, on the hot path
             if updates:
-                s.execute(insert(Update), [{c: getattr(u, c) for c in columns} for u in updates])
+                s.execute(insert(Update), updates)
             s.execute(
                 insert(Round).values(
                     job_id=job_id,

@@ -104,6 +104,8 @@ def serve(
         loop="uvloop",
         http="httptools",
         timeout_keep_alive=75,
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=2,
         ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
     )
