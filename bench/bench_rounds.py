@@ -50,6 +50,7 @@ def run(members: int, rounds: int, workdir: Path) -> dict[str, float]:
         raise SystemExit(f"job {job['status']}: {job.get('reason')}")
     # round 1 includes every member's first model build and torch warm-up
     seconds = [r["seconds"] for r in job["rounds"][1:]]
+    print("rounds:", " ".join(f"{s:.3f}" for s in seconds))
     return {
         "members": members,
         "median_s": statistics.median(seconds),

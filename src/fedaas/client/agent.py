@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from fedaas import tensors
@@ -34,6 +35,7 @@ from fedaas.train import evaluate, train_local
 
 log = logging.getLogger("fedaas.agent")
 POLL_S = 25.0
+TASK_BUNDLE = "application/vnd.fedaas.task+safetensors"
 
 
 @dataclass
@@ -67,12 +69,15 @@ class Agent:
         log.info("member agent polling %s", self.t.server)
         while not self.stop.is_set():
             response = self.t.request(
-                "GET", "/v1/tasks/next", params={"timeout": POLL_S}, timeout=POLL_S
+                "GET",
+                "/v1/tasks/next",
+                params={"timeout": POLL_S, "bundle": "true"},
+                timeout=POLL_S,
             )
             if response.status_code == 204:
                 continue
             try:
-                self.handle(response.json())
+                self.handle(self._unbundle(response))
             except ApiClientError as exc:
                 if exc.status == 401:  # revoked or unknown token: nothing to retry
                     raise
@@ -115,15 +120,20 @@ class Agent:
         self._jobs = {job_id: _JobContext(spec, train, validation, module)}
         return self._jobs[job_id]
 
+    def _unbundle(self, response: httpx.Response) -> dict[str, Any]:
+        """The task; a bundled response also carries the task's model (saves a request)."""
+        if not response.headers.get("content-type", "").startswith(TASK_BUNDLE):
+            return response.json()
+        task = json.loads(response.headers["X-Fedaas-Task"])
+        state, _ = tensors.decode(response.content)
+        self._model_cache = (task["model_etag"], state)
+        return task
+
     def _global_model(self, job_id: str, number: int, etag: str) -> dict[str, np.ndarray]:
-        headers = {}
+        # an ETag names one job's model after one round: a cached copy is never stale
         if self._model_cache is not None and self._model_cache[0] == etag:
-            headers["If-None-Match"] = etag
-        response = self.t.request(
-            "GET", f"/v1/jobs/{job_id}/model", params={"round": number}, headers=headers
-        )
-        if response.status_code == 304 and self._model_cache is not None:
             return self._model_cache[1]
+        response = self.t.request("GET", f"/v1/jobs/{job_id}/model", params={"round": number})
         state, _ = tensors.decode(response.content)
         self._model_cache = (response.headers.get("ETag", etag), state)
         return state

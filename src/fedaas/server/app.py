@@ -7,6 +7,7 @@ over to :class:`~fedaas.server.coordinator.Coordinator`.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from fedaas.server.uploads import MEMORY_SPOOL_BYTES, receive_body
 from fedaas.spec import SpecError
 
 MAX_POLL_S = 60.0
+TASK_BUNDLE = "application/vnd.fedaas.task+safetensors"
 
 
 class EnrollRequest(BaseModel):
@@ -211,11 +213,30 @@ def create_app(
     async def next_task(
         who: Member,
         timeout: Annotated[float, Query(ge=0, le=MAX_POLL_S)] = 25.0,
+        bundle: bool = False,
     ) -> Any:
-        """Long-poll for work: 200 with a task, or 204 when none came up in ``timeout``."""
+        """Long-poll for work: 200 with a task, or 204 when none came up in ``timeout``.
+
+        With ``bundle=true`` and a small model, the answer is the task's model
+        (safetensors, ``Content-Type: application/vnd.fedaas.task+safetensors``)
+        with the task as JSON in the ``X-Fedaas-Task`` header: one round trip
+        instead of two.
+        """
         assert who.member_id is not None
         task = await coordinator.next_task(who.member_id, timeout)
-        return Response(status_code=204) if task is None else JSONResponse(task)
+        if task is None:
+            return Response(status_code=204)
+        if bundle:
+            path, number = coordinator.model_file(task["job_id"], task["model_round"])
+            size = path.stat().st_size
+            if size <= MEMORY_SPOOL_BYTES:
+                coordinator.count_download(task["job_id"], number, size)
+                return Response(
+                    models.read(path),
+                    media_type=TASK_BUNDLE,
+                    headers={"X-Fedaas-Task": json.dumps(task), "ETag": task["model_etag"]},
+                )
+        return JSONResponse(task)
 
     @app.put("/v1/jobs/{job_id}/rounds/{number}/update")
     async def upload(
