@@ -104,7 +104,6 @@ def test_sqlite_keeps_its_pragmas(tmp_path: Path) -> None:
 @pytest.mark.parametrize("big", [2**31, 10**12])
 def test_large_counts_fit_on_every_backend(db_url: str | None, tmp_path: Path, big: int) -> None:
     """num_examples may be up to 10**12 (uploads.MAX_EXAMPLES): a 32-bit column would fail on PostgreSQL."""
-    from fedaas.server.db import Update
 
     store = Store(_url(db_url, tmp_path))
     member = store.add_member("alpha", "2" * 64)
@@ -119,15 +118,15 @@ def test_large_counts_fit_on_every_backend(db_url: str | None, tmp_path: Path, b
             extra="{}",
         )
     )
-    update = Update(
-        job_id="job-1",
-        round=1,
-        member_id=member.id,
-        num_examples=big,
-        nbytes=big,
-        metrics="{}",
-        received_at=1.0,
-    )
+    update = {
+        "job_id": "job-1",
+        "round": 1,
+        "member_id": member.id,
+        "num_examples": big,
+        "nbytes": big,
+        "metrics": "{}",
+        "received_at": 1.0,
+    }
     store.close_round("job-1", 1, {"loss": 0.5}, ["alpha"], [update])
     (stored,) = store.updates_for("job-1", 1)
     assert stored.num_examples == big and stored.nbytes == big
