@@ -12,8 +12,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedaas.algorithms.accounting import epsilon, noise_for_epsilon
-
 _out = Console()
 _err = Console(stderr=True)
 
@@ -70,6 +68,8 @@ def privacy(
     ),
 ) -> None:
     """Epsilon of a DP-FedAvg job (RDP and PLD), or the noise it needs for a target epsilon."""
+    from fedaas.algorithms.accounting import epsilon, noise_for_epsilon  # 1 s import: only here
+
     problem = _check(noise_multiplier, sampling_rate, rounds, theta, delta, target_epsilon)
     if problem:
         _fail(problem)
