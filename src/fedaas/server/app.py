@@ -18,9 +18,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedaas import __version__
+from fedaas.server.answers import etag
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.auth import Authenticator, Principal
-from fedaas.server.coordinator import Coordinator, etag
+from fedaas.server.coordinator import Coordinator
 from fedaas.server.db import Store
 from fedaas.server.errors import ApiError, install_handlers
 from fedaas.server.limits import BodyLimit

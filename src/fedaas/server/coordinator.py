@@ -2,8 +2,9 @@
 
 One job trains at a time (members train one model at a time); others wait
 in the queue. Each job runs as one asyncio task that walks the stages of
-:mod:`fedaas.server.rounds`; request handlers only read the current stage
-and fold updates, and wake the task when a stage's answers are all in.
+:mod:`fedaas.server.rounds`; request handlers (the member-facing half is in
+:mod:`fedaas.server.answers`) only read the current stage and fold updates,
+and wake the task when a stage's answers are all in.
 
 Durability: after a round is aggregated the new global model is written
 atomically to the artifact store, then the round's metrics and the job's
@@ -20,10 +21,8 @@ import asyncio
 import json
 import logging
 import secrets
-import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,79 +31,36 @@ from sqlalchemy import delete
 
 from fedaas import tensors
 from fedaas.algorithms.aggregate import WeightedSum
-from fedaas.data.dataset import ArrayDataset, DataError
+from fedaas.data.dataset import DataError
 from fedaas.data.source import open_dataset
 from fedaas.models import build_model, get_state, set_state
 from fedaas.models.registry import ModelError, parameter_count
+from fedaas.server.answers import ActiveJob, BudgetReached, JobFailed, MemberDesk, Signal
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store, Update
 from fedaas.server.errors import ApiError
 from fedaas.server.privacy import JobPrivacy, PrivacyError
 from fedaas.server.rounds import RoundState, Stage, weighted_means
-from fedaas.server.uploads import fold_update, validate_update
 from fedaas.spec import JobSpec, parse_spec
 from fedaas.train import evaluate
 
 log = logging.getLogger("fedaas.coordinator")
 
-ONLINE_WINDOW_S = 60.0
-MAX_RECEIPTS = 100_000
 MAX_PARAMETERS = 250_000_000  # 1 GB of float32: larger models are refused at submission
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class JobFailed(Exception):
-    """The job cannot continue; the message is the reason shown to the operator."""
-
-
-class BudgetReached(Exception):
-    """The next round would exceed the job's privacy budget: stop cleanly."""
-
-
-@dataclass
-class ActiveJob:
-    id: str
-    spec: JobSpec
-    manifest: tensors.Manifest
-    max_upload: int
-    completed_round: int
-    declined: dict[int, str] = field(default_factory=dict)
-    round: RoundState | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    privacy: JobPrivacy | None = None
-    holdout: ArrayDataset | None = None
-    module: Any = None
-    cancelled: bool = False
-
-
-class _Signal:
-    """A broadcast wake-up: every waiter is released on each :meth:`fire`."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout=max(timeout, 0))
-        except TimeoutError:
-            pass
-
-
-class Coordinator:
+class Coordinator(MemberDesk):
     def __init__(self, store: Store, artifacts: Artifacts) -> None:
         self.store = store
         self.artifacts = artifacts
         self.active: ActiveJob | None = None
         self._last_seen: dict[int, float] = {}
         self._polling: dict[int, int] = {}
-        self._tasks_changed = _Signal()
-        self._members_changed = _Signal()
-        self._progress = _Signal()
-        self._queue_changed = _Signal()
+        self._tasks_changed = Signal()
+        self._members_changed = Signal()
+        self._progress = Signal()
+        self._queue_changed = Signal()
         self._receipts: OrderedDict[tuple[int, str | None], dict[str, Any]] = OrderedDict()
         self._supervisor: asyncio.Task | None = None
         self._runner: asyncio.Task | None = None
@@ -279,187 +235,6 @@ class Coordinator:
         if active is not None and active.id == job_id and active.round is not None:
             if active.round.number - 1 == number or active.round.number == number:
                 active.round.bytes_down += nbytes
-
-    # members ---------------------------------------------------------------
-    def _online(self) -> set[int]:
-        now = time.monotonic()
-        return {
-            mid
-            for mid, seen in self._last_seen.items()
-            if self._polling.get(mid, 0) > 0 or now - seen < ONLINE_WINDOW_S
-        }
-
-    def forget_member(self, member_id: int) -> None:
-        """A revoked member: never sampled again; an open round stops waiting for it."""
-        self._last_seen.pop(member_id, None)
-        job = self.active
-        if job is not None:
-            job.declined.setdefault(member_id, "revoked by the operator")
-            if job.round is not None:
-                job.round.check_done(set(job.declined))
-        self._members_changed.fire()
-        self._tasks_changed.fire()
-
-    async def next_task(self, member_id: int, timeout: float) -> dict[str, Any] | None:
-        """Long-poll for the member's next task; ``None`` when there is none yet."""
-        end = time.monotonic() + timeout
-        first = member_id not in self._last_seen
-        self._polling[member_id] = self._polling.get(member_id, 0) + 1
-        try:
-            while True:
-                self._last_seen[member_id] = time.monotonic()
-                if first:
-                    first = False
-                    self._members_changed.fire()
-                task = self._task_for(member_id)
-                remaining = end - time.monotonic()
-                if task is not None or remaining <= 0 or self._closing:
-                    return task
-                await self._tasks_changed.wait(remaining)
-        finally:
-            self._polling[member_id] -= 1
-            self._last_seen[member_id] = time.monotonic()
-
-    def _task_for(self, member_id: int) -> dict[str, Any] | None:
-        job = self.active
-        if job is None or job.round is None or member_id in job.declined:
-            return None
-        state = job.round
-        if (
-            state.stage == Stage.TRAINING
-            and member_id in state.sampled
-            and member_id not in state.reported
-        ):
-            kind, model_round = "train", state.number - 1
-        elif (
-            state.stage == Stage.EVALUATING
-            and member_id in state.evaluators
-            and member_id not in state.evaluated
-        ):
-            kind, model_round = "evaluate", state.number
-        else:
-            return None
-        return {
-            "job_id": job.id,
-            "round": state.number,
-            "stage": kind,
-            "model_round": model_round,
-            "model_etag": etag(job.id, model_round),
-            "deadline_in": max(0.0, state.deadline - time.monotonic()),
-            "max_upload_bytes": job.max_upload,
-            "spec": job.spec.to_dict(),
-            "privacy": state.privacy,
-        }
-
-    def _round_for(
-        self, job_id: str, number: int, stage: Stage, member_id: int
-    ) -> tuple[ActiveJob, RoundState]:
-        job = self.active
-        if job is None or job.id != job_id:
-            stored = self._job_or_404(job_id)
-            raise ApiError(
-                409, "round_closed", f"job {job_id} is {stored.status}; it takes no uploads now"
-            )
-        state = job.round
-        if state is None or state.number != number or state.stage != stage:
-            raise ApiError(
-                409, "round_closed", f"round {number} of job {job_id} is not open for this"
-            )
-        members = state.sampled if stage == Stage.TRAINING else state.evaluators
-        if member_id not in members:
-            raise ApiError(403, "not_sampled", f"this member is not part of round {number}")
-        if member_id in (state.reported if stage == Stage.TRAINING else state.evaluated):
-            raise ApiError(409, "duplicate", f"this member already reported for round {number}")
-        return job, state
-
-    def check_upload(
-        self, job_id: str, number: int, member_id: int, key: str | None
-    ) -> tuple[int, dict[str, Any] | None]:
-        """Before the body is read: ``(size limit, None)``, or ``(0, receipt)`` for a retry.
-
-        A retried upload (same ``Idempotency-Key`` from the same member, e.g.
-        after the connection broke once the coordinator had the update) gets
-        the original receipt back and is never counted twice.
-        """
-        replay = self._receipts.get((member_id, key)) if key else None
-        if replay is not None and replay["job_id"] == job_id and replay["round"] == number:
-            return 0, replay
-        job, _ = self._round_for(job_id, number, Stage.TRAINING, member_id)
-        return job.max_upload, None
-
-    def _remember(self, member_id: int, key: str | None, receipt: dict[str, Any]) -> None:
-        if key:
-            self._receipts[(member_id, key)] = receipt
-            while len(self._receipts) > MAX_RECEIPTS:
-                self._receipts.popitem(last=False)
-
-    def accept_update(
-        self,
-        job_id: str,
-        number: int,
-        member_id: int,
-        body: bytes | Path,
-        nbytes: int,
-        key: str | None = None,
-    ) -> dict[str, Any]:
-        """Validate and fold an update (large, spooled ones in a worker thread)."""
-        job, _ = self._round_for(job_id, number, Stage.TRAINING, member_id)
-        update, num_examples, metrics = validate_update(body, job.manifest)
-        with job.lock:  # the round may have closed while the body was checked
-            job, state = self._round_for(job_id, number, Stage.TRAINING, member_id)
-            assert state.acc is not None
-            private = job.privacy is not None and job.privacy.enabled
-            fold_update(update, state.acc, 1.0 if private else float(num_examples))
-            state.unclipped += update.metadata.get("unclipped") == "1"
-            state.reported[member_id] = num_examples
-            state.train_metrics.append((num_examples, metrics))
-            state.receipts.append(
-                {
-                    "job_id": job_id,
-                    "round": number,
-                    "member_id": member_id,
-                    "num_examples": num_examples,
-                    "nbytes": nbytes,
-                    "metrics": json.dumps(metrics),
-                    "received_at": time.time(),
-                }
-            )
-            state.bytes_up += nbytes
-            receipt = {
-                "accepted": True,
-                "job_id": job_id,
-                "round": number,
-                "num_examples": num_examples,
-            }
-            self._remember(member_id, key, receipt)
-        return receipt
-
-    def after_answer(self, job_id: str) -> None:
-        """Called on the event loop after an answer was recorded."""
-        job = self.active
-        if job is not None and job.id == job_id and job.round is not None:
-            job.round.check_done(set(job.declined))
-
-    def accept_evaluation(
-        self, job_id: str, number: int, member_id: int, examples: int, loss: float, accuracy: float
-    ) -> None:
-        job, state = self._round_for(job_id, number, Stage.EVALUATING, member_id)
-        state.evaluated[member_id] = (examples, loss, accuracy)
-        self.after_answer(job_id)
-
-    def decline(self, job_id: str, member_id: int, name: str, reason: str) -> None:
-        job = self.active
-        if job is None or job.id != job_id:
-            self._job_or_404(job_id)
-            raise ApiError(409, "conflict", f"job {job_id} is not running")
-        job.declined[member_id] = reason
-        stored = self._job_or_404(job_id)
-        extra = json.loads(stored.extra or "{}")
-        extra.setdefault("declined", {})[name] = reason
-        self.store.update_job(job_id, extra=json.dumps(extra))
-        log.warning("member %s declined job %s: %s", name, job_id, reason)
-        self.after_answer(job_id)
-        self._members_changed.fire()
 
     # the round loop ----------------------------------------------------------
     async def _run_job(self, job_id: str) -> None:
@@ -673,7 +448,3 @@ class Coordinator:
             "federated_accuracy": sum(n * acc for n, _, acc in state.evaluated.values()) / total,
             "federated_examples": total,
         }
-
-
-def etag(job_id: str, number: int) -> str:
-    return f'"{job_id}-r{number}"'
