@@ -16,17 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_memory import rss_mb
 from fedaas.data.digits import digits_federation
 from fedaas.data.source import write_npz
 from fedaas.sim.cluster import LocalCluster
 from fedaas.sim.demo import EXAMPLE_SPEC, demo_spec
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run(members: int, rounds: int, workdir: Path) -> dict[str, float]:
@@ -45,7 +39,7 @@ def run(members: int, rounds: int, workdir: Path) -> dict[str, float]:
         t0 = time.perf_counter()
         job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
         wall = time.perf_counter() - t0
-        peak = peak_rss_mb(cluster.server.pid)
+        peak = rss_mb(cluster.server.pid, "VmHWM")
     if job["status"] != "completed":
         raise SystemExit(f"job {job['status']}: {job.get('reason')}")
     # round 1 includes every member's first model build and torch warm-up

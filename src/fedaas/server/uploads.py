@@ -61,13 +61,11 @@ async def receive_body(request: Request, limit: int, new_spool: Callable[[], Pat
                 sink.write(chunk)
             else:
                 pieces.append(chunk)
-    except ClientDisconnect:
+    except BaseException as exc:
         if spool is not None:
             spool.unlink(missing_ok=True)
-        raise ApiError(400, "bad_request", "the upload was interrupted") from None
-    except BaseException:
-        if spool is not None:
-            spool.unlink(missing_ok=True)
+        if isinstance(exc, ClientDisconnect):
+            raise ApiError(400, "bad_request", "the upload was interrupted") from None
         raise
     finally:
         if sink is not None:
