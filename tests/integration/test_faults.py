@@ -145,6 +145,25 @@ def test_submit_wait_rides_through_a_coordinator_restart(
     assert (out / "metrics.json").exists() and (out / "model.safetensors").exists()
 
 
+def test_a_restarted_coordinator_waits_for_members_slower_than_the_round_timeout(
+    federation: tuple[LocalCluster, Path],
+) -> None:
+    """Members in a long backoff reconnect after ``round_timeout``: the job goes on."""
+    cluster, holdout = federation
+    job_id = cluster.admin.submit(spec(holdout, 11))["id"]
+    wait_round(cluster, job_id, 1)
+    names = [f"m{i}" for i in range(MEMBERS)]
+    for name in names:
+        cluster.kill_client(name)
+    cluster.kill_server()
+    cluster.start_server()
+    time.sleep(6 + 2)  # past the job's round_timeout with nobody online
+    for name in names:
+        cluster.restart_client(name)
+    job = cluster.admin.wait(job_id)
+    check_rounds(job)
+
+
 def test_a_job_whose_quorum_cannot_be_met_fails_with_the_reason(
     federation: tuple[LocalCluster, Path],
 ) -> None:
@@ -157,3 +176,12 @@ def test_a_job_whose_quorum_cannot_be_met_fails_with_the_reason(
     assert "quorum not met" in job["reason"] and f"min_clients is {MEMBERS + 1}" in job["reason"]
     assert time.monotonic() - started < 30
     assert job["rounds"] == []
+
+
+def test_the_reconnect_grace_outlasts_the_members_backoff() -> None:
+    from itertools import islice
+
+    from fedaas.client.transport import backoff_delays
+    from fedaas.server.coordinator import RECONNECT_GRACE_S
+
+    assert max(islice(backoff_delays(), 64)) < RECONNECT_GRACE_S

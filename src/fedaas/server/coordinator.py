@@ -48,6 +48,9 @@ log = logging.getLogger("fedaas.coordinator")
 
 MAX_PARAMETERS = 250_000_000  # 1 GB of float32: larger models are refused at submission
 TERMINAL = ("completed", "failed", "cancelled")
+# Members retry with exponential backoff capped at 30 s (fedaas.client.transport.backoff_delays),
+# so after a restart every live member is back within about that long.
+RECONNECT_GRACE_S = 40.0
 
 
 class Coordinator(MemberDesk):
@@ -64,6 +67,7 @@ class Coordinator(MemberDesk):
         self._receipts: OrderedDict[tuple[int, str | None], dict[str, Any]] = OrderedDict()
         self._supervisor: asyncio.Task | None = None
         self._runner: asyncio.Task | None = None
+        self._started = time.monotonic()
 
     # lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -299,7 +303,11 @@ class Coordinator(MemberDesk):
     async def _await_members(self, job: ActiveJob) -> tuple[list[int], dict[int, str]]:
         """Wait until enough eligible members are online: ``(online ids, eligible id -> name)``.
 
-        Eligible: enrolled, not revoked, and not declined this job.
+        Eligible: enrolled, not revoked, and not declined this job. After
+        ``round_timeout`` the round starts with whoever is online if that meets
+        ``min_clients``. A coordinator that has just (re)started knows nobody
+        is online yet, so it does not declare the quorum lost before members
+        have had :data:`RECONNECT_GRACE_S` to come back from their backoff.
         """
         spec = job.spec
         deadline = time.monotonic() + spec.federation.round_timeout
@@ -313,14 +321,21 @@ class Coordinator(MemberDesk):
             online = sorted(self._online() & set(eligible))
             if len(online) >= need and online:
                 return online, eligible
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 if len(online) >= spec.federation.min_clients:
                     return online, eligible
-                raise JobFailed(
-                    f"quorum not met: {len(online)} member(s) online after waiting "
-                    f"{spec.federation.round_timeout:g} s, min_clients is {spec.federation.min_clients}"
+                reconnecting = len(eligible) >= spec.federation.min_clients and (
+                    now < self._started + RECONNECT_GRACE_S
                 )
-            await self._members_changed.wait(min(1.0, deadline - time.monotonic()))
+                if not reconnecting:
+                    raise JobFailed(
+                        f"quorum not met: {len(online)} member(s) online after waiting "
+                        f"{spec.federation.round_timeout:g} s, "
+                        f"min_clients is {spec.federation.min_clients}"
+                    )
+            wake = deadline if now < deadline else self._started + RECONNECT_GRACE_S
+            await self._members_changed.wait(max(0.05, min(1.0, wake - now)))
 
     async def _run_round(self, job: ActiveJob, number: int) -> None:
         spec = job.spec
