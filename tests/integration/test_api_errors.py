@@ -113,7 +113,8 @@ def assert_round_untouched(fed: Federation) -> None:
     job = fed.job()
     assert job["status"] == "running", job
     assert job["round"] == 0 and job["rounds"] == []
-    assert job["current"] == {"round": 1, "stage": "training"}
+    current = job["current"]
+    assert (current["round"], current["stage"], current["reported"]) == (1, "training", 0)
     assert fed.stored_updates() == 0
     assert list((fed.cluster.state / "artifacts" / "spool").iterdir()) == []
     task = fed.request("GET", "/v1/tasks/next", fed.tokens["alpha"], params={"timeout": 0})
@@ -605,3 +606,43 @@ def test_a_retried_upload_with_its_idempotency_key_is_answered_not_recounted(
     assert bad_key.status_code == 422
     after = fed.job()
     assert after["rounds"] == before["rounds"] and after["rounds"][0]["clients"] == 1
+
+
+def test_an_upload_can_wait_for_and_carry_the_next_task(fed: Federation) -> None:
+    """Runs after round 1 closed: ``?next_timeout`` turns alpha's round-2 upload into its next poll."""
+    import threading
+
+    gamma = fed.request("GET", "/v1/tasks/next", fed.tokens["gamma"], params={"timeout": 0})
+    assert gamma.status_code in (200, 204)
+    for member in ("alpha", "gamma"):
+        task = fed.request("GET", "/v1/tasks/next", fed.tokens[member], params={"timeout": 20})
+        assert task.status_code == 200 and task.json()["round"] == 2, task.text
+
+    held: dict[str, httpx.Response] = {}
+    key = {"Idempotency-Key": "alpha-r2"}
+
+    def alpha_uploads() -> None:
+        held["answer"] = fed.upload(
+            good_body(fed), number=2, params={"next_timeout": 30}, headers=key
+        )
+
+    waiter = threading.Thread(target=alpha_uploads)
+    waiter.start()
+    while fed.job()["current"]["reported"] < 1 and waiter.is_alive():
+        waiter.join(0.05)
+    plain = fed.upload(good_body(fed), member="gamma", number=2)
+    assert plain.status_code == 200 and plain.json()["round"] == 2  # no next_timeout: the receipt
+    waiter.join(30)
+    answer = held["answer"]
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/vnd.fedaas.task+safetensors")
+    receipt = json.loads(answer.headers["X-Fedaas-Receipt"])
+    assert receipt == {"accepted": True, "job_id": fed.job_id, "round": 2, "num_examples": 10}
+    task = json.loads(answer.headers["X-Fedaas-Task"])
+    assert (task["round"], task["stage"], task["model_round"]) == (3, "train", 2)
+    model = fed.request("GET", f"/v1/jobs/{fed.job_id}/model", fed.tokens["alpha"])
+    assert answer.headers["ETag"] == model.headers["ETag"] == task["model_etag"]
+    assert answer.content == model.content
+
+    retry = fed.upload(good_body(fed), number=2, params={"next_timeout": 30}, headers=key)
+    assert retry.status_code == 200 and retry.json() == receipt  # a replay is answered at once

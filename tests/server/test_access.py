@@ -137,7 +137,12 @@ def assert_untouched(fed: Federation, reported: tuple[str, ...] = ()) -> None:
     """Round 1 still open, nothing stored, no member added, revoked or declined, one job."""
     job = fed.job()
     assert job["status"] == "running" and job["round"] == 0 and job["rounds"] == []
-    assert job["current"] == {"round": 1, "stage": "training"}
+    current = job["current"]
+    assert (current["round"], current["stage"], current["reported"]) == (
+        1,
+        "training",
+        len(reported),
+    )
     assert job["declined"] == {}
     assert [j["id"] for j in fed.cluster.admin.jobs()] == [fed.job_id]
     names = fed.member_names()
@@ -468,3 +473,24 @@ def test_a_generated_admin_token_is_private(
     with pytest.raises(ValueError, match="at least 16"):
         load_admin_token(tmp_path)
     assert os.environ["FEDAAS_ADMIN_TOKEN"] == "short"
+
+
+def test_a_poll_during_shutdown_is_told_to_back_off(tmp_path: Path) -> None:
+    """A closing coordinator answers polls 503 (members back off), not 204 (they poll again)."""
+    from fastapi.testclient import TestClient
+
+    from fedaas.server.app import create_app
+
+    token = "fda_" + "b" * 40
+    app = create_app(tmp_path, f"sqlite:///{tmp_path / 'fedaas.db'}", token)
+    with TestClient(app) as client:
+        member = client.post(
+            "/v1/members", json={"name": "alpha"}, headers={"Authorization": f"Bearer {token}"}
+        ).json()["token"]
+        headers = {"Authorization": f"Bearer {member}"}
+        assert client.get("/v1/tasks/next?timeout=0", headers=headers).status_code == 204
+        app.state.coordinator.closing()
+        started = time.monotonic()
+        answer = client.get("/v1/tasks/next?timeout=30", headers=headers)
+        assert time.monotonic() - started < 5
+        assert_error(answer, 503, "shutting_down")

@@ -91,7 +91,8 @@ class Live:
     def assert_untouched(self) -> None:
         job = self.cluster.admin.job(self.job_id)
         assert job["status"] == "running" and job["round"] == 0 and job["rounds"] == [], job
-        assert job["current"] == {"round": 1, "stage": "training"}, job
+        current = job["current"]
+        assert (current["round"], current["stage"], current["reported"]) == (1, "training", 0), job
         assert self.stored_updates() == 0
         assert list((self.cluster.state / "artifacts" / "spool").iterdir()) == []
         task = self.request("GET", "/v1/tasks/next", self.alpha, params={"timeout": 0})

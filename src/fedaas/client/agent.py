@@ -67,36 +67,42 @@ class Agent:
 
     def run(self) -> None:
         log.info("member agent polling %s", self.t.server)
+        task: dict[str, Any] | None = None
         while not self.stop.is_set():
-            response = self.t.request(
-                "GET",
-                "/v1/tasks/next",
-                params={"timeout": POLL_S, "bundle": "true"},
-                timeout=POLL_S,
-            )
-            if response.status_code == 204:
-                continue
+            if task is None:
+                response = self.t.request(
+                    "GET",
+                    "/v1/tasks/next",
+                    params={"timeout": POLL_S, "bundle": "true"},
+                    timeout=POLL_S,
+                )
+                if response.status_code == 204:
+                    continue
+                task = self._unbundle(response)
             try:
-                self.handle(self._unbundle(response))
+                task = self.handle(task)
             except ApiClientError as exc:
+                task = None
                 if exc.status == 401:  # revoked or unknown token: nothing to retry
                     raise
                 log.warning("task abandoned: %s", exc)
                 self.stop.wait(0.5)
 
-    def handle(self, task: dict[str, Any]) -> None:
+    def handle(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Carry out one task; returns the next task when the coordinator sent it along."""
         job_id = task["job_id"]
         ctx = self._context(job_id, task["spec"])
         if ctx is None:
-            return
+            return None
         state = self._global_model(job_id, task["model_round"], task["model_etag"])
         set_state(ctx.module, state)
         if task["stage"] == "evaluate":
             self._evaluate(job_id, task["round"], ctx)
         elif task["stage"] == "train":
-            self._train(job_id, task["round"], ctx, state, task.get("privacy") or {})
+            return self._train(job_id, task["round"], ctx, state, task.get("privacy") or {})
         else:
             log.warning("ignoring unknown task stage %r", task["stage"])
+        return None
 
     def _context(self, job_id: str, spec_data: dict[str, Any]) -> _JobContext | None:
         if job_id in self._jobs:
@@ -120,9 +126,13 @@ class Agent:
         self._jobs = {job_id: _JobContext(spec, train, validation, module)}
         return self._jobs[job_id]
 
+    @staticmethod
+    def _is_bundle(response: httpx.Response) -> bool:
+        return response.headers.get("content-type", "").startswith(TASK_BUNDLE)
+
     def _unbundle(self, response: httpx.Response) -> dict[str, Any]:
         """The task; a bundled response also carries the task's model (saves a request)."""
-        if not response.headers.get("content-type", "").startswith(TASK_BUNDLE):
+        if not self._is_bundle(response):
             return response.json()
         task = json.loads(response.headers["X-Fedaas-Task"])
         state, _ = tensors.decode(response.content)
@@ -145,7 +155,7 @@ class Agent:
         ctx: _JobContext,
         start: dict[str, np.ndarray],
         privacy: dict[str, Any],
-    ) -> None:
+    ) -> dict[str, Any] | None:
         began = time.perf_counter()
         seed = [ctx.spec.job.seed, number, zlib.crc32(self.data_url.encode())]
         if privacy.get("unit") == "record":
@@ -165,10 +175,13 @@ class Agent:
                 "unclipped": "1" if unclipped else "0",
             },
         )
-        self.t.request(
+        trained_s = time.perf_counter() - began
+        response = self.t.request(
             "PUT",
             f"/v1/jobs/{job_id}/rounds/{number}/update",
             content=body,
+            params={"next_timeout": POLL_S},  # the answer may carry our next task
+            timeout=POLL_S,
             headers={
                 "Content-Type": "application/octet-stream",
                 "Idempotency-Key": uuid.uuid4().hex,
@@ -178,10 +191,11 @@ class Agent:
             "round %d: trained on %d examples in %.2f s (loss %.4f), sent %d bytes",
             number,
             ctx.train.num_examples,
-            time.perf_counter() - began,
+            trained_s,
             metrics["train_loss"],
             len(body),
         )
+        return self._unbundle(response) if self._is_bundle(response) else None
 
     def _evaluate(self, job_id: str, number: int, ctx: _JobContext) -> None:
         if ctx.validation is None:

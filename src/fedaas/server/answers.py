@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,11 @@ class ActiveJob:
     holdout: ArrayDataset | None = None
     module: Any = None
     cancelled: bool = False
+
+    @cached_property
+    def spec_dict(self) -> dict[str, Any]:
+        """The spec as sent in every task (built once per job, not per poll)."""
+        return self.spec.to_dict()
 
 
 class Signal:
@@ -155,7 +161,7 @@ class MemberDesk:
             "model_etag": etag(job.id, model_round),
             "deadline_in": max(0.0, state.deadline - time.monotonic()),
             "max_upload_bytes": job.max_upload,
-            "spec": job.spec.to_dict(),
+            "spec": job.spec_dict,
             "privacy": state.privacy,
         }
 

@@ -210,6 +210,16 @@ def create_app(
             )
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
+    def bundled(task: dict[str, Any], headers: dict[str, str]) -> Response | None:
+        """The task with its model in one answer, when the model is small; else ``None``."""
+        path, number = coordinator.model_file(task["job_id"], task["model_round"])
+        size = path.stat().st_size
+        if size > MEMORY_SPOOL_BYTES:
+            return None
+        coordinator.count_download(task["job_id"], number, size)
+        headers = {"X-Fedaas-Task": json.dumps(task), "ETag": task["model_etag"], **headers}
+        return Response(models.read(path), media_type=TASK_BUNDLE, headers=headers)
+
     @app.get("/v1/tasks/next")
     async def next_task(
         who: Member,
@@ -225,18 +235,12 @@ def create_app(
         """
         assert who.member_id is not None
         task = await coordinator.next_task(who.member_id, timeout)
+        if task is None and coordinator.shutting_down:  # members back off instead of re-polling
+            raise ApiError(503, "shutting_down", "the coordinator is shutting down")
         if task is None:
             return Response(status_code=204)
-        if bundle:
-            path, number = coordinator.model_file(task["job_id"], task["model_round"])
-            size = path.stat().st_size
-            if size <= MEMORY_SPOOL_BYTES:
-                coordinator.count_download(task["job_id"], number, size)
-                return Response(
-                    models.read(path),
-                    media_type=TASK_BUNDLE,
-                    headers={"X-Fedaas-Task": json.dumps(task), "ETag": task["model_etag"]},
-                )
+        if bundle and (answer := bundled(task, {})) is not None:
+            return answer
         return JSONResponse(task)
 
     @app.put("/v1/jobs/{job_id}/rounds/{number}/update")
@@ -248,25 +252,40 @@ def create_app(
         idempotency_key: Annotated[
             str | None, Header(max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")
         ] = None,
-    ) -> JSONResponse:
-        """Upload an update; a retry with the same ``Idempotency-Key`` is answered, not recounted."""
+        next_timeout: Annotated[float | None, Query(ge=0, le=MAX_POLL_S)] = None,
+    ) -> Response:
+        """Upload an update; a retry with the same ``Idempotency-Key`` is answered, not recounted.
+
+        The answer is the receipt (JSON). With ``next_timeout=S`` and a small
+        model, the coordinator then holds the answer up to ``S`` seconds for
+        the member's next task and, if one comes, answers with the task bundle
+        of ``GET /v1/tasks/next?bundle=true`` (receipt in ``X-Fedaas-Receipt``):
+        the upload doubles as the next poll, one round trip per round.
+        """
         assert who.member_id is not None
         key = idempotency_key
-        limit, replay = coordinator.check_upload(job_id, number, who.member_id, key)
-        if replay is not None:
-            return JSONResponse(replay)
-        body = await receive_body(request, limit, artifacts.new_spool)
-        if isinstance(body, bytes):  # small: validating and folding is quicker than a thread hop
-            receipt = coordinator.accept_update(job_id, number, who.member_id, body, len(body), key)
-        else:
-            try:
-                size = body.stat().st_size
-                receipt = await asyncio.to_thread(
-                    coordinator.accept_update, job_id, number, who.member_id, body, size, key
+        limit, receipt = coordinator.check_upload(job_id, number, who.member_id, key)
+        if receipt is None:
+            body = await receive_body(request, limit, artifacts.new_spool)
+            if isinstance(body, bytes):  # small: validating and folding beats a thread hop
+                receipt = coordinator.accept_update(
+                    job_id, number, who.member_id, body, len(body), key
                 )
-            finally:
-                body.unlink(missing_ok=True)
-        coordinator.after_answer(job_id)
+            else:
+                try:
+                    size = body.stat().st_size
+                    receipt = await asyncio.to_thread(
+                        coordinator.accept_update, job_id, number, who.member_id, body, size, key
+                    )
+                finally:
+                    body.unlink(missing_ok=True)
+            coordinator.after_answer(job_id)
+        if next_timeout and 0 < limit <= MEMORY_SPOOL_BYTES:  # not on a replay: answer at once
+            task = await coordinator.next_task(who.member_id, next_timeout)
+            if task is not None:
+                answer = bundled(task, {"X-Fedaas-Receipt": json.dumps(receipt)})
+                if answer is not None:
+                    return answer
         return JSONResponse(receipt)
 
     @app.post("/v1/jobs/{job_id}/rounds/{number}/evaluation")

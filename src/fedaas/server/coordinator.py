@@ -82,6 +82,10 @@ class Coordinator(MemberDesk):
 
     _closing = False
 
+    @property
+    def shutting_down(self) -> bool:
+        return self._closing
+
     def request_close(self) -> None:
         """Thread- and signal-safe form of :meth:`closing`."""
         loop = getattr(self, "_loop", None)
@@ -183,7 +187,13 @@ class Coordinator(MemberDesk):
         active = self.active if self.active is not None and self.active.id == job_id else None
         stage = None
         if active is not None and active.round is not None:
-            stage = {"round": active.round.number, "stage": str(active.round.stage)}
+            state = active.round
+            stage = {
+                "round": state.number,
+                "stage": str(state.stage),
+                "sampled": len(state.sampled),
+                "reported": len(state.reported),
+            }
         return {
             "id": job.id,
             "name": job.name,
