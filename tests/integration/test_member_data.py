@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,45 +73,64 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield cluster
 
 
-def test_members_with_mismatched_data_decline_and_upload_nothing(
+@dataclass
+class Members:
+    """Agents in threads of the test process, each with a transport that records its requests."""
+
+    agents: dict[str, Agent] = field(default_factory=dict)
+    transports: dict[str, RecordingTransport] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+    failures: dict[str, BaseException] = field(default_factory=dict)
+
+
+@pytest.fixture
+def members(
     cluster: LocalCluster, datasets: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[Members]:
     monkeypatch.setattr(agent_module, "POLL_S", 0.5)  # so that the agents stop quickly
-    agents: dict[str, Agent] = {}
-    transports: dict[str, RecordingTransport] = {}
-    failures: dict[str, BaseException] = {}
+    team = Members()
 
     def run(name: str) -> None:
         try:
-            agents[name].run()
+            team.agents[name].run()
         except BaseException as exc:  # reported by the test, not lost in the thread
-            failures[name] = exc
+            team.failures[name] = exc
 
-    threads = []
     for name, data in datasets.items():
         token = cluster.admin.enroll(name)["token"]
-        transports[name] = RecordingTransport(cluster.url, token)
-        agents[name] = Agent(transports[name], data)
-        threads.append(threading.Thread(target=run, args=(name,), name=f"agent-{name}"))
+        team.transports[name] = RecordingTransport(cluster.url, token)
+        team.agents[name] = Agent(team.transports[name], data)
+        team.threads.append(threading.Thread(target=run, args=(name,), name=f"agent-{name}"))
     try:
-        for thread in threads:
+        for thread in team.threads:
             thread.start()
-        job_id = cluster.admin.submit(SPEC)["id"]
-        job = cluster.admin.job(job_id)
-        for _ in range(6):
-            if job["status"] in ("completed", "failed", "cancelled"):
-                break
-            job = cluster.admin.job(job_id, after_round=0, timeout=10)
+        yield team
     finally:
-        for one in agents.values():
+        for one in team.agents.values():
             one.stop.set()
-        for thread in threads:
+        for thread in team.threads:
             thread.join(timeout=20)
-        for transport in transports.values():
+        for transport in team.transports.values():
             transport.close()
-    assert not [t.name for t in threads if t.is_alive()]
-    assert failures == {}
+    assert not [t.name for t in team.threads if t.is_alive()]
+    assert team.failures == {}
 
+
+def wait_done(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
+    job = cluster.admin.job(job_id)
+    for _ in range(12):
+        if job["status"] in ("completed", "failed", "cancelled"):
+            break
+        job = cluster.admin.job(job_id, after_round=job["round"], timeout=10)
+    return job
+
+
+def test_members_with_mismatched_data_decline_and_upload_nothing(
+    cluster: LocalCluster, members: Members
+) -> None:
+    job_id = cluster.admin.submit(SPEC)["id"]
+    job = wait_done(cluster, job_id)
+    transports = members.transports
     assert job["status"] == "completed", job
     assert set(job["declined"]) == {"wide", "labels"}
     wide, labels = job["declined"]["wide"], job["declined"]["labels"]
@@ -140,3 +160,20 @@ def test_members_with_mismatched_data_decline_and_upload_nothing(
             (job_id,),
         ).fetchall()
     assert rows == [("good",)]
+
+
+def test_a_restarted_coordinator_remembers_who_declined(
+    cluster: LocalCluster, members: Members
+) -> None:
+    """After a restart the declining members are not asked again: the rounds go on without them."""
+    job_id = cluster.admin.submit({**SPEC, "job": {**SPEC["job"], "rounds": 3}})["id"]
+    job = cluster.admin.job(job_id, after_round=0, timeout=30)
+    assert job["round"] >= 1 and set(job["declined"]) == {"wide", "labels"}, job
+    cluster.kill_server()
+    cluster.start_server()
+    job = wait_done(cluster, job_id)
+    assert job["status"] == "completed", job
+    assert [r["participants"] for r in job["rounds"]] == [["good"]] * 3
+    for name in ("wide", "labels"):
+        sent = members.transports[name].sent
+        assert sent.count(("POST", f"/v1/jobs/{job_id}/decline")) == 1, sent

@@ -25,6 +25,7 @@ from fedaas.client.agent import Agent
 from fedaas.client.privacy import privatize
 from fedaas.client.transport import Transport
 from fedaas.sim.cluster import LocalCluster
+from fedaas.train_dp import dp_sgd_schedule, record_epsilon_after
 
 pytestmark = pytest.mark.slow
 
@@ -122,3 +123,42 @@ def test_member_ou_noise_survives_a_restart(tmp_path: Path) -> None:
     assert correlation == pytest.approx(0.9, abs=0.02)
     fresh, _ = privatize(zero, info, 1, tmp_path / "other", "job-x", "member")
     assert abs(np.corrcoef(second["w"], fresh["w"])[0, 1]) < 0.05
+
+
+def record_epsilon(rounds: int) -> float:
+    """What a member of the fixture (60 examples, batch 8) has spent after ``rounds`` of DP-SGD."""
+    q, steps = dp_sgd_schedule(60, 8, 1)
+    return record_epsilon_after(rounds, steps, q, Z, DELTA, accountant="pld")
+
+
+def test_record_level_job_stops_before_a_member_would_exceed_the_budget(
+    federation: LocalCluster,
+) -> None:
+    budget = (record_epsilon(3) + record_epsilon(4)) / 2  # room for 3 rounds
+    job = federation.admin.submit(spec(rounds=20, budget=budget, unit="record", placement="local"))
+    job = wait_done(federation, job["id"], timeout=180)
+    assert job["status"] == "completed", job["reason"]
+    assert "privacy budget reached" in job["reason"] and "record-level" in job["reason"]
+    rounds = job["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for t, r in enumerate(rounds, start=1):
+        assert r["record_epsilon"] == pytest.approx(record_epsilon(t), rel=1e-6)
+        assert r["clients"] == 2
+    assert rounds[-1]["record_epsilon"] <= budget < rounds[-1]["record_epsilon_next"]
+    assert job["declined"] == {}
+
+
+def test_members_refuse_a_round_over_their_record_level_budget(
+    federation: LocalCluster, tmp_path: Path
+) -> None:
+    """Even one round is over budget: the members decline before touching a record."""
+    job = federation.admin.submit(
+        spec(rounds=3, budget=record_epsilon(1) / 2, unit="record", placement="local")
+    )
+    job = wait_done(federation, job["id"], timeout=180)
+    assert job["status"] == "failed" and job["rounds"] == []
+    assert set(job["declined"]) == {"m0", "m1"}
+    for reason in job["declined"].values():
+        assert "record-level privacy budget reached" in reason
+    assert "quorum not met" in job["reason"] and "declined: " in job["reason"]
+    assert not list(tmp_path.glob("s*/dpsgd-*.json"))  # no round was counted as spent

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from fedaas import tensors
-from fedaas.client.privacy import privatize, train_record_level
+from fedaas.client.privacy import BudgetSpent, privatize, train_record_level
 from fedaas.client.transport import ApiClientError, Transport
 from fedaas.data.dataset import DataError, Dataset
 from fedaas.data.source import open_dataset
@@ -61,7 +61,7 @@ class Agent:
         self.data_url = data_url
         self.storage_options = storage_options or {}
         self._jobs: dict[str, _JobContext] = {}
-        self._declined: set[str] = set()
+        self._declined: dict[str, str] = {}  # job id -> why this member takes no part
         self._model_cache: tuple[str, dict[str, np.ndarray]] | None = None
         self.stop = threading.Event()
 
@@ -99,12 +99,20 @@ class Agent:
         if task["stage"] == "evaluate":
             self._evaluate(job_id, task["round"], ctx)
         elif task["stage"] == "train":
-            return self._train(job_id, task["round"], ctx, state, task.get("privacy") or {})
+            try:
+                return self._train(job_id, task["round"], ctx, state, task.get("privacy") or {})
+            except BudgetSpent as exc:
+                log.error("leaving job %s: %s", job_id, exc)
+                self._jobs.pop(job_id, None)
+                self._decline(job_id, str(exc))
         else:
             log.warning("ignoring unknown task stage %r", task["stage"])
         return None
 
     def _context(self, job_id: str, spec_data: dict[str, Any]) -> _JobContext | None:
+        if job_id in self._declined:  # asked again (the coordinator restarted): same answer
+            self._decline(job_id, self._declined[job_id])
+            return None
         if job_id in self._jobs:
             return self._jobs[job_id]
         try:
@@ -118,13 +126,16 @@ class Agent:
             problems = getattr(exc, "problems", [str(exc)])
             reason = "; ".join(problems)
             log.error("cannot take part in job %s: %s", job_id, reason)
-            if job_id not in self._declined:
-                self._declined.add(job_id)
-                self.t.post_json(f"/v1/jobs/{job_id}/decline", {"reason": reason[:4000]})
+            self._decline(job_id, reason)
             return None
         log.info("joined job %s (%s): %d local examples", job_id, spec.job.name, data.num_examples)
         self._jobs = {job_id: _JobContext(spec, train, validation, module)}
         return self._jobs[job_id]
+
+    def _decline(self, job_id: str, reason: str) -> None:
+        """Tell the coordinator that this member takes no further part in the job."""
+        self._declined[job_id] = reason
+        self.t.post_json(f"/v1/jobs/{job_id}/decline", {"reason": reason[:4000]})
 
     @staticmethod
     def _is_bundle(response: httpx.Response) -> bool:

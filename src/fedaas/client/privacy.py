@@ -28,6 +28,10 @@ from fedaas.algorithms.privacy import (
 )
 
 
+class BudgetSpent(Exception):
+    """One more round of DP-SGD would take this member past the job's epsilon budget."""
+
+
 def _source(info: dict[str, Any], number: int, member_key: str) -> NoiseSource:
     if info.get("reproducible"):
         stream = (zlib.crc32(member_key.encode()) << 20) + number
@@ -76,7 +80,10 @@ def train_record_level(
     """Record-level DP: train with DP-SGD (Abadi et al. 2016) and report cumulative epsilon.
 
     The count of rounds this member has trained in the job is saved *before*
-    training, so a crash mid-round still counts the round as spent.
+    training, so a crash mid-round still counts the round as spent. A round
+    that would take the member past the job's ``epsilon_budget`` is refused
+    (:class:`BudgetSpent`) before any record is touched: the guarantee is
+    enforced where the data is, whatever the coordinator asks.
     """
     import json
     import math
@@ -85,12 +92,20 @@ def train_record_level(
 
     cfg, spec = ctx.spec.train, ctx.spec
     z, delta = float(info["noise_multiplier"]), float(info["delta"])
+    budget, accountant = spec.privacy.epsilon_budget, spec.privacy.accountant
     rounds = json.loads(ledger.read_text())["rounds"] + 1 if ledger.exists() else 1
+    q, steps = dp_sgd_schedule(ctx.train.num_examples, cfg.batch_size, cfg.epochs)
+    eps = record_epsilon_after(rounds, steps, q, z, delta, accountant=accountant)
+    if budget is not None and eps > budget:
+        raise BudgetSpent(
+            f"record-level privacy budget reached: after {rounds - 1} round(s) of DP-SGD, "
+            f"one more would bring this member's epsilon to {eps:.3f} > {budget:g} "
+            f"(delta {delta:g})"
+        )
     ledger.parent.mkdir(parents=True, exist_ok=True)
     tmp = ledger.with_name(ledger.name + ".partial")
     tmp.write_text(json.dumps({"rounds": rounds}))
     tmp.replace(ledger)
-    q, steps = dp_sgd_schedule(ctx.train.num_examples, cfg.batch_size, cfg.epochs)
     metrics = train_local_dp(
         ctx.module,
         ctx.train,
@@ -100,10 +115,13 @@ def train_record_level(
         max_grad_norm=float(info["clip_norm"]),
         delta=delta,
         secure=not info.get("reproducible", False),
-        accountant=spec.privacy.accountant,
+        accountant=accountant,
     )
-    eps = record_epsilon_after(rounds, steps, q, z, delta, accountant=spec.privacy.accountant)
     metrics.pop("record_epsilon", None)
     if math.isfinite(eps):
         metrics["record_epsilon"] = eps
+    if budget is not None:  # lets the coordinator stop the job before a round would exceed it
+        metrics["record_epsilon_next"] = record_epsilon_after(
+            rounds + 1, steps, q, z, delta, accountant=accountant
+        )
     return metrics

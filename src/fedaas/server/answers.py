@@ -57,6 +57,8 @@ class ActiveJob:
     holdout: ArrayDataset | None = None
     module: Any = None
     cancelled: bool = False
+    record_epsilon_next: float = 0.0
+    """Record-level DP: the largest epsilon a member reported it would reach after one more round."""
 
     @cached_property
     def spec_dict(self) -> dict[str, Any]:

@@ -286,14 +286,21 @@ class Coordinator(MemberDesk):
             raise JobFailed(f"the model of round {row.round} is missing from the artifact store")
         self.artifacts.restore(self.artifacts.ou_path(row.id, row.round))
         manifest = tensors.SafetensorsFile(path).manifest
+        ids = {m.name: m.id for m in self.store.members()}
+        declined = json.loads(row.extra or "{}").get("declined", {})
         job = ActiveJob(
             id=row.id,
             spec=spec,
             manifest=manifest,
             max_upload=tensors.max_payload_bytes(manifest),
             completed_round=row.round,
-            declined={},
+            declined={ids[name]: reason for name, reason in declined.items() if name in ids},
         )
+        if row.round > 0 and spec.privacy.unit == "record":
+            job.record_epsilon_next = max(
+                (r.get("record_epsilon_next", 0.0) for r in self.store.rounds(row.id)),
+                default=0.0,
+            )
         saved = json.loads(row.extra or "{}").get("privacy")
         job.privacy = JobPrivacy(spec, saved, self.artifacts.ou_path(row.id, row.round))
         if spec.evaluation.holdout:
@@ -342,13 +349,28 @@ class Coordinator(MemberDesk):
                     raise JobFailed(
                         f"quorum not met: {len(online)} member(s) online after waiting "
                         f"{spec.federation.round_timeout:g} s, "
-                        f"min_clients is {spec.federation.min_clients}"
+                        f"min_clients is {spec.federation.min_clients}{self._declined_note(job)}"
                     )
             wake = deadline if now < deadline else self._started + RECONNECT_GRACE_S
             await self._members_changed.wait(max(0.05, min(1.0, wake - now)))
 
+    def _declined_note(self, job: ActiveJob) -> str:
+        """The members that declined the job and why, for a quorum failure's reason."""
+        if not job.declined:
+            return ""
+        names = {m.id: m.name for m in self.store.members()}
+        why = "; ".join(f"{names.get(mid, mid)}: {reason}" for mid, reason in job.declined.items())
+        return f" (declined: {why[:2000]})"
+
     async def _run_round(self, job: ActiveJob, number: int) -> None:
         spec = job.spec
+        budget = spec.privacy.epsilon_budget
+        if budget is not None and job.record_epsilon_next > budget:
+            raise BudgetReached(
+                f"privacy budget reached: after round {number - 1}, one more round of DP-SGD "
+                f"would bring a member's record-level epsilon to {job.record_epsilon_next:.3f} "
+                f"> {budget:g}"
+            )
         online, names = await self._await_members(job)
         eligible_count = len(names)
         count = min(spec.clients_for_round(eligible_count), len(online))
@@ -384,7 +406,8 @@ class Coordinator(MemberDesk):
         if len(state.reported) < spec.federation.min_clients:
             raise JobFailed(
                 f"quorum not met in round {number}: {len(state.reported)} of {len(state.sampled)} "
-                f"sampled member(s) reported by the deadline, min_clients is {spec.federation.min_clients}"
+                f"sampled member(s) reported by the deadline, min_clients is "
+                f"{spec.federation.min_clients}{self._declined_note(job)}"
             )
         metrics = await asyncio.to_thread(self._aggregate, job, state)
         state.acc = None
@@ -403,6 +426,12 @@ class Coordinator(MemberDesk):
         record_eps = [m["record_epsilon"] for _, m in state.train_metrics if "record_epsilon" in m]
         if record_eps:  # record-level DP: the guarantee is the weakest member's
             metrics.update(record_epsilon=max(record_eps), delta=spec.privacy.delta)
+        record_next = [
+            m["record_epsilon_next"] for _, m in state.train_metrics if "record_epsilon_next" in m
+        ]
+        if record_next:  # a member's epsilon only grows: the running maximum is the one to watch
+            job.record_epsilon_next = max(job.record_epsilon_next, *record_next)
+            metrics["record_epsilon_next"] = max(record_next)
         metrics.update(
             clients=len(state.reported),
             seconds=time.monotonic() - state.opened_at,
