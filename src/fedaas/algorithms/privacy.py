@@ -187,9 +187,12 @@ def noise_std(
 
     McMahan et al. 2018: the sum of the clipped deltas must carry
     ``N(0, (z*S)^2)``. ``central``: the coordinator adds it once to the sum;
-    ``distributed``: each of ``members`` adds ``N(0, (z*S)^2 / m)`` so that
-    the (securely aggregated) sum carries the full noise; ``local``: each
-    member adds the full ``N(0, (z*S)^2)`` to its own update.
+    ``distributed``: each member adds ``N(0, (z*S)^2 / m)``, so that the
+    (securely aggregated) sum of any ``m = members`` or more shares carries at
+    least the full noise: pass the fewest members whose sum may be released
+    (the quorum), not the number sampled, or a dropout leaves the sum short of
+    noise (Kairouz et al. 2021, arXiv:2102.06387, calibrate the same way);
+    ``local``: each member adds the full ``N(0, (z*S)^2)`` to its own update.
     """
     if noise_multiplier < 0 or clip_norm <= 0:
         raise ValueError("noise_multiplier must be >= 0 and clip_norm > 0")

@@ -42,6 +42,7 @@ class JobPrivacy:
     def __init__(self, spec: JobSpec, saved: dict[str, Any] | None, ou_path: Path | None) -> None:
         self.cfg = spec.privacy
         self.seed = spec.job.seed
+        self.quorum = spec.federation.min_clients
         # client-level DP is the coordinator's business; record-level DP (DP-SGD)
         # happens inside each member, which reports its own epsilon
         self.record_level = self.cfg.mechanism != "none" and self.cfg.unit == "record"
@@ -101,7 +102,10 @@ class JobPrivacy:
         member_std = 0.0
         if self.cfg.placement != "central":
             member_std = noise_std(
-                self._update_multiplier(sampled), self.clip_norm, self.cfg.placement, sampled
+                self._update_multiplier(sampled),
+                self.clip_norm,
+                self.cfg.placement,
+                min(sampled, self.quorum),  # the sum of any quorum of shares is fully noised
             )
         return {
             "mechanism": self.cfg.mechanism,
