@@ -146,9 +146,38 @@ class FederationSection(_Section):
 
 
 class StrategySection(_Section):
-    """How the coordinator combines updates. ``fedavg``: McMahan et al. 2017."""
+    """How the coordinator turns the members' mean update into the next global model.
 
-    name: Literal["fedavg"] = "fedavg"
+    ``fedavg`` (McMahan et al. 2017; ``server_lr`` other than 1 makes it server
+    SGD), ``fedavgm`` (server momentum ``beta1``), ``fedadagrad``,
+    ``fedadam``, ``fedyogi`` (adaptive server optimizers, Reddi et al. ICLR
+    2021, with ``beta1``, ``beta2``, ``tau``). ``server_lr`` defaults to 1
+    for ``fedavg``/``fedavgm`` and 0.01 for the adaptive ones.
+    """
+
+    name: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    server_lr: Annotated[float, Field(gt=0, le=100)] | None = None
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    tau: Annotated[float, Field(gt=0, le=10)] = 1e-3
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> StrategySection:
+        unused = {"fedavg": ("beta1", "beta2", "tau"), "fedavgm": ("beta2", "tau")}
+        given = [
+            key
+            for key in unused.get(self.name, ())
+            if getattr(self, key) != type(self).model_fields[key].default
+        ]
+        if given:
+            raise ValueError(f"strategy '{self.name}' does not use {', '.join(given)}")
+        return self
+
+    @property
+    def lr(self) -> float:
+        if self.server_lr is not None:
+            return self.server_lr
+        return 1.0 if self.name in ("fedavg", "fedavgm") else 0.01
 
 
 class EvaluationSection(_Section):

@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from fedaas import tensors
 from fedaas.data.digits import digits_federation
 from fedaas.data.source import write_npz
 from fedaas.sim.cluster import LocalCluster
@@ -185,3 +187,34 @@ def test_the_reconnect_grace_outlasts_the_members_backoff() -> None:
     from fedaas.server.coordinator import RECONNECT_GRACE_S
 
     assert max(islice(backoff_delays(), 64)) < RECONNECT_GRACE_S
+
+
+def test_server_momentum_survives_a_coordinator_crash(
+    federation: tuple[LocalCluster, Path],
+) -> None:
+    """FedAvgM killed mid-job ends with the model of an undisturbed run: its momentum was kept."""
+    cluster, holdout = federation
+
+    def job(seed: int) -> dict[str, Any]:
+        s = spec(holdout, seed)
+        s["job"]["seed"] = 5  # both runs train identically
+        s["strategy"] = {"name": "fedavgm", "server_lr": 0.5}
+        s["federation"]["round_timeout"] = 60  # every member in every round, even after a restart
+        return s
+
+    def final_model(job_id: str) -> dict[str, np.ndarray]:
+        body = cluster.admin.t.request("GET", f"/v1/jobs/{job_id}/model").content
+        return tensors.decode(body)[0]
+
+    calm = cluster.admin.wait(cluster.admin.submit(job(21))["id"])
+    check_rounds(calm)
+    job_id = cluster.admin.submit(job(22))["id"]
+    wait_round(cluster, job_id, 3)
+    cluster.kill_server()
+    cluster.start_server()
+    crashed = cluster.admin.wait(job_id)
+    check_rounds(crashed)
+    assert [r["clients"] for r in crashed["rounds"]] == [MEMBERS] * ROUNDS
+    expected, got = final_model(calm["id"]), final_model(job_id)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fedaas import tensors
+from fedaas.algorithms.server_optimizers import ServerOptimizer
 from fedaas.data.dataset import ArrayDataset
 from fedaas.server.db import Job, Store
 from fedaas.server.errors import ApiError
@@ -57,6 +58,7 @@ class ActiveJob:
     holdout: ArrayDataset | None = None
     module: Any = None
     cancelled: bool = False
+    optimizer: ServerOptimizer | None = None
     record_epsilon_next: float = 0.0
     """Record-level DP: the largest epsilon a member reported it would reach after one more round."""
 

@@ -51,6 +51,10 @@ class Artifacts:
         """The coordinator's OU noise state after round ``number`` (central OU noise)."""
         return self.root / "jobs" / job_id / f"ou-{number:06d}.safetensors"
 
+    def optimizer_path(self, job_id: str, number: int) -> Path:
+        """The server optimizer's state (momentum, second moments) after round ``number``."""
+        return self.root / "jobs" / job_id / f"optimizer-{number:06d}.safetensors"
+
     def _remote_url(self, path: Path) -> str:
         assert self.remote is not None
         return storage.join(self.remote, path.relative_to(self.root).as_posix())

@@ -31,6 +31,7 @@ from sqlalchemy import delete
 
 from fedaas import tensors
 from fedaas.algorithms.aggregate import WeightedSum
+from fedaas.algorithms.server_optimizers import ServerOptimizer
 from fedaas.data.dataset import DataError
 from fedaas.data.source import open_dataset
 from fedaas.models import build_model, get_state, set_state
@@ -301,6 +302,7 @@ class Coordinator(MemberDesk):
                 (r.get("record_epsilon_next", 0.0) for r in self.store.rounds(row.id)),
                 default=0.0,
             )
+        job.optimizer = self._optimizer(row, spec, manifest)
         saved = json.loads(row.extra or "{}").get("privacy")
         job.privacy = JobPrivacy(spec, saved, self.artifacts.ou_path(row.id, row.round))
         if spec.evaluation.holdout:
@@ -310,6 +312,21 @@ class Coordinator(MemberDesk):
                 raise JobFailed(f"held-out data: {exc}") from None
             job.module = build_model(spec.model, spec.data)
         return job
+
+    def _optimizer(self, row: Job, spec: JobSpec, manifest: tensors.Manifest) -> ServerOptimizer:
+        """The job's server optimizer, with its state after the last committed round."""
+        cfg = spec.strategy
+        fresh = ServerOptimizer(cfg.name, manifest, cfg.lr, cfg.beta1, cfg.beta2, cfg.tau)
+        if not fresh.stateful or row.round == 0:
+            return fresh
+        path = self.artifacts.optimizer_path(row.id, row.round)
+        if not self.artifacts.restore(path):
+            raise JobFailed(f"the server optimizer state of round {row.round} is missing")
+        arrays, meta = tensors.load_state(path)
+        try:
+            return ServerOptimizer.from_state(manifest, arrays, meta)
+        except ValueError as exc:
+            raise JobFailed(f"round {row.round}: {exc}") from None
 
     def _finish(self, job_id: str, status: str, reason: str | None) -> None:
         job = self.store.job(job_id)
@@ -472,6 +489,12 @@ class Coordinator(MemberDesk):
             model = state.acc.take_mean(denominator=sampled)
         else:
             model = state.acc.take_mean()
+        assert job.optimizer is not None
+        job.optimizer.step(model)  # the mean delta becomes the server optimizer's step
+        if job.optimizer.stateful:
+            path = self.artifacts.optimizer_path(job.id, state.number)
+            tensors.save_state(path, *job.optimizer.state_dict())
+            self.artifacts.publish(path)
         base = tensors.SafetensorsFile(self.artifacts.model_path(job.id, state.number - 1))
         for name, values in model.items():
             flat = values.reshape(-1)
