@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +34,7 @@ from fedaas.spec import JobSpec
 log = logging.getLogger("fedaas.coordinator")
 
 ONLINE_WINDOW_S = 60.0
+DISCONNECT_CHECK_S = 2.0  # how often a waiting long-poll checks that its member is still there
 MAX_RECEIPTS = 100_000
 
 
@@ -118,11 +120,23 @@ class MemberDesk:
         self._members_changed.fire()
         self._tasks_changed.fire()
 
-    async def next_task(self, member_id: int, timeout: float) -> dict[str, Any] | None:
-        """Long-poll for the member's next task; ``None`` when there is none yet."""
+    async def next_task(
+        self,
+        member_id: int,
+        timeout: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> dict[str, Any] | None:
+        """Long-poll for the member's next task; ``None`` when there is none yet.
+
+        ``gone`` tells whether the member closed the connection. A member
+        that hangs up while it waits (killed, or its network dropped) is
+        offline at once, so the next round does not sample it and wait for
+        it until the deadline.
+        """
         end = time.monotonic() + timeout
         first = member_id not in self._last_seen
         self._polling[member_id] = self._polling.get(member_id, 0) + 1
+        lost, checked = False, time.monotonic()
         try:
             while True:
                 self._last_seen[member_id] = time.monotonic()
@@ -133,10 +147,21 @@ class MemberDesk:
                 remaining = end - time.monotonic()
                 if task is not None or remaining <= 0 or self._closing:
                     return task
-                await self._tasks_changed.wait(remaining)
+                await self._tasks_changed.wait(
+                    remaining if gone is None else min(remaining, DISCONNECT_CHECK_S)
+                )
+                if gone is not None and time.monotonic() - checked >= DISCONNECT_CHECK_S:
+                    checked = time.monotonic()
+                    if await gone():
+                        lost = True
+                        return None
         finally:
             self._polling[member_id] -= 1
-            self._last_seen[member_id] = time.monotonic()
+            if lost and self._polling[member_id] == 0:
+                self._last_seen.pop(member_id, None)
+                log.info("member %d hung up while waiting for a task: offline", member_id)
+            else:
+                self._last_seen[member_id] = time.monotonic()
 
     def _task_for(self, member_id: int) -> dict[str, Any] | None:
         job = self.active

@@ -222,6 +222,7 @@ def create_app(
 
     @app.get("/v1/tasks/next")
     async def next_task(
+        request: Request,
         who: Member,
         timeout: Annotated[float, Query(ge=0, le=MAX_POLL_S)] = 25.0,
         bundle: bool = False,
@@ -234,7 +235,7 @@ def create_app(
         instead of two.
         """
         assert who.member_id is not None
-        task = await coordinator.next_task(who.member_id, timeout)
+        task = await coordinator.next_task(who.member_id, timeout, request.is_disconnected)
         if task is None and coordinator.shutting_down:  # members back off instead of re-polling
             raise ApiError(503, "shutting_down", "the coordinator is shutting down")
         if task is None:
@@ -281,7 +282,7 @@ def create_app(
                     body.unlink(missing_ok=True)
             coordinator.after_answer(job_id)
         if next_timeout and 0 < limit <= MEMORY_SPOOL_BYTES:  # not on a replay: answer at once
-            task = await coordinator.next_task(who.member_id, next_timeout)
+            task = await coordinator.next_task(who.member_id, next_timeout, request.is_disconnected)
             if task is not None:
                 answer = bundled(task, {"X-Fedaas-Receipt": json.dumps(receipt)})
                 if answer is not None:
