@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -646,3 +647,11 @@ def test_an_upload_can_wait_for_and_carry_the_next_task(fed: Federation) -> None
 
     retry = fed.upload(good_body(fed), number=2, params={"next_timeout": 30}, headers=key)
     assert retry.status_code == 200 and retry.json() == receipt  # a replay is answered at once
+
+
+def test_waiting_for_a_job_can_be_bounded(fed: Federation) -> None:
+    """The job is still running (round 3 waits for uploads): a bounded wait gives up, saying so."""
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=f"job {fed.job_id} is still running"):
+        fed.cluster.admin.wait(fed.job_id, timeout=1.0)
+    assert time.monotonic() - started < 10

@@ -116,20 +116,11 @@ def members(
     assert team.failures == {}
 
 
-def wait_done(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
-    job = cluster.admin.job(job_id)
-    for _ in range(12):
-        if job["status"] in ("completed", "failed", "cancelled"):
-            break
-        job = cluster.admin.job(job_id, after_round=job["round"], timeout=10)
-    return job
-
-
 def test_members_with_mismatched_data_decline_and_upload_nothing(
     cluster: LocalCluster, members: Members
 ) -> None:
     job_id = cluster.admin.submit(SPEC)["id"]
-    job = wait_done(cluster, job_id)
+    job = cluster.admin.wait(job_id, timeout=120)
     transports = members.transports
     assert job["status"] == "completed", job
     assert set(job["declined"]) == {"wide", "labels"}
@@ -171,7 +162,7 @@ def test_a_restarted_coordinator_remembers_who_declined(
     assert job["round"] >= 1 and set(job["declined"]) == {"wide", "labels"}, job
     cluster.kill_server()
     cluster.start_server()
-    job = wait_done(cluster, job_id)
+    job = cluster.admin.wait(job_id, timeout=120)
     assert job["status"] == "completed", job
     assert [r["participants"] for r in job["rounds"]] == [["good"]] * 3
     for name in ("wide", "labels"):

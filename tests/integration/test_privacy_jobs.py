@@ -70,19 +70,10 @@ def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loca
             agent.stop.set()
 
 
-def wait_done(cluster: LocalCluster, job_id: str, timeout: float = 90) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        job = cluster.admin.job(job_id, after_round=0, timeout=2)
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-    raise AssertionError("job did not finish")
-
-
 def test_epsilon_per_round_matches_dp_accounting_and_budget_stops(federation: LocalCluster) -> None:
     budget = (epsilon(Z, 1.0, 3, DELTA) + epsilon(Z, 1.0, 4, DELTA)) / 2  # room for 3 rounds
     job = federation.admin.submit(spec(rounds=20, budget=budget))
-    job = wait_done(federation, job["id"])
+    job = federation.admin.wait(job["id"], timeout=90)
     assert job["status"] == "completed"
     assert "privacy budget reached" in job["reason"]
     rounds = job["rounds"]
@@ -99,7 +90,7 @@ def test_restarted_coordinator_continues_the_ledger(federation: LocalCluster) ->
         time.sleep(0.05)
     federation.kill_server()
     federation.start_server()
-    final = wait_done(federation, job["id"])
+    final = federation.admin.wait(job["id"], timeout=90)
     assert final["status"] == "completed", final["reason"]
     assert [r["round"] for r in final["rounds"]] == [1, 2, 3, 4, 5]
     for t, r in enumerate(final["rounds"], start=1):
@@ -136,7 +127,7 @@ def test_record_level_job_stops_before_a_member_would_exceed_the_budget(
 ) -> None:
     budget = (record_epsilon(3) + record_epsilon(4)) / 2  # room for 3 rounds
     job = federation.admin.submit(spec(rounds=20, budget=budget, unit="record", placement="local"))
-    job = wait_done(federation, job["id"], timeout=180)
+    job = federation.admin.wait(job["id"], timeout=180)
     assert job["status"] == "completed", job["reason"]
     assert "privacy budget reached" in job["reason"] and "record-level" in job["reason"]
     rounds = job["rounds"]
@@ -155,7 +146,7 @@ def test_members_refuse_a_round_over_their_record_level_budget(
     job = federation.admin.submit(
         spec(rounds=3, budget=record_epsilon(1) / 2, unit="record", placement="local")
     )
-    job = wait_done(federation, job["id"], timeout=180)
+    job = federation.admin.wait(job["id"], timeout=180)
     assert job["status"] == "failed" and job["rounds"] == []
     assert set(job["declined"]) == {"m0", "m1"}
     for reason in job["declined"].values():

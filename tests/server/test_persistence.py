@@ -15,17 +15,6 @@ from fedaas.sim.cluster import LocalCluster
 pytestmark = pytest.mark.slow
 
 
-def wait_done(cluster: LocalCluster, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while True:
-        job = cluster.admin.job(job_id, after_round=seen, timeout=10)
-        seen = job["round"]
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline, job
-
-
 def snapshot(cluster: LocalCluster) -> dict[str, Any]:
     admin = cluster.admin
     jobs = admin.jobs()
@@ -56,7 +45,7 @@ def test_state_survives_a_restart_and_a_new_job_runs(
         cluster.wait_online(1, timeout=60)
 
         first = cluster.admin.submit(make_spec("before-restart", rounds=2))
-        done = wait_done(cluster, first["id"])
+        done = cluster.admin.wait(first["id"], timeout=120)
         assert done["status"] == "completed", done
         assert [r["round"] for r in done["rounds"]] == [1, 2]
         assert all(r["participants"] == ["org-0"] for r in done["rounds"])
@@ -86,7 +75,7 @@ def test_state_survives_a_restart_and_a_new_job_runs(
 
         # the member agent rode through the restart; a new job runs
         second = cluster.admin.submit(make_spec("after-restart", rounds=1))
-        done = wait_done(cluster, second["id"])
+        done = cluster.admin.wait(second["id"], timeout=120)
         assert done["status"] == "completed", done
         assert done["rounds"][0]["participants"] == ["org-0"]
         statuses = {j["id"]: j["status"] for j in cluster.admin.jobs()}

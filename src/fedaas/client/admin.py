@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fedaas.client.transport import Transport
+
+POLL_S = 25.0  # one long-poll for a job's progress
 
 
 class AdminClient:
@@ -30,7 +33,7 @@ class AdminClient:
         return self.t.get_json("/v1/jobs")
 
     def job(
-        self, job_id: str, after_round: int | None = None, timeout: float = 25.0
+        self, job_id: str, after_round: int | None = None, timeout: float = POLL_S
     ) -> dict[str, Any]:
         if after_round is None:
             return self.t.get_json(f"/v1/jobs/{job_id}")
@@ -45,21 +48,36 @@ class AdminClient:
         out.write_bytes(response.content)
         return int(response.headers.get("X-Fedaas-Round", "0"))
 
-    def follow(self, job_id: str) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """Yield ``(job, new_rounds)`` as rounds complete, until the job ends."""
+    def follow(
+        self, job_id: str, timeout: float | None = None
+    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Yield ``(job, new_rounds)`` as rounds complete, until the job ends.
+
+        With ``timeout`` (seconds), raise :class:`TimeoutError` if the job
+        has not ended by then.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         while True:
-            job = self.job(job_id, after_round=seen)
+            poll = (
+                POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic()))
+            )
+            job = self.job(job_id, after_round=seen, timeout=poll)
             fresh = [r for r in job["rounds"] if r["round"] > seen]
             if fresh:
                 seen = fresh[-1]["round"]
             yield job, fresh
             if job["status"] in ("completed", "failed", "cancelled"):
                 return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {job_id} is still {job['status']} (round {job['round']}) "
+                    f"after {timeout:g} s"
+                )
 
-    def wait(self, job_id: str) -> dict[str, Any]:
-        """Block until the job ends; returns its final description."""
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job ends (or :class:`TimeoutError` after ``timeout`` s); its final description."""
         job: dict[str, Any] = {}
-        for job, _ in self.follow(job_id):  # noqa: B007 - the last one is the answer
+        for job, _ in self.follow(job_id, timeout):  # noqa: B007 - the last one is the answer
             pass
         return job
