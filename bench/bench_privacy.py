@@ -18,9 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedaas.data.digits import digits_federation
-from fedaas.data.source import write_npz
-from fedaas.sim.cluster import LocalCluster
+from demo_federation import demo_federation
 from fedaas.sim.demo import EXAMPLE_SPEC, demo_spec
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -53,29 +51,20 @@ def main() -> None:
     parser.add_argument("--clip-norm", type=float, default=0.5)
     args = parser.parse_args()
     results: list[tuple[str, list[dict[str, Any]]]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        parts, (x_test, y_test) = digits_federation(args.members, 0.5, 0)
-        for i, (x, y) in enumerate(parts):
-            write_npz(str(work / f"client_{i}.npz"), x, y)
-        write_npz(str(work / "test.npz"), x_test, y_test)
-        with LocalCluster(work / "cluster") as cluster:
-            cluster.start_server()
-            for i in range(args.members):
-                cluster.start_client(f"m{i}", str(work / f"client_{i}.npz"))
-            cluster.wait_online(args.members, timeout=600)
-            for label, privacy in settings(args.clip_norm):
-                _, spec = demo_spec(
-                    EXAMPLE_SPEC, args.members, args.rounds, work / "test.npz", privacy
-                )
-                job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
-                if job["status"] != "completed":
-                    raise SystemExit(f"{label}: job {job['status']}: {job.get('reason')}")
-                results.append((label, job["rounds"]))
-                last = job["rounds"][-1]
-                value = last.get("epsilon", last.get("record_epsilon"))
-                eps = "inf" if value is None else f"{value:.2f}"
-                print(f"{label:<24} accuracy {last['accuracy']:.4f}  epsilon {eps}", flush=True)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        demo_federation(args.members, Path(tmp)) as (cluster, holdout),
+    ):
+        for label, privacy in settings(args.clip_norm):
+            _, spec = demo_spec(EXAMPLE_SPEC, args.members, args.rounds, holdout, privacy)
+            job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
+            if job["status"] != "completed":
+                raise SystemExit(f"{label}: job {job['status']}: {job.get('reason')}")
+            results.append((label, job["rounds"]))
+            last = job["rounds"][-1]
+            value = last.get("epsilon", last.get("record_epsilon"))
+            eps = "inf" if value is None else f"{value:.2f}"
+            print(f"{label:<24} accuracy {last['accuracy']:.4f}  epsilon {eps}", flush=True)
 
     lines = [
         f"| setting (clip norm {args.clip_norm}, {args.members} members, {args.rounds} rounds) | final accuracy | epsilon (delta 1e-5, PLD) |",

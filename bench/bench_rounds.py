@@ -17,24 +17,13 @@ import time
 from pathlib import Path
 
 from bench_memory import rss_mb
-from fedaas.data.digits import digits_federation
-from fedaas.data.source import write_npz
-from fedaas.sim.cluster import LocalCluster
+from demo_federation import demo_federation
 from fedaas.sim.demo import EXAMPLE_SPEC, demo_spec
 
 
 def run(members: int, rounds: int, workdir: Path) -> dict[str, float]:
-    parts, (x_test, y_test) = digits_federation(members, 0.5, 0)
-    data = workdir / "data"
-    for i, (x, y) in enumerate(parts):
-        write_npz(str(data / f"client_{i}.npz"), x, y)
-    write_npz(str(data / "test.npz"), x_test, y_test)
-    _, spec = demo_spec(EXAMPLE_SPEC, members, rounds, data / "test.npz")
-    with LocalCluster(workdir / "cluster") as cluster:
-        cluster.start_server()
-        for i in range(members):
-            cluster.start_client(f"m{i}", str(data / f"client_{i}.npz"))
-        cluster.wait_online(members, timeout=600)
+    with demo_federation(members, workdir) as (cluster, holdout):
+        _, spec = demo_spec(EXAMPLE_SPEC, members, rounds, holdout)
         assert cluster.server is not None
         t0 = time.perf_counter()
         job = cluster.admin.wait(cluster.admin.submit(spec)["id"])

@@ -16,9 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedaas.data.digits import digits_federation
-from fedaas.data.source import write_npz
-from fedaas.sim.cluster import LocalCluster
+from demo_federation import demo_federation
 from fedaas.sim.demo import EXAMPLE_SPEC, demo_spec
 
 STRATEGIES: list[dict[str, Any]] = [
@@ -40,31 +38,22 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        parts, (x_test, y_test) = digits_federation(args.members, 0.5, 0)
-        for i, (x, y) in enumerate(parts):
-            write_npz(str(work / f"client_{i}.npz"), x, y)
-        write_npz(str(work / "test.npz"), x_test, y_test)
-        with LocalCluster(work / "cluster") as cluster:
-            cluster.start_server()
-            for i in range(args.members):
-                cluster.start_client(f"m{i}", str(work / f"client_{i}.npz"))
-            cluster.wait_online(args.members, timeout=600)
-            for strategy in STRATEGIES:
-                _, spec = demo_spec(EXAMPLE_SPEC, args.members, args.rounds, work / "test.npz")
-                spec["strategy"] = strategy
-                job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
-                if job["status"] != "completed":
-                    raise SystemExit(f"{strategy}: job {job['status']}: {job.get('reason')}")
-                accuracy = [r["accuracy"] for r in job["rounds"]]
-                label = strategy["name"] + (
-                    f" lr={strategy['server_lr']:g}" if "server_lr" in strategy else ""
-                )
-                rows.append((label, accuracy[min(9, len(accuracy) - 1)], accuracy[-1]))
-                print(
-                    f"{label:<20} round 10 {rows[-1][1]:.4f}  final {rows[-1][2]:.4f}", flush=True
-                )
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        demo_federation(args.members, Path(tmp)) as (cluster, holdout),
+    ):
+        for strategy in STRATEGIES:
+            _, spec = demo_spec(EXAMPLE_SPEC, args.members, args.rounds, holdout)
+            spec["strategy"] = strategy
+            job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
+            if job["status"] != "completed":
+                raise SystemExit(f"{strategy}: job {job['status']}: {job.get('reason')}")
+            accuracy = [r["accuracy"] for r in job["rounds"]]
+            label = strategy["name"] + (
+                f" lr={strategy['server_lr']:g}" if "server_lr" in strategy else ""
+            )
+            rows.append((label, accuracy[min(9, len(accuracy) - 1)], accuracy[-1]))
+            print(f"{label:<20} round 10 {rows[-1][1]:.4f}  final {rows[-1][2]:.4f}", flush=True)
     base = rows[0][2]
     print()
     print(f"{'strategy':<20} {'acc. round 10':>14} {'final accuracy':>15} {'vs fedavg':>10}")
