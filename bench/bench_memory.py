@@ -104,10 +104,10 @@ def run(
         cluster.start_server()
         assert cluster.server is not None
         pid = cluster.server.pid
-        tokens = [cluster.admin.enroll(f"m{i}")["token"] for i in range(members)]
+        tokens = [cluster.admin.enroll(f"m{i}").token for i in range(members)]
         for token in tokens:  # members announce themselves so the round can be sampled
             poll_once(cluster.url, token)
-        job = cluster.admin.submit(spec)
+        job = cluster.admin.submit(spec).model_dump()
         model = httpx.get(
             f"{cluster.url}/v1/jobs/{job['id']}/model",
             headers={"Authorization": f"Bearer {tokens[0]}"},
@@ -131,11 +131,11 @@ def run(
             ]
         sent = len(spans)
         uploading = max(end for _, end in spans) - min(start for start, _ in spans)
-        while cluster.admin.job(job["id"])["status"] not in ("completed", "failed"):
+        while cluster.admin.job(job["id"]).status not in ("completed", "failed"):
             time.sleep(0.1)
         elapsed = time.perf_counter() - t0
         peak = rss_mb(pid, "VmHWM")
-        final = cluster.admin.job(job["id"])
+        final = cluster.admin.job(job["id"]).model_dump()
     if (
         final["status"] != "completed"
         or final["rounds"][0]["clients"] != members

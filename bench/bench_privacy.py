@@ -57,7 +57,7 @@ def main() -> None:
     ):
         for label, privacy in settings(args.clip_norm):
             _, spec = demo_spec(EXAMPLE_SPEC, args.members, args.rounds, holdout, privacy)
-            job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
+            job = cluster.admin.wait(cluster.admin.submit(spec).id).model_dump()
             if job["status"] != "completed":
                 raise SystemExit(f"{label}: job {job['status']}: {job.get('reason')}")
             results.append((label, job["rounds"]))

@@ -26,7 +26,7 @@ def run(members: int, rounds: int, workdir: Path) -> dict[str, float]:
         _, spec = demo_spec(EXAMPLE_SPEC, members, rounds, holdout)
         assert cluster.server is not None
         t0 = time.perf_counter()
-        job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
+        job = cluster.admin.wait(cluster.admin.submit(spec).id).model_dump()
         wall = time.perf_counter() - t0
         peak = rss_mb(cluster.server.pid, "VmHWM")
     if job["status"] != "completed":

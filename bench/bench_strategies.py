@@ -45,7 +45,7 @@ def main() -> None:
         for strategy in STRATEGIES:
             _, spec = demo_spec(EXAMPLE_SPEC, args.members, args.rounds, holdout)
             spec["strategy"] = strategy
-            job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
+            job = cluster.admin.wait(cluster.admin.submit(spec).id).model_dump()
             if job["status"] != "completed":
                 raise SystemExit(f"{strategy}: job {job['status']}: {job.get('reason')}")
             accuracy = [r["accuracy"] for r in job["rounds"]]

@@ -1,4 +1,8 @@
-"""Run folders: ``metrics.json``, the final model, the job spec and ``accuracy.png``."""
+"""Run folders (``metrics.json``, the final model, the job spec, ``accuracy.png``) and round lines.
+
+What an operator keeps of a job and reads while it runs: both the CLI and
+the demo print :func:`format_round`, and both write run folders here.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,39 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedaas.protocol import JobStatus, RoundRecord
+
 ROUND_KEYS = ("round", "accuracy", "loss", "clients", "seconds", "bytes_up", "bytes_down")
 
 
-def metrics_document(
-    job: dict[str, Any], baselines: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def format_round(r: RoundRecord, total: int) -> str:
+    """One line per round: accuracy, loss, members, seconds and epsilon when there is one."""
+    extra = r.model_extra or {}
+    acc = "   -  " if r.accuracy is None else f"{r.accuracy:.4f}"
+    loss = "   -  " if r.loss is None else f"{r.loss:.4f}"
+    line = (
+        f"round {r.round:>3}/{total}  accuracy {acc}  loss {loss}  "
+        f"clients {r.clients:>3}  {r.seconds:.3f} s"
+    )
+    if extra.get("record_epsilon") is not None:
+        line += f"  record-level epsilon {extra['record_epsilon']:.3f}"
+    if extra.get("epsilon") is not None:
+        line += f"  epsilon {extra['epsilon']:.3f}" + (
+            "" if extra.get("private", True) else " (NOT private)"
+        )
+    return line
+
+
+def metrics_document(job: JobStatus, baselines: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``metrics.json`` content: one record per round (required keys first)."""
     rounds = []
-    for record in job["rounds"]:
-        ordered = {key: record.get(key) for key in ROUND_KEYS}
-        ordered.update({k: v for k, v in record.items() if k not in ordered})
+    for record in job.rounds:
+        values = record.model_dump()
+        ordered = {key: values.get(key) for key in ROUND_KEYS}
+        ordered.update({k: v for k, v in values.items() if k not in ordered})
         rounds.append(ordered)
     doc: dict[str, Any] = {
-        "job": {k: job.get(k) for k in ("id", "name", "status", "reason", "round", "rounds_total")},
+        "job": job.model_dump(include={"id", "name", "status", "reason", "round", "rounds_total"}),
         "rounds": rounds,
     }
     if baselines is not None:
@@ -77,7 +100,7 @@ def plot_accuracy(
 
 def write_run_folder(
     out: Path,
-    job: dict[str, Any],
+    job: JobStatus,
     model: bytes | None,
     baselines: dict[str, Any] | None = None,
 ) -> Path:
@@ -85,15 +108,15 @@ def write_run_folder(
     out.mkdir(parents=True, exist_ok=True)
     doc = metrics_document(job, baselines)
     (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
-    if job.get("source"):
-        (out / "job.toml").write_text(job["source"])
-    (out / "spec.json").write_text(json.dumps(job["spec"], indent=2) + "\n")
+    if job.source:
+        (out / "job.toml").write_text(job.source)
+    (out / "spec.json").write_text(json.dumps(job.spec.to_dict(), indent=2) + "\n")
     if model is not None:
         (out / "model.safetensors").write_bytes(model)
     plot_accuracy(
         out / "accuracy.png",
         doc["rounds"],
         baselines,
-        f"{job.get('name', 'job')}: accuracy per round",
+        f"{job.name}: accuracy per round",
     )
     return out

@@ -15,6 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# the [privacy] section, a union of variants, has its own module; its names are ours too
+from fedaas.spec_privacy import PrivacyGaussian as PrivacyGaussian
+from fedaas.spec_privacy import PrivacyNone, PrivacySection, privacy_problem
+from fedaas.spec_privacy import PrivacyOU as PrivacyOU
+from fedaas.spec_privacy import PrivacyRecord as PrivacyRecord
+
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 BUILTIN_MODELS = ("logreg", "mlp")
 
@@ -194,96 +200,6 @@ class EvaluationSection(_Section):
     validation_split: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
-class PrivacySection(_Section):
-    """Client-level differential privacy (DP-FedAvg; McMahan et al. 2018, arXiv:1710.06963).
-
-    Each member clips its update to ``clip_norm`` and noise of std
-    ``noise_multiplier * clip_norm`` protects the sum. ``mechanism``: ``none``,
-    ``gaussian`` (fresh noise every round) or ``ou`` (Ornstein-Uhlenbeck noise,
-    correlated across rounds by ``theta``: at the same noise it costs *more*
-    privacy, and it needs every member in every round). ``placement``: who adds
-    the noise, the coordinator (``central``), each member a share
-    (``distributed``, with secure aggregation) or each member all of it
-    (``local``). ``adaptive_clipping`` moves the clip norm towards the
-    ``target_quantile`` of update norms at rate ``clip_lr`` (Andrew et al. 2021,
-    arXiv:1905.03871). The job stops before epsilon at ``delta`` would exceed
-    ``epsilon_budget``. ``reproducible`` draws noise from the job seed so that a
-    run repeats, and marks the run as NOT private.
-    """
-
-    mechanism: Literal["none", "gaussian", "ou"] = "none"
-    placement: Literal["central", "distributed", "local"] = "central"
-    unit: Literal["client", "record"] = "client"
-    clip_norm: Annotated[float, Field(gt=0, le=1e6)] = 1.0
-    adaptive_clipping: bool = False
-    target_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.5
-    clip_lr: Annotated[float, Field(gt=0, le=10)] = 0.2
-    noise_multiplier: Annotated[float, Field(ge=0, le=1e6)] | None = None
-    theta: Annotated[float, Field(gt=-1, lt=1)] | None = None
-    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    epsilon_budget: Annotated[float, Field(gt=0, le=1e6)] | None = None
-    accountant: Literal["rdp", "pld"] = "pld"
-    reproducible: bool = False
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PrivacySection:
-        # Compare with the defaults, not with the keys given, so that a dumped
-        # spec (which writes every default) loads again.
-        given = {
-            name
-            for name, field in type(self).model_fields.items()
-            if name != "mechanism" and getattr(self, name) != field.default
-        }
-        if self.mechanism == "none":
-            if given:
-                raise ValueError(
-                    f"mechanism is 'none', so {', '.join(sorted(given))} would have no effect: "
-                    "remove it or set mechanism = 'gaussian' or 'ou'"
-                )
-            return self
-        if self.noise_multiplier is None:
-            raise ValueError(
-                f"mechanism '{self.mechanism}' needs noise_multiplier (noise std / clip_norm)"
-            )
-        if self.noise_multiplier == 0 and (
-            self.mechanism == "ou" or self.adaptive_clipping or self.epsilon_budget is not None
-        ):
-            raise ValueError(
-                "noise_multiplier = 0 adds no noise (epsilon is infinite); it is allowed only "
-                "for a clipping-only gaussian baseline without epsilon_budget or adaptive_clipping"
-            )
-        if self.mechanism == "ou":
-            if self.theta is None:
-                raise ValueError(
-                    "mechanism 'ou' needs theta, the noise correlation (-1 < theta < 1)"
-                )
-            if self.placement == "distributed":
-                raise ValueError(
-                    "mechanism 'ou' needs placement 'central' or 'local': summed per-member OU "
-                    "noise stays an OU process only if no member ever misses a round"
-                )
-            if self.adaptive_clipping:
-                raise ValueError(
-                    "adaptive_clipping cannot be used with mechanism 'ou': its "
-                    "privacy bound assumes a fixed clip_norm"
-                )
-        elif self.theta is not None:
-            raise ValueError("theta applies only to mechanism 'ou'")
-        if self.unit == "record" and (self.mechanism != "gaussian" or self.placement != "local"):
-            raise ValueError(
-                "unit 'record' (DP-SGD inside each member) needs mechanism 'gaussian' and "
-                "placement 'local'"
-            )
-        if self.adaptive_clipping and (self.unit != "client" or self.placement != "central"):
-            raise ValueError(
-                "adaptive_clipping needs unit 'client' and placement 'central' "
-                "(the coordinator noises the count of unclipped updates)"
-            )
-        if not self.adaptive_clipping and given & {"target_quantile", "clip_lr"}:
-            raise ValueError("target_quantile and clip_lr apply only with adaptive_clipping = true")
-        return self
-
-
 class JobSpec(_Section):
     """A complete, validated job."""
 
@@ -294,7 +210,7 @@ class JobSpec(_Section):
     federation: FederationSection = Field(default_factory=FederationSection)
     strategy: StrategySection = Field(default_factory=StrategySection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    privacy: PrivacySection = Field(default_factory=PrivacySection)
+    privacy: PrivacySection = Field(default_factory=PrivacyNone)
 
     def clients_for_round(self, available: int) -> int:
         """How many members to sample from ``available`` enrolled ones."""
@@ -322,8 +238,13 @@ def parse_spec(data: dict[str, Any]) -> JobSpec:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = _location(err["loc"])
-            if err["type"] == "extra_forbidden":
+            loc, message = err["loc"], ""
+            if loc and loc[0] == "privacy":
+                loc, message = privacy_problem(loc, err)
+            where = _location(loc)
+            if message:
+                problems.append(f"{where}: {message}")
+            elif err["type"] == "extra_forbidden":
                 problems.append(f"{where}: unknown key")
             elif err["type"] == "missing":
                 problems.append(f"{where}: required key is missing")

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from fedaas import tensors
-from fedaas.data import emulators, storage
+from fedaas import storage, tensors
 from fedaas.data.digits import digits_federation
 from fedaas.data.source import write_dataset
+from fedaas.sim import emulators
 from fedaas.sim.cluster import LocalCluster
+from fixtures.specs import make_spec
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -36,12 +37,19 @@ def test_members_on_every_storage_kind_train_one_model(
         (az_emulator, az_emulator.make_bucket("members-az"), "npz"),
     ]
     artifacts = storage.join(s3_emulator.make_bucket("artifacts"), "coordinator")
-    spec = {
-        "job": {"name": "clouds", "rounds": 2, "seed": 0},
-        "model": {"name": "mlp", "hidden": [16]},
-        "data": {"features": 64, "classes": 10},
-        "federation": {"min_clients": 4, "round_timeout": 120},
-    }
+    spec = make_spec(
+        "clouds",
+        rounds=2,
+        seed=0,
+        model="mlp",
+        features=64,
+        classes=10,
+        clients=None,
+        min_clients=4,
+        timeout=120,
+        train=None,
+    )
+    spec["model"]["hidden"] = [16]
     with LocalCluster(tmp_path / "cluster") as cluster:
         cluster.start_server(extra_args=["--artifacts", artifacts], env=s3_emulator.env)
         for i, ((emulator, base, fmt), (x, y)) in enumerate(zip(placements, parts, strict=True)):
@@ -49,14 +57,14 @@ def test_members_on_every_storage_kind_train_one_model(
             url = write_dataset(base, f"member-{i}", x, y, fmt, options)
             cluster.start_client(f"m{i}", url, env=emulator.env if emulator else {})
         cluster.wait_online(4)
-        job = cluster.admin.wait(cluster.admin.submit(spec)["id"])
+        job = cluster.admin.wait(cluster.admin.submit(spec).id)
         model = tmp_path / "model.safetensors"
-        cluster.admin.download_model(job["id"], model)
-    assert job["status"] == "completed", job["reason"]
-    assert [r["clients"] for r in job["rounds"]] == [4, 4]
-    assert job["rounds"][0]["participants"] == ["m0", "m1", "m2", "m3"]
+        cluster.admin.download_model(job.id, model)
+    assert job.status == "completed", job.reason
+    assert [r.clients for r in job.rounds] == [4, 4]
+    assert job.rounds[0].participants == ["m0", "m1", "m2", "m3"]
     stored = storage.read_bytes(
-        storage.join(artifacts, "jobs", job["id"], "model-000002.safetensors"),
+        storage.join(artifacts, "jobs", job.id, "model-000002.safetensors"),
         s3_emulator.storage_options,
     )
     assert stored == model.read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fedaas.data import storage
+from fedaas import storage
 from fedaas.data.dataset import ArrayDataset, DataError
 from fedaas.data.source import FORMATS, detect_format, open_dataset, write_dataset, write_npz
 from fedaas.data.streaming import StreamingDataset
 from fedaas.data.tabular import write_table
+from fedaas.sim.emulators import Emulator
 from fedaas.spec import DataSection
-
-from .conftest import Target
+from fixtures.storage import Target
 
 
 def _all(ds: ArrayDataset | StreamingDataset, rng: np.random.Generator | None = None):
@@ -64,13 +65,11 @@ def test_parquet_folder_and_named_columns(tmp_path: Path, arrays) -> None:
             feature_columns=names,
             label_column="digit",
         )
-    schema = DataSection(features=16, classes=4)
+    schema = DataSection(features=16, classes=4, feature_columns=names, label_column="digit")
     url = str(tmp_path / "parts")
     assert detect_format(url) == "parquet"
     for budget in (1 << 30, 2048):
-        ds = open_dataset(
-            url, schema, feature_columns=names, label_column="digit", memory_budget=budget
-        )
+        ds = open_dataset(url, schema, memory_budget=budget)
         got_x, got_y = _sorted(*_all(ds, np.random.default_rng(1)))
         want_x, want_y = _sorted(x, y)
         np.testing.assert_array_equal(got_x, want_x)
@@ -82,12 +81,8 @@ def test_csv_prefix_and_gzip(tmp_path: Path) -> None:
     import gzip
 
     (tmp_path / "d.csv.gz").write_bytes(gzip.compress(text.encode()))
-    ds = open_dataset(
-        str(tmp_path / "d.csv.gz"),
-        DataSection(features=2, classes=2),
-        feature_columns="f",
-        label_column="label",
-    )
+    schema = DataSection(features=2, classes=2, feature_columns="f", label_column="label")
+    ds = open_dataset(str(tmp_path / "d.csv.gz"), schema)
     x, y = _all(ds)
     np.testing.assert_array_equal(x, [[0.5, 1], [2, 3.25]])
     np.testing.assert_array_equal(y, [1, 0])
@@ -203,7 +198,7 @@ def test_named_image_classes_rgb_and_explicit_size(tmp_path: Path) -> None:
     for i, name in enumerate(["cat", "dog"]):
         (tmp_path / name).mkdir()
         Image.new("RGB", (6, 4), (255 * i, 0, 0)).save(tmp_path / name / "a.png")
-    ds = open_dataset(str(tmp_path), DataSection(features=24, classes=2), image_size=(4, 2))
+    ds = open_dataset(str(tmp_path), DataSection(features=24, classes=2, image_size=[4, 2]))
     x, y = _all(ds)
     assert x.shape == (2, 24) and sorted(y.tolist()) == [0, 1]
     assert x[y == 1][0, 0] == 1.0 and x[y == 0][0, 0] == 0.0  # dog is red, RGB order
@@ -232,21 +227,33 @@ def test_remote_missing_bucket_is_a_data_error(cloud_target: Target) -> None:
     ]
 
 
-class _ProposedSection(DataSection):
-    """``[data]`` with the keys proposed for spec.py (format, columns, images)."""
-
-    format: str = "auto"
-    feature_columns: list[str] | str | None = None
-    label_column: str = "y"
-    image_size: tuple[int, int] | None = None
-    image_mode: str | None = None
-
-
-def test_schema_keys_are_used_when_present(tmp_path: Path) -> None:
+def test_the_data_section_says_how_to_read(tmp_path: Path) -> None:
     (tmp_path / "table.txt").write_text("f0,f1,label\n0.5,1,1\n2,3,0\n")
-    schema = _ProposedSection(
+    schema = DataSection(
         features=2, classes=2, format="csv", feature_columns="f", label_column="label"
     )
     x, y = _all(open_dataset(str(tmp_path / "table.txt"), schema))
     np.testing.assert_array_equal(x, [[0.5, 1], [2, 3]])
     np.testing.assert_array_equal(y, [1, 0])
+
+
+@pytest.mark.emulator
+def test_wrong_s3_credentials_are_one_clear_data_error(
+    s3_emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    storage.install_log_redaction()  # as every process's logging set-up does
+    bucket = s3_emulator.make_bucket("creds")
+    schema = DataSection(features=2, classes=2)
+    url = write_dataset(
+        bucket, "d", [[0.0, 1.0]] * 4, [0, 1, 0, 1], "parquet", s3_emulator.storage_options
+    )
+    for bad in ({"secret": secret}, {"key": "AKIAWRONGWRONG"}):
+        opts = {**s3_emulator.storage_options, **bad}
+        with caplog.at_level(logging.DEBUG), pytest.raises(DataError) as err:
+            open_dataset(url, schema, opts)
+        assert len(err.value.problems) == 1
+        problem = err.value.problems[0]
+        assert "access denied" in problem and "\n" not in problem and secret not in problem
+        assert "AWS_ACCESS_KEY_ID" in problem
+        assert secret not in caplog.text

@@ -300,19 +300,3 @@ def member_data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         np.savez(path, x=x, y=y)
         paths.append(path)
     return paths
-
-
-def job_spec(name: str, rounds: int, clients: int = 1, timeout: float = 60) -> dict:
-    """A small logistic-regression job over :func:`member_data`'s schema."""
-    return {
-        "job": {"name": name, "rounds": rounds, "seed": 1},
-        "model": {"name": "logreg"},
-        "data": {"features": FEATURES, "classes": CLASSES},
-        "train": {"lr": 0.1, "batch_size": 16},
-        "federation": {"clients_per_round": clients, "min_clients": 1, "round_timeout": timeout},
-    }
-
-
-@pytest.fixture(scope="session")
-def make_spec():  # type: ignore[no-untyped-def]
-    return job_spec

@@ -14,9 +14,11 @@ Rules checked here:
 - no token appears in the coordinator's log or database, and there is no
   access log.
 
-One coordinator serves the module; a job is opened with ``alpha`` and
-``beta`` sampled (``gamma`` is enrolled but never polls). The tests act as
-members by hand over HTTP and run in file order.
+One coordinator serves the tests that leave it untouched; a job is opened with
+``alpha`` and ``beta`` sampled (``gamma`` is enrolled but never polls). A test
+that changes the federation (an update, a revocation, a restart) gets a
+coordinator of its own, so the tests pass in any order. The tests act as
+members by hand over HTTP.
 """
 
 from __future__ import annotations
@@ -27,30 +29,33 @@ import socket
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from fedaas import tensors
 from fedaas.cli import members as members_cli
 from fedaas.server.auth import load_admin_token, token_hash
-from fedaas.sim.cluster import LocalCluster
+from fixtures.federation import Federation, StartFederation
+from fixtures.specs import make_spec
 
 pytestmark = pytest.mark.slow
 
 FEATURES, CLASSES = 16, 4
-SPEC: dict[str, Any] = {
-    "job": {"name": "access", "rounds": 2, "seed": 5},
-    "model": {"name": "logreg"},
-    "data": {"features": FEATURES, "classes": CLASSES},
-    "federation": {"clients_per_round": 2, "min_clients": 1, "round_timeout": 300},
-}
+SPEC = make_spec(
+    "access",
+    rounds=2,
+    seed=5,
+    features=FEATURES,
+    classes=CLASSES,
+    clients=2,
+    timeout=300,
+    train=None,
+)
 
 # Every route of the API and who may call it. A new route must be added here
 # (and get its 401/403 checks for free).
@@ -74,53 +79,25 @@ ADMIN_ROUTES = [route for route, role in ROUTES.items() if role == "admin"]
 MEMBER_ROUTES = [route for route, role in ROUTES.items() if role == "member"]
 
 
-@dataclass
-class Federation:
-    cluster: LocalCluster
-    job_id: str
-    tokens: dict[str, str]
-    base: bytes
-    limit: int
-    delta: dict[str, np.ndarray]
-    http: httpx.Client
-    seen_bodies: list[str] = field(default_factory=list)
-
-    def request(self, method: str, path: str, token: str | None, **kwargs: Any) -> httpx.Response:
-        headers = {"Connection": "close"} | dict(kwargs.pop("headers", {}))
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        response = self.http.request(method, self.cluster.url + path, headers=headers, **kwargs)
-        self.seen_bodies.append(response.text if len(response.content) < 100_000 else "")
-        return response
-
-    def call(self, route: tuple[str, str], token: str | None, **kwargs: Any) -> httpx.Response:
-        """Call ``route`` with a plausible, valid request (only the token may be wrong)."""
-        method, template = route
-        path = template.format(job_id=self.job_id, number=1, name="beta")
-        if method == "PUT":
-            kwargs.setdefault("content", self.good_body())
-        elif path == "/v1/members" and method == "POST":
-            kwargs.setdefault("json", {"name": "mallory"})
-        elif path == "/v1/jobs" and method == "POST":
-            kwargs.setdefault("json", {"spec": SPEC})
-        elif path.endswith("/evaluation"):
-            kwargs.setdefault("json", {"num_examples": 1, "loss": 0.1, "accuracy": 0.5})
-        elif path.endswith("/decline"):
-            kwargs.setdefault("json", {"reason": "not today"})
-        if path == "/v1/tasks/next":
-            kwargs.setdefault("params", {"timeout": 0})
-        return self.request(method, path, token, **kwargs)
-
-    def good_body(self, **meta: str) -> bytes:
-        return tensors.encode(self.delta, {"num_examples": "10", "metrics": "{}"} | meta)
-
-    def job(self) -> dict[str, Any]:
-        response = self.request("GET", f"/v1/jobs/{self.job_id}", self.cluster.admin_token)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def member_names(self) -> dict[str, bool]:
-        return {m["name"]: m["revoked"] for m in self.cluster.admin.members()}
+def call(
+    fed: Federation, route: tuple[str, str], token: str | None, **kwargs: Any
+) -> httpx.Response:
+    """Call ``route`` with a plausible, valid request (only the token may be wrong)."""
+    method, template = route
+    path = template.format(job_id=fed.job_id, number=1, name="beta")
+    if method == "PUT":
+        kwargs.setdefault("content", fed.good_body())
+    elif path == "/v1/members" and method == "POST":
+        kwargs.setdefault("json", {"name": "mallory"})
+    elif path == "/v1/jobs" and method == "POST":
+        kwargs.setdefault("json", {"spec": SPEC})
+    elif path.endswith("/evaluation"):
+        kwargs.setdefault("json", {"num_examples": 1, "loss": 0.1, "accuracy": 0.5})
+    elif path.endswith("/decline"):
+        kwargs.setdefault("json", {"reason": "not today"})
+    if path == "/v1/tasks/next":
+        kwargs.setdefault("params", {"timeout": 0})
+    return fed.request(method, path, token, **kwargs)
 
 
 def assert_error(response: httpx.Response, status: int, code: str, *details: str) -> str:
@@ -144,7 +121,7 @@ def assert_untouched(fed: Federation, reported: tuple[str, ...] = ()) -> None:
         len(reported),
     )
     assert job["declined"] == {}
-    assert [j["id"] for j in fed.cluster.admin.jobs()] == [fed.job_id]
+    assert [j.id for j in fed.cluster.admin.jobs()] == [fed.job_id]
     names = fed.member_names()
     assert "mallory" not in names and names["beta"] is False
     for member in ("alpha", "beta"):
@@ -155,34 +132,35 @@ def assert_untouched(fed: Federation, reported: tuple[str, ...] = ()) -> None:
             assert task.status_code == 200 and task.json()["round"] == 1
 
 
+@contextmanager
+def access_federation(start_federation: StartFederation) -> Iterator[Federation]:
+    """Round 1 open for alpha and beta, plus a member enrolled and revoked before it connected."""
+    with start_federation(SPEC) as fed:
+        fed.tokens["revoked"] = fed.cluster.admin.enroll("revoked").token
+        fed.cluster.admin.revoke("revoked")
+        yield fed
+
+
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    with (
-        LocalCluster(tmp_path_factory.mktemp("access")) as cluster,
-        httpx.Client(timeout=30.0) as http,
-    ):
-        cluster.start_server()
-        tokens = {name: cluster.admin.enroll(name)["token"] for name in ("alpha", "beta", "gamma")}
-        job_id = cluster.admin.submit(SPEC)["id"]
-        fed = Federation(cluster, job_id, tokens, b"", 0, {}, http)
-        for name in ("alpha", "beta"):
-            first = fed.request("GET", "/v1/tasks/next", tokens[name], params={"timeout": 0})
-            assert first.status_code in (200, 204), first.text
-        for name in ("alpha", "beta"):
-            task = fed.request("GET", "/v1/tasks/next", tokens[name], params={"timeout": 20})
-            assert task.status_code == 200 and task.json()["round"] == 1, task.text
-        fed.limit = task.json()["max_upload_bytes"]
-        model = fed.request("GET", f"/v1/jobs/{job_id}/model", tokens["alpha"])
-        fed.base = model.content
-        base, _ = tensors.decode(model.content)
-        assert fed.limit == tensors.max_payload_bytes(tensors.manifest_of(base))
-        rng = np.random.default_rng(0)
-        fed.delta = {
-            k: rng.normal(scale=0.01, size=v.shape).astype(np.float32) for k, v in base.items()
-        }
-        # a member enrolled and revoked before it ever connected
-        tokens["revoked"] = cluster.admin.enroll("revoked")["token"]
-        cluster.admin.revoke("revoked")
+def fed(start_federation: StartFederation) -> Iterator[Federation]:
+    """Shared by the tests that leave the federation untouched."""
+    with access_federation(start_federation) as fed:
+        yield fed
+
+
+@pytest.fixture(scope="module")
+def reported_fed(start_federation: StartFederation) -> Iterator[Federation]:
+    """Shared by the tests that leave it untouched after alpha's update for round 1."""
+    with access_federation(start_federation) as fed:
+        accepted = fed.upload(fed.good_body())
+        assert accepted.status_code == 200, accepted.text
+        yield fed
+
+
+@pytest.fixture
+def own_fed(start_federation: StartFederation) -> Iterator[Federation]:
+    """A federation of its own, for a test that changes its state."""
+    with access_federation(start_federation) as fed:
         yield fed
 
 
@@ -225,7 +203,7 @@ def test_bad_tokens_are_401_on_every_protected_route(fed: Federation, kind: str)
         extra: dict[str, Any] = {"headers": headers}
         if params:
             extra["params"] = params
-        response = fed.call(route, None, **extra)
+        response = call(fed, route, None, **extra)
         assert_error(response, 401, "unauthorized")
         assert response.headers["WWW-Authenticate"] == "Bearer", route
         for secret in (fed.cluster.admin_token, *fed.tokens.values()):
@@ -236,19 +214,20 @@ def test_bad_tokens_are_401_on_every_protected_route(fed: Federation, kind: str)
 @pytest.mark.parametrize("route", ADMIN_ROUTES, ids=[f"{m} {p}" for m, p in ADMIN_ROUTES])
 def test_a_member_is_403_on_every_admin_route(fed: Federation, route: tuple[str, str]) -> None:
     for member in ("alpha", "gamma"):
-        response = fed.call(route, fed.tokens[member])
+        response = call(fed, route, fed.tokens[member])
         assert_error(response, 403, "forbidden", "operator")
     assert_untouched(fed)
 
 
 @pytest.mark.parametrize("route", MEMBER_ROUTES, ids=[f"{m} {p}" for m, p in MEMBER_ROUTES])
 def test_the_admin_is_403_on_member_routes(fed: Federation, route: tuple[str, str]) -> None:
-    response = fed.call(route, fed.cluster.admin_token)
+    response = call(fed, route, fed.cluster.admin_token)
     assert_error(response, 403, "forbidden", "enrolled members")
     assert_untouched(fed)
 
 
-def test_a_member_never_sees_or_replaces_another_members_update(fed: Federation) -> None:
+def test_a_member_never_sees_or_replaces_another_members_update(own_fed: Federation) -> None:
+    fed = own_fed
     alpha, beta = fed.tokens["alpha"], fed.tokens["beta"]
     path = f"/v1/jobs/{fed.job_id}/rounds/1/update"
     secret_metric = 0.1234567
@@ -264,7 +243,7 @@ def test_a_member_never_sees_or_replaces_another_members_update(fed: Federation)
     assert "secret_metric" not in task.text and "alpha" not in task.text
     for params in ({}, {"round": 0}):
         model = fed.request("GET", f"/v1/jobs/{fed.job_id}/model", beta, params=params)
-        assert model.status_code == 200 and model.content == fed.base
+        assert model.status_code == 200 and model.content == fed.base_bytes
     early = fed.request("GET", f"/v1/jobs/{fed.job_id}/model", beta, params={"round": 1})
     assert_error(early, 404, "not_found")
     # the job's per-round metrics and participants are for the operator only
@@ -298,7 +277,8 @@ def _raw_request(fed: Federation, head: str, first_bytes: int = 1024) -> tuple[f
     return time.monotonic() - started, answer
 
 
-def test_uploads_are_refused_before_their_body_is_read(fed: Federation) -> None:
+def test_uploads_are_refused_before_their_body_is_read(reported_fed: Federation) -> None:
+    fed = reported_fed
     """No token, not sampled, or over the cap: answered at once, the 50 MB body never sent."""
     path = f"/v1/jobs/{fed.job_id}/rounds/1/update"
     cases = {
@@ -318,7 +298,8 @@ def test_uploads_are_refused_before_their_body_is_read(fed: Federation) -> None:
     assert_untouched(fed, reported=("alpha",))
 
 
-def test_an_update_over_the_models_cap_is_413(fed: Federation) -> None:
+def test_an_update_over_the_models_cap_is_413(reported_fed: Federation) -> None:
+    fed = reported_fed
     path = f"/v1/jobs/{fed.job_id}/rounds/1/update"
     beta = fed.tokens["beta"]
     body = fed.good_body()
@@ -383,12 +364,15 @@ def test_body_limit_middleware_on_the_real_app(tmp_path: Path) -> None:
         assert [m["name"] for m in client.get("/v1/members", headers=auth).json()] == ["alpha"]
 
 
-def test_revoking_a_sampled_member_does_not_stall_the_round(fed: Federation) -> None:
+def test_revoking_a_sampled_member_does_not_stall_the_round(own_fed: Federation) -> None:
+    fed = own_fed
+    reported = fed.upload(fed.good_body())  # alpha has reported; beta, sampled too, has not
+    assert reported.status_code == 200, reported.text
     fed.cluster.admin.revoke("beta")
     response = fed.request("GET", "/v1/tasks/next", fed.tokens["beta"], params={"timeout": 0})
     assert_error(response, 401, "unauthorized")
     job = fed.cluster.admin.job(fed.job_id, after_round=0, timeout=5)
-    assert job["round"] == 1, "alpha has reported and beta is revoked: the round should close"
+    assert job.round == 1, "alpha has reported and beta is revoked: the round should close"
 
 
 def cli(*args: str):  # type: ignore[no-untyped-def]
@@ -399,9 +383,10 @@ def cli(*args: str):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
 
-def test_revoking_is_immediate_and_survives_a_restart(fed: Federation) -> None:
+def test_revoking_is_immediate_and_survives_a_restart(own_fed: Federation) -> None:
+    fed = own_fed
     cluster = fed.cluster
-    token = cluster.admin.enroll("delta")["token"]
+    token = cluster.admin.enroll("delta").token
     fed.tokens["delta"] = token
     assert fed.request("GET", "/v1/tasks/next", token, params={"timeout": 0}).status_code == 204
     admin = ("--server", cluster.url, "--token", cluster.admin_token)
@@ -415,7 +400,7 @@ def test_revoking_is_immediate_and_survives_a_restart(fed: Federation) -> None:
     assert revoked.exit_code == 0 and "member delta revoked" in revoked.stdout, revoked.output
     # the very next request is refused, whatever it is
     for route in (("GET", "/v1/tasks/next"), ("GET", "/v1/jobs/{job_id}/model")):
-        assert_error(fed.call(route, token), 401, "unauthorized", "unknown or revoked token")
+        assert_error(call(fed, route, token), 401, "unauthorized", "unknown or revoked token")
     listed = cli("members", *admin)
     row = next(line for line in listed.stdout.splitlines() if " delta " in line)
     assert "revoked" in row and "yes" not in row, listed.stdout
@@ -436,8 +421,24 @@ def test_revoking_is_immediate_and_survives_a_restart(fed: Federation) -> None:
     assert_error(again, 409, "exists")
 
 
-def test_no_secret_in_logs_or_database(fed: Federation) -> None:
-    """Runs last: everything above (401s, enrollments, revocations, a restart) left no token behind."""
+def leave_traces(fed: Federation) -> None:
+    """What the tests above do with tokens: 401s, an update, enrolling, revoking, a restart."""
+    for kind in BAD_AUTH:
+        for route in PROTECTED:
+            call(fed, route, None, headers=BAD_AUTH[kind](fed))
+    assert fed.upload(fed.good_body()).status_code == 200
+    fed.tokens["delta"] = fed.cluster.admin.enroll("delta").token
+    assert call(fed, ("GET", "/v1/tasks/next"), fed.tokens["delta"]).status_code == 204
+    fed.cluster.admin.revoke("delta")
+    assert call(fed, ("GET", "/v1/tasks/next"), fed.tokens["delta"]).status_code == 401
+    fed.cluster._halt(fed.cluster.server)
+    fed.cluster.start_server()
+
+
+def test_no_secret_in_logs_or_database(own_fed: Federation) -> None:
+    """401s, enrollments, revocations, an update and a restart leave no token behind."""
+    fed = own_fed
+    leave_traces(fed)
     cluster = fed.cluster
     secrets_ = [cluster.admin_token, *fed.tokens.values()]
     logs = "".join(p.read_text(errors="replace") for p in cluster.logs.glob("*.log"))

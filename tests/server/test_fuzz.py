@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -37,20 +34,26 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from fedaas import tensors
-from fedaas.server.errors import ApiError
+from fedaas.server.errors import CoordinatorError
+from fedaas.server.http_errors import status_of
 from fedaas.server.uploads import validate_update
-from fedaas.sim.cluster import LocalCluster
 from fedaas.spec import SpecError, parse_spec
+from fixtures.federation import Federation, StartFederation
+from fixtures.specs import make_spec
 
 pytestmark = pytest.mark.slow
 
 FEATURES, CLASSES = 16, 4
-SPEC: dict[str, Any] = {
-    "job": {"name": "fuzz", "rounds": 3, "seed": 11},
-    "model": {"name": "logreg"},
-    "data": {"features": FEATURES, "classes": CLASSES},
-    "federation": {"clients_per_round": 1, "min_clients": 1, "round_timeout": 300},
-}
+SPEC = make_spec(
+    "fuzz",
+    rounds=3,
+    seed=11,
+    features=FEATURES,
+    classes=CLASSES,
+    clients=1,
+    timeout=300,
+    train=None,
+)
 FUZZ = settings(
     deadline=None,
     derandomize=True,
@@ -64,62 +67,31 @@ FUZZ = settings(
 )
 
 
-@dataclass
-class Live:
-    cluster: LocalCluster
-    http: httpx.Client
-    job_id: str
-    alpha: str
-    manifest: tensors.Manifest
-    good: bytes
-    limit: int
+def good(fed: Federation) -> bytes:
+    """The shared well-formed update (the base of every mutation)."""
+    return fed.good_body(metrics='{"loss": 0.5}')
 
-    def request(self, method: str, path: str, token: str | None, **kwargs: Any) -> httpx.Response:
-        headers = {"Connection": "close"} | dict(kwargs.pop("headers", {}))
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return self.http.request(method, self.cluster.url + path, headers=headers, **kwargs)
 
-    def stored_updates(self) -> int:
-        db = self.cluster.state / "fedaas.db"
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            return con.execute("SELECT COUNT(*) FROM updates").fetchone()[0]
-
-    def jobs(self) -> list[str]:
-        return [j["id"] for j in self.cluster.admin.jobs()]
-
-    def assert_untouched(self) -> None:
-        job = self.cluster.admin.job(self.job_id)
-        assert job["status"] == "running" and job["round"] == 0 and job["rounds"] == [], job
-        current = job["current"]
-        assert (current["round"], current["stage"], current["reported"]) == (1, "training", 0), job
-        assert self.stored_updates() == 0
-        assert list((self.cluster.state / "artifacts" / "spool").iterdir()) == []
-        task = self.request("GET", "/v1/tasks/next", self.alpha, params={"timeout": 0})
-        assert task.status_code == 200 and task.json()["round"] == 1, task.text
+def assert_untouched(fed: Federation) -> None:
+    """Round 1 still open for alpha, nothing reported, stored or spooled."""
+    job = fed.cluster.admin.job(fed.job_id)
+    assert job.status == "running" and job.round == 0 and job.rounds == [], job
+    current = job.current
+    assert current is not None, job
+    assert (current.round, current.stage, current.reported) == (1, "training", 0), job
+    assert fed.stored_updates(all_jobs=True) == 0
+    assert list((fed.cluster.state / "artifacts" / "spool").iterdir()) == []
+    task = fed.request("GET", "/v1/tasks/next", fed.tokens["alpha"], params={"timeout": 0})
+    assert task.status_code == 200 and task.json()["round"] == 1, task.text
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    with (
-        LocalCluster(tmp_path_factory.mktemp("fuzz")) as cluster,
-        httpx.Client(timeout=30.0) as http,
-    ):
-        cluster.start_server()
-        alpha = cluster.admin.enroll("alpha")["token"]
-        job_id = cluster.admin.submit(SPEC)["id"]
-        live = Live(cluster, http, job_id, alpha, {}, b"", 0)
-        live.request("GET", "/v1/tasks/next", alpha, params={"timeout": 0})
-        task = live.request("GET", "/v1/tasks/next", alpha, params={"timeout": 20})
-        assert task.status_code == 200, task.text
-        live.limit = task.json()["max_upload_bytes"]
-        model = live.request("GET", f"/v1/jobs/{job_id}/model", alpha)
-        base, _ = tensors.decode(model.content)
-        live.manifest = tensors.manifest_of(base)
-        rng = np.random.default_rng(3)
-        delta = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in base.items()}
-        live.good = tensors.encode(delta, {"num_examples": "10", "metrics": '{"loss": 0.5}'})
-        yield live
+def live(start_federation: StartFederation) -> Iterator[Federation]:
+    """One coordinator, ``alpha`` sampled into round 1 of a 3-round job; the tests leave it so."""
+    with start_federation(
+        SPEC, members=("alpha",), online=("alpha",), delta_seed=3, delta_scale=1
+    ) as fed:
+        yield fed
 
 
 # uploads ----------------------------------------------------------------------------
@@ -233,43 +205,43 @@ def mutated_update(draw: st.DrawFn, good: bytes) -> bytes:
 def _accepted_in_process(body: bytes, manifest: tensors.Manifest) -> bool:
     try:
         validate_update(body, manifest)
-    except ApiError as exc:
-        assert exc.status == 400 and exc.code == "invalid_update" and exc.detail
+    except CoordinatorError as exc:
+        assert status_of(exc) == 400 and exc.code == "invalid_update" and exc.detail
         return False
     return True
 
 
-def test_the_validator_never_crashes(live: Live) -> None:
+def test_the_validator_never_crashes(live: Federation) -> None:
     """In-process: many mutations; the only failure the validator may raise is the API's 400."""
-    assert _accepted_in_process(live.good, live.manifest)
+    assert _accepted_in_process(good(live), live.manifest)
 
     @settings(FUZZ, max_examples=400)
-    @given(body=mutated_update(live.good))
+    @given(body=mutated_update(good(live)))
     def check(body: bytes) -> None:
         _accepted_in_process(body, live.manifest)
 
     check()
 
 
-def test_rejected_uploads_change_nothing(live: Live) -> None:
+def test_rejected_uploads_change_nothing(live: Federation) -> None:
     """Over HTTP: every mutated body the validator refuses is a 4xx JSON error, and nothing changes."""
     path = f"/v1/jobs/{live.job_id}/rounds/1/update"
     statuses: dict[int, int] = {}
 
     @settings(FUZZ, max_examples=60)
-    @given(body=mutated_update(live.good), chunked=st.booleans())
+    @given(body=mutated_update(good(live)), chunked=st.booleans())
     def check(body: bytes, chunked: bool) -> None:
         assume(not _accepted_in_process(body, live.manifest))
         content: Any = iter([body[: len(body) // 2], body[len(body) // 2 :]]) if chunked else body
-        response = live.request("PUT", path, live.alpha, content=content)
+        response = live.request("PUT", path, live.tokens["alpha"], content=content)
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code in (400, 413), response.text
         assert set(response.json()) == {"error", "detail"}
-        live.assert_untouched()
+        assert_untouched(live)
 
     check()
     assert statuses.get(400, 0) > 20, statuses
-    live.assert_untouched()
+    assert_untouched(live)
 
 
 # jobs ---------------------------------------------------------------------------------
@@ -332,7 +304,7 @@ def job_bodies(draw: st.DrawFn) -> Any:
     return {"spec": spec}
 
 
-def test_random_job_submissions_are_201_or_422(live: Live) -> None:
+def test_random_job_submissions_are_201_or_422(live: Federation) -> None:
     statuses: dict[int, int] = {}
 
     @settings(FUZZ, max_examples=120)
@@ -354,11 +326,11 @@ def test_random_job_submissions_are_201_or_422(live: Live) -> None:
         else:  # accepted: it waits in the queue behind the running job; take it out again
             new = response.json()["id"]
             assert after == [*before, new]
-            assert live.cluster.admin.cancel(new)["status"] == "cancelled"
+            assert live.cluster.admin.cancel(new).status == "cancelled"
 
     check()
     assert statuses.get(422, 0) > 30, statuses
-    live.assert_untouched()
+    assert_untouched(live)
 
 
 def _overcommit_heuristic() -> bool:
@@ -373,7 +345,7 @@ def _overcommit_heuristic() -> bool:
     reason="needs vm.overcommit_memory=0, where a 4 TB allocation fails at once instead of "
     "being granted and then killing the machine",
 )
-def test_an_impossibly_large_model_is_refused_not_a_500(live: Live) -> None:
+def test_an_impossibly_large_model_is_refused_not_a_500(live: Federation) -> None:
     spec = json.loads(json.dumps(SPEC))
     spec["data"] = {"features": 10_000_000, "classes": 100_000}  # 10**12 parameters, 4 TB
     before = live.jobs()
@@ -385,7 +357,7 @@ def test_an_impossibly_large_model_is_refused_not_a_500(live: Live) -> None:
 # schemathesis ---------------------------------------------------------------------------
 
 
-def test_schemathesis_finds_no_server_error(live: Live) -> None:
+def test_schemathesis_finds_no_server_error(live: Federation) -> None:
     """Every operation in /openapi.json, positive and negative cases, admin and member tokens."""
     import schemathesis
     from schemathesis import GenerationMode
@@ -402,7 +374,7 @@ def test_schemathesis_finds_no_server_error(live: Live) -> None:
         if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0.2:
             query["timeout"] = 0.2  # long polls would hold each example for up to 60 s
 
-    for token in (live.cluster.admin_token, live.alpha):
+    for token in (live.cluster.admin_token, live.tokens["alpha"]):
         auth = {"Authorization": f"Bearer {token}"}
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -432,4 +404,4 @@ def test_schemathesis_finds_no_server_error(live: Live) -> None:
                     assert mode == GenerationMode.NEGATIVE, operation.label
     assert not failures, "\n".join(failures[:20])
     assert calls > 100
-    live.assert_untouched()
+    assert_untouched(live)

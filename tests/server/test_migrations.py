@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,61 @@ def test_a_database_from_before_migrations_is_adopted(tmp_path: Path) -> None:
     assert [m.name for m in store.members()] == ["alpha"]
     with store.engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    store.engine.dispose()
+
+
+def test_specs_stored_before_the_privacy_variants_still_load(
+    db_url: str | None, tmp_path: Path
+) -> None:
+    """A queued job whose spec was dumped by the flat [privacy] section resumes after upgrade."""
+    url = _url(db_url, tmp_path)
+    flat_defaults = {
+        "placement": "central",
+        "unit": "client",
+        "clip_norm": 1.0,
+        "adaptive_clipping": False,
+        "target_quantile": 0.5,
+        "clip_lr": 0.2,
+        "delta": 1e-5,
+        "accountant": "pld",
+        "reproducible": False,
+    }
+    base = {
+        "job": {"name": "old", "rounds": 2, "seed": 0},
+        "model": {"name": "logreg", "hidden": [], "options": {}},
+        "data": {"features": 4, "classes": 3},
+    }
+    stored = {
+        "none": {**flat_defaults, "mechanism": "none"},
+        "ou": {**flat_defaults, "mechanism": "ou", "noise_multiplier": 2.0, "theta": 0.5},
+        "record": {
+            **flat_defaults,
+            "mechanism": "gaussian",
+            "unit": "record",
+            "placement": "local",
+            "noise_multiplier": 1.0,
+        },
+        "wrong": {"mechanism": "gaussian", "noise_multiplier": 1.0, "theta": 0.5},
+    }
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        for name, privacy in stored.items():
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, name, spec, status, round, created_at, extra) "
+                    "VALUES (:id, :id, :spec, 'queued', 0, 1.0, '{}')"
+                ),
+                {"id": name, "spec": json.dumps({**base, "privacy": privacy})},
+            )
+    engine.dispose()
+    store = Store(url)  # upgrades to head
+    none, ou, record = (store.job(n).job_spec().privacy for n in ("none", "ou", "record"))
+    assert none.mechanism == "none"
+    assert (ou.mechanism, ou.theta, ou.noise_multiplier) == ("ou", 0.5, 2.0)
+    assert record.unit == "record"
+    wrong = json.loads(store.job("wrong").spec)["privacy"]
+    assert wrong == stored["wrong"]  # only old defaults are dropped; the rest is judged as before
     store.engine.dispose()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,53 +11,53 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from fedaas.server.rounds import ActiveJob
 from fedaas.sim.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
+MakeSpec = Callable[..., dict[str, Any]]
 
 
 def snapshot(cluster: LocalCluster) -> dict[str, Any]:
     admin = cluster.admin
     jobs = admin.jobs()
     return {
-        "members": [(m["id"], m["name"], m["revoked"]) for m in admin.members()],
-        "jobs": jobs,
-        "details": {
-            j["id"]: {k: v for k, v in admin.job(j["id"]).items() if k != "current"} for j in jobs
-        },
+        "members": [(m.id, m.name, m.revoked) for m in admin.members()],
+        "jobs": [j.model_dump() for j in jobs],
+        "details": {j.id: admin.job(j.id).model_dump(exclude={"current"}) for j in jobs},
         "models": {
-            j["id"]: admin.t.request("GET", f"/v1/jobs/{j['id']}/model").content
+            j.id: admin.t.request("GET", f"/v1/jobs/{j.id}/model").content
             for j in jobs
-            if j["status"] == "completed"
+            if j.status == "completed"
         },
     }
 
 
 def test_state_survives_a_restart_and_a_new_job_runs(
-    db_url: str | None, tmp_path: Path, member_data: list[Path], make_spec
+    db_url: str | None, tmp_path: Path, member_data: list[Path], make_spec: MakeSpec
 ) -> None:
     extra = ["--db", db_url] if db_url else []
     with LocalCluster(tmp_path / "cluster") as cluster, httpx.Client(timeout=10) as http:
         cluster.start_server(extra_args=extra)
         cluster.start_client("org-0", str(member_data[0]))
-        idle_token = cluster.admin.enroll("org-1")["token"]  # enrolled, never online
-        gone_token = cluster.admin.enroll("org-2")["token"]
+        idle_token = cluster.admin.enroll("org-1").token  # enrolled, never online
+        gone_token = cluster.admin.enroll("org-2").token
         cluster.admin.revoke("org-2")
         cluster.wait_online(1, timeout=60)
 
         first = cluster.admin.submit(make_spec("before-restart", rounds=2))
-        done = cluster.admin.wait(first["id"], timeout=120)
-        assert done["status"] == "completed", done
-        assert [r["round"] for r in done["rounds"]] == [1, 2]
-        assert all(r["participants"] == ["org-0"] for r in done["rounds"])
+        done = cluster.admin.wait(first.id, timeout=120)
+        assert done.status == "completed", done
+        assert [r.round for r in done.rounds] == [1, 2]
+        assert all(r.participants == ["org-0"] for r in done.rounds)
         # a job that waits for a second member (org-1 never comes online), cancelled while running
         cancelled = cluster.admin.submit(make_spec("cancelled", rounds=1, clients=2))
         deadline = time.monotonic() + 30
-        while cluster.admin.job(cancelled["id"])["status"] != "running":
+        while cluster.admin.job(cancelled.id).status != "running":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(0.2)  # past activation: see test_cancel_during_activation_sticks
-        cluster.admin.cancel(cancelled["id"])
+        cluster.admin.cancel(cancelled.id)
         before = snapshot(cluster)
 
         cluster._halt(cluster.server)  # SIGTERM, wait
@@ -75,16 +76,17 @@ def test_state_survives_a_restart_and_a_new_job_runs(
 
         # the member agent rode through the restart; a new job runs
         second = cluster.admin.submit(make_spec("after-restart", rounds=1))
-        done = cluster.admin.wait(second["id"], timeout=120)
-        assert done["status"] == "completed", done
-        assert done["rounds"][0]["participants"] == ["org-0"]
-        statuses = {j["id"]: j["status"] for j in cluster.admin.jobs()}
+        done = cluster.admin.wait(second.id, timeout=120)
+        assert done.status == "completed", done
+        assert done.rounds[0].participants == ["org-0"]
+        statuses = {j.id: j.status for j in cluster.admin.jobs()}
         assert statuses == {
-            first["id"]: "completed",
-            cancelled["id"]: "cancelled",
-            second["id"]: "completed",
+            first.id: "completed",
+            cancelled.id: "cancelled",
+            second.id: "completed",
         }
-        assert cluster.admin.job(first["id"])["rounds"] == before["details"][first["id"]]["rounds"]
+        rounds = [r.model_dump() for r in cluster.admin.job(first.id).rounds]
+        assert rounds == before["details"][first.id]["rounds"]
         assert "Traceback" not in (cluster.logs / "server.log").read_text()
         # (only now: a member that polls counts as online and could be sampled)
         assert poll(idle_token) == 204  # an enrolled member's token still works
@@ -107,32 +109,29 @@ def test_state_survives_a_restart_and_a_new_job_runs(
     assert counts == {"members": 3, "jobs": 3, "rounds": 3, "updates": 3}
 
 
-def test_cancel_during_activation_sticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_during_activation_sticks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_spec: MakeSpec
+) -> None:
     """Submit, then cancel while the coordinator is still activating the job (made wide here)."""
     import threading
 
     from fastapi.testclient import TestClient
 
     from fedaas.server.app import create_app
-    from fedaas.server.coordinator import Coordinator
+    from fedaas.server.runner import JobRunner
 
     entered, release = threading.Event(), threading.Event()
-    original = Coordinator._activate
+    original = JobRunner._activate
 
-    def slow_activate(self, row, spec):  # type: ignore[no-untyped-def]
+    def slow_activate(self: JobRunner) -> ActiveJob:
         entered.set()
         release.wait(10)
-        return original(self, row, spec)
+        return original(self)
 
-    monkeypatch.setattr(Coordinator, "_activate", slow_activate)
+    monkeypatch.setattr(JobRunner, "_activate", slow_activate)
     token = "fda_" + "b" * 40
     auth = {"Authorization": f"Bearer {token}"}
-    spec = {
-        "job": {"name": "race", "rounds": 1},
-        "model": {"name": "logreg"},
-        "data": {"features": 4, "classes": 2},
-        "federation": {"round_timeout": 30},
-    }
+    spec = make_spec("race", features=4, classes=2, clients=None, timeout=30, train=None)
     app = create_app(tmp_path, f"sqlite:///{tmp_path / 'fedaas.db'}", token)
     with TestClient(app) as client:
         job_id = client.post("/v1/jobs", json={"spec": spec}, headers=auth).json()["id"]
@@ -145,7 +144,7 @@ def test_cancel_during_activation_sticks(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_a_source_with_a_nul_character_is_422_on_every_backend(
-    db_url: str | None, tmp_path: Path
+    db_url: str | None, tmp_path: Path, make_spec: MakeSpec
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -153,11 +152,7 @@ def test_a_source_with_a_nul_character_is_422_on_every_backend(
 
     token = "fda_" + "c" * 40
     auth = {"Authorization": f"Bearer {token}"}
-    spec = {
-        "job": {"name": "nul", "rounds": 1},
-        "model": {"name": "logreg"},
-        "data": {"features": 4, "classes": 2},
-    }
+    spec = make_spec("nul", features=4, classes=2, train=None, federation=None)
     app = create_app(tmp_path, db_url or f"sqlite:///{tmp_path / 'fedaas.db'}", token)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/v1/jobs", json={"spec": spec, "source": "a\x00b"}, headers=auth)

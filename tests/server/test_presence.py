@@ -14,13 +14,13 @@ pytestmark = pytest.mark.slow
 
 
 def online(cluster: LocalCluster) -> dict[str, bool]:
-    return {m["name"]: m["online"] for m in cluster.admin.members()}
+    return {m.name: m.online for m in cluster.admin.members()}
 
 
 def test_a_member_that_hangs_up_mid_poll_goes_offline(tmp_path: Path) -> None:
     with LocalCluster(tmp_path / "cluster") as cluster:
         cluster.start_server()
-        token = cluster.admin.enroll("alpha")["token"]
+        token = cluster.admin.enroll("alpha").token
         host, port = cluster.url.removeprefix("http://").split(":")
         poll = socket.create_connection((host, int(port)))
         poll.sendall(

@@ -253,7 +253,7 @@ def test_a_member_agent_completes_a_job_over_mutual_tls(
     cluster = mtls_cluster
     cluster.start_client("org-tls", str(member_data[0]))
     # a member without a client certificate is refused with one line and gives up at once
-    token = cluster.admin.enroll("org-nocert")["token"]
+    token = cluster.admin.enroll("org-nocert").token
     refused = subprocess.run(
         [
             sys.executable,
@@ -282,14 +282,14 @@ def test_a_member_agent_completes_a_job_over_mutual_tls(
     job = cluster.admin.submit(make_spec("over-mtls", rounds=1))
     deadline = time.monotonic() + 90
     while True:
-        current = cluster.admin.job(job["id"], after_round=0, timeout=20)
-        if current["status"] in ("completed", "failed", "cancelled"):
+        current = cluster.admin.job(job.id, after_round=0, timeout=20)
+        if current.status in ("completed", "failed", "cancelled"):
             break
         assert time.monotonic() < deadline, current
-    assert current["status"] == "completed", current
-    (first,) = current["rounds"]
-    assert first["participants"] == ["org-tls"]
-    assert first["bytes_up"] > 0
+    assert current.status == "completed", current
+    (first,) = current.rounds
+    assert first.participants == ["org-tls"]
+    assert first.bytes_up > 0
     logs = "".join(p.read_text() for p in cluster.logs.glob("*.log"))
     assert "Traceback" not in logs
     assert token not in logs and cluster.admin_token not in logs and token not in refused.stderr

@@ -1,13 +1,14 @@
-"""Privacy accounting for client-level DP over rounds, on Google's ``dp-accounting``.
+"""Privacy accounting: epsilon of composed Gaussian mechanisms, on Google's ``dp-accounting``.
 
 Each DP-FedAvg round (McMahan et al., ICLR 2018, arXiv:1710.06963) is a
 Poisson-subsampled Gaussian mechanism with sampling rate ``q`` and noise
 multiplier ``z``; rounds compose. Two accountants: Renyi DP (``"rdp"``, the
 curves of ``dp_accounting.rdp.RdpAccountant``) and privacy loss distributions
 (``"pld"``, tighter; the pessimistic PLDs that ``dp_accounting.pld.PLDAccountant``
-builds, composed here one round at a time so that a :class:`PrivacyLedger`
-round costs the same at round 1000 as at round 1). Adaptive clipping (Andrew
-et al., NeurIPS 2021, arXiv:1905.03871) is accounted with the nominal ``z``.
+builds, composed here one round at a time by :class:`Composition` so that a
+ledger round (:mod:`fedaas.algorithms.ledger`) costs the same at round 1000 as
+at round 1). Adaptive clipping (Andrew et al., NeurIPS 2021, arXiv:1905.03871)
+is accounted with the nominal ``z``.
 
 Ornstein-Uhlenbeck (AR(1)) noise with correlation ``theta`` is accounted with
 the whitening bound: ``w_t = y_t - theta*y_{t-1}`` is invertible
@@ -15,6 +16,11 @@ post-processing, so round 1 is a Gaussian mechanism with multiplier ``z`` and
 every later round one with ``z * sqrt((1-|theta|)/(1+|theta|))``. This needs
 every client in every round (``q = 1``). Treating OU rounds as independent
 would be unsound and is never done here.
+
+Record-level DP (DP-SGD, Abadi et al., CCS 2016, arXiv:1607.00133) is the
+same mechanism one level down: every optimizer step is a Poisson-subsampled
+Gaussian mechanism on one member's records (:func:`dp_sgd_schedule`,
+:func:`record_epsilon_after`).
 
 Speed: Gaussian mechanisms without subsampling compose exactly into one
 Gaussian mechanism (``1/z^2`` adds up); for PLD that single mechanism is
@@ -27,9 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -65,7 +69,7 @@ logging.getLogger("absl").addFilter(_quiet)
 
 def ou_effective_multiplier(noise_multiplier: float, theta: float) -> float:
     """Per-round multiplier of OU rounds after the first: ``z*sqrt((1-|theta|)/(1+|theta|))``."""
-    _check_theta(theta)
+    check_theta(theta)
     return noise_multiplier * math.sqrt((1 - abs(theta)) / (1 + abs(theta)))
 
 
@@ -85,61 +89,12 @@ def accounted_sampling_rate(placement: str, sampling_rate: float) -> float:
     raise ValueError(f"unknown placement {placement!r}")
 
 
-# ------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class PrivacyEvent:
-    """One round's release, as the ledger records it.
-
-    ``noise_multiplier`` is the nominal ``z`` (also with adaptive clipping);
-    ``sampling_rate`` the Poisson rate ``q`` to account with;
-    ``mechanism`` ``gaussian`` (independent noise) or ``ou`` (AR(1) noise
-    with correlation ``theta``; requires ``q = 1``).
-    """
-
-    noise_multiplier: float
-    sampling_rate: float = 1.0
-    mechanism: Mechanism = "gaussian"
-    theta: float = 0.0
-
-    def __post_init__(self) -> None:
-        z, q = self.noise_multiplier, self.sampling_rate
-        if not (isinstance(z, int | float) and math.isfinite(z) and z >= 0):
-            raise ValueError(f"noise multiplier must be finite and >= 0, got {z!r}")
-        if not (isinstance(q, int | float) and 0 < q <= 1):
-            raise ValueError(f"sampling rate must lie in (0, 1], got {q!r}")
-        if self.mechanism == "gaussian":
-            if self.theta != 0:
-                raise ValueError("theta is only meaningful for the 'ou' mechanism")
-        elif self.mechanism == "ou":
-            _check_theta(self.theta)
-            _check_ou_rate(q)
-        else:
-            raise ValueError(f"unknown mechanism {self.mechanism!r}: use 'gaussian' or 'ou'")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PrivacyEvent:
-        unknown = set(data) - {"noise_multiplier", "sampling_rate", "mechanism", "theta"}
-        if unknown:
-            raise ValueError(f"unknown privacy event keys: {sorted(unknown)}")
-        return cls(
-            noise_multiplier=float(data["noise_multiplier"]),
-            sampling_rate=float(data.get("sampling_rate", 1.0)),
-            mechanism=data.get("mechanism", "gaussian"),
-            theta=float(data.get("theta", 0.0)),
-        )
-
-
-def _check_theta(theta: float) -> None:
+def check_theta(theta: float) -> None:
     if not -1.0 < theta < 1.0:
         raise ValueError(f"theta must lie strictly between -1 and 1, got {theta}")
 
 
-def _check_ou_rate(sampling_rate: float) -> None:
+def check_ou_rate(sampling_rate: float) -> None:
     if sampling_rate != 1.0:
         raise ValueError(
             "OU noise accounting assumes every client takes part in every round "
@@ -147,40 +102,9 @@ def _check_ou_rate(sampling_rate: float) -> None:
         )
 
 
-def _check_delta(delta: float) -> None:
+def check_delta(delta: float) -> None:
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
-
-
-def _accounted(event: PrivacyEvent, ou_started: bool) -> float:
-    """The multiplier to account ``event`` with (OU rounds after the first: whitened)."""
-    if event.mechanism == "ou" and ou_started:
-        return ou_effective_multiplier(event.noise_multiplier, event.theta)
-    return event.noise_multiplier
-
-
-def _groups(events: Iterable[PrivacyEvent]) -> tuple[Group, ...]:
-    counts: Counter[tuple[float, float]] = Counter()
-    ou_started = False
-    for event in events:
-        counts[(_accounted(event, ou_started), event.sampling_rate)] += 1
-        ou_started = ou_started or event.mechanism == "ou"
-    return tuple(sorted((z, q, n) for (z, q), n in counts.items()))
-
-
-def dp_event(events: Iterable[PrivacyEvent]) -> dp_accounting.DpEvent:
-    """The ``dp_accounting`` event for a sequence of rounds (OU whitening applied)."""
-    return _dp_event(_groups(events))
-
-
-def _dp_event(groups: Iterable[Group]) -> dp_accounting.DpEvent:
-    parts: list[dp_accounting.DpEvent] = []
-    for z, q, n in groups:
-        single: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(z)
-        if q < 1:
-            single = dp_accounting.PoissonSampledDpEvent(q, single)
-        parts.append(dp_accounting.SelfComposedDpEvent(single, n) if n > 1 else single)
-    return parts[0] if len(parts) == 1 else dp_accounting.ComposedDpEvent(parts)
 
 
 # ----------------------------------------------------------------- epsilon
@@ -192,7 +116,7 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
     ``delta(eps) = Phi(mu/2 - eps/mu) - e^eps * Phi(-mu/2 - eps/mu)``
     (Balle & Wang 2018), inverted by bisection; returns an upper end.
     """
-    _check_delta(delta)
+    check_delta(delta)
     if mu <= 0:
         return 0.0
     if math.isinf(mu):
@@ -228,7 +152,7 @@ def _single_pld(z: float, q: float) -> PrivacyLossDistribution:
     )
 
 
-class _Composition:
+class Composition:
     """Rounds composed so far, kept so that adding one round is cheap.
 
     Unsampled Gaussian rounds compose exactly into one Gaussian mechanism
@@ -239,7 +163,7 @@ class _Composition:
     def __init__(self, accountant: str, delta: float) -> None:
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"unknown accountant {accountant!r}: use 'rdp' or 'pld'")
-        _check_delta(delta)
+        check_delta(delta)
         self.accountant = accountant
         self.delta = delta
         self.full = 0.0
@@ -248,7 +172,7 @@ class _Composition:
         self.has_sampled = False
         self.infinite = False
 
-    def copy(self) -> _Composition:
+    def copy(self) -> Composition:
         other = copy.copy(self)
         other.sampled_rdp = self.sampled_rdp.copy()  # PLD objects are never mutated
         return other
@@ -299,11 +223,11 @@ class _Composition:
 
 @lru_cache(maxsize=512)
 def _epsilon(groups: tuple[Group, ...], delta: float, accountant: str) -> float:
-    return _composed(groups, delta, accountant).epsilon()
+    return composed(groups, delta, accountant).epsilon()
 
 
-def _composed(groups: Iterable[Group], delta: float, accountant: str) -> _Composition:
-    composition = _Composition(accountant, delta)
+def composed(groups: Iterable[Group], delta: float, accountant: str) -> Composition:
+    composition = Composition(accountant, delta)
     for z, q, n in groups:
         composition.add(z, q, n)
     return composition
@@ -318,10 +242,10 @@ def _rounds_groups(
         raise ValueError(f"sampling rate must lie in (0, 1], got {sampling_rate}")
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
-    _check_theta(theta)
+    check_theta(theta)
     if theta == 0 or rounds == 0:
         return ((noise_multiplier, sampling_rate, rounds),)
-    _check_ou_rate(sampling_rate)
+    check_ou_rate(sampling_rate)
     later = ou_effective_multiplier(noise_multiplier, theta)
     return ((noise_multiplier, 1.0, 1), (later, 1.0, rounds - 1))
 
@@ -340,7 +264,7 @@ def epsilon(
     ``theta == 0``: independent Gaussian noise, Poisson sampling at rate ``q``.
     ``theta != 0``: OU noise, whitening bound, requires ``sampling_rate == 1``.
     """
-    _check_delta(delta)
+    check_delta(delta)
     groups = _rounds_groups(noise_multiplier, sampling_rate, rounds, theta)
     return _epsilon(groups, float(delta), accountant)
 
@@ -391,100 +315,35 @@ def _solve(eps_of: Any, target: float, start: float, factor: float, rel_tol: flo
     return hi
 
 
-# ------------------------------------------------------------------ ledger
+# record level (DP-SGD) --------------------------------------------------------------
+def dp_sgd_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """``(q, steps)`` of one round: Poisson rate ``min(1, batch/n)``, ``epochs*ceil(n/batch)`` steps."""
+    if num_examples < 1 or batch_size < 1 or epochs < 0:
+        raise ValueError("need num_examples >= 1, batch_size >= 1 and epochs >= 0")
+    q = min(1.0, batch_size / num_examples)
+    return q, epochs * math.ceil(num_examples / batch_size)
 
-LEDGER_FORMAT = "fedaas.privacy-ledger/1"
 
+def record_epsilon_after(
+    rounds: int,
+    steps_per_round: int,
+    q: float,
+    z: float,
+    delta: float,
+    *,
+    accountant: Accountant = "rdp",
+) -> float:
+    """Cumulative record-level epsilon at ``delta`` after ``rounds`` rounds of DP-SGD.
 
-class PrivacyLedger:
-    """Every round's privacy event, epsilon after each round, and the budget.
-
-    Adding a round costs one PLD convolution, independent of how many rounds
-    came before. Part of the coordinator's persisted state: :meth:`to_dict`
-    gives a JSON-compatible dict and :meth:`from_dict` rebuilds the ledger,
-    recomputing the current epsilon from the events. ``private=False`` marks
-    a reproducibility run (fixed-seed noise): its epsilon is not a guarantee.
+    Each round is ``steps_per_round`` Poisson-subsampled Gaussian steps
+    (``dp_accounting.PoissonSampledDpEvent(q, GaussianDpEvent(z))``); all
+    ``rounds * steps_per_round`` of them compose (the same records are used in
+    every round the member takes part in). Count only the rounds this member
+    trained in. ``z = 0`` gives ``inf``; no steps give 0.
     """
-
-    def __init__(
-        self,
-        delta: float,
-        epsilon_budget: float | None = None,
-        accountant: Accountant = "pld",
-        private: bool = True,
-    ) -> None:
-        if epsilon_budget is not None and not epsilon_budget > 0:
-            raise ValueError(f"epsilon budget must be positive, got {epsilon_budget}")
-        self._composition = _Composition(accountant, float(delta))
-        self.delta = float(delta)
-        self.epsilon_budget = None if epsilon_budget is None else float(epsilon_budget)
-        self.accountant: Accountant = accountant
-        self.private = bool(private)
-        self.events: list[PrivacyEvent] = []
-        self.history: list[float] = []  # epsilon after each recorded round
-        self._ou_started = False
-        self._next: tuple[PrivacyEvent, _Composition, float] | None = None
-
-    @property
-    def rounds(self) -> int:
-        return len(self.events)
-
-    def epsilon(self) -> float:
-        """Epsilon spent so far (0 before the first round)."""
-        return self.history[-1] if self.history else 0.0
-
-    def epsilon_with(self, event: PrivacyEvent) -> float:
-        """Epsilon if ``event`` were recorded next (nothing changes)."""
-        if self._next is None or self._next[0] != event:
-            composition = self._composition.copy()
-            composition.add(_accounted(event, self._ou_started), event.sampling_rate)
-            self._next = (event, composition, composition.epsilon())
-        return self._next[2]
-
-    def would_exceed(self, event: PrivacyEvent) -> bool:
-        """Whether running one more round like ``event`` would exceed the budget."""
-        return self.epsilon_budget is not None and self.epsilon_with(event) > self.epsilon_budget
-
-    def record(self, event: PrivacyEvent) -> float:
-        """Record one released round; returns the epsilon spent after it."""
-        eps = self.epsilon_with(event)
-        assert self._next is not None
-        self._composition = self._next[1]
-        self._next = None
-        self._ou_started = self._ou_started or event.mechanism == "ou"
-        self.events.append(event)
-        self.history.append(eps)
-        return eps
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": LEDGER_FORMAT,
-            "delta": self.delta,
-            "epsilon_budget": self.epsilon_budget,
-            "accountant": self.accountant,
-            "private": self.private,
-            "events": [event.to_dict() for event in self.events],
-            "history": list(self.history),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PrivacyLedger:
-        if data.get("format") != LEDGER_FORMAT:
-            raise ValueError(f"not a privacy ledger (format {data.get('format')!r})")
-        ledger = cls(
-            delta=float(data["delta"]),
-            epsilon_budget=data.get("epsilon_budget"),
-            accountant=data["accountant"],
-            private=bool(data["private"]),
-        )
-        events = [PrivacyEvent.from_dict(item) for item in data["events"]]
-        history = [float(value) for value in data["history"]]
-        if len(history) != len(events):
-            raise ValueError("privacy ledger history and events differ in length")
-        ledger._composition = _composed(_groups(events), ledger.delta, ledger.accountant)
-        ledger._ou_started = any(event.mechanism == "ou" for event in events)
-        ledger.events = events
-        if events:  # the accountant, not the stored number, is authoritative
-            history[-1] = ledger._composition.epsilon()
-        ledger.history = history
-        return ledger
+    if rounds < 0 or steps_per_round < 0:
+        raise ValueError("rounds and steps_per_round must be >= 0")
+    steps = rounds * steps_per_round
+    if steps == 0:
+        return 0.0
+    return epsilon(float(z), float(q), steps, float(delta), accountant=accountant)

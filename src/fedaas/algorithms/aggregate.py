@@ -53,18 +53,18 @@ class WeightedSum:
         scale = np.float32(1.0 / self.total_weight)
         return {name: total * scale for name, total in self._sums.items()}
 
-    def take_mean(
-        self, server_lr: float = 1.0, denominator: float | None = None
-    ) -> dict[str, np.ndarray]:
-        """``server_lr * mean``, computed in the sum's own buffers (the sum is consumed).
+    def take_mean(self, denominator: float | None = None) -> dict[str, np.ndarray]:
+        """The mean, computed in the sum's own buffers (the sum is consumed).
 
         Avoids a second model-sized allocation when the coordinator turns the
-        sum into the new global model. ``denominator`` replaces the total
-        weight, as DP-FedAvg divides by the expected number of members.
+        sum into the new global model; the server optimizer
+        (:mod:`fedaas.algorithms.server_optimizers`) owns any learning rate.
+        ``denominator`` replaces the total weight, as DP-FedAvg divides by the
+        expected number of members.
         """
         if self.count == 0:
             raise ValueError("no update has been folded")
-        scale = np.float32(server_lr / (denominator or self.total_weight))
+        scale = np.float32(1.0 / (denominator or self.total_weight))
         sums, self._sums = self._sums, {}
         self.count, self.total_weight = 0, 0.0
         for total in sums.values():

@@ -15,8 +15,8 @@ from fedaas.cli import datasets, demo, jobs, members, nodes
 from fedaas.cli.privacy import privacy
 from fedaas.client.transport import ApiClientError
 from fedaas.data.dataset import DataError
-from fedaas.data.storage import StorageError
 from fedaas.spec import SpecError
+from fedaas.storage import StorageError
 
 app = typer.Typer(
     name="fedaas",

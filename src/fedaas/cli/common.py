@@ -19,6 +19,7 @@ from fedaas.client.transport import (
     TlsOptions,
     Transport,
 )
+from fedaas.storage import install_log_redaction
 
 console = Console()
 
@@ -107,7 +108,12 @@ def admin_client(
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Rich log lines on a terminal; plain, cheap ones when stderr is a file or pipe."""
+    """Rich log lines on a terminal; plain, cheap ones when stderr is a file or pipe.
+
+    Also installs credential redaction for every log record of the process
+    (storage secrets never reach a log line, whichever library logs them).
+    """
+    install_log_redaction()
     interactive = sys.stderr.isatty()
     handler: logging.Handler = (
         RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)

@@ -39,7 +39,7 @@ def digits(
     """
     from fedaas.data.digits import digits_federation
     from fedaas.data.source import write_dataset
-    from fedaas.data.storage import parse_storage_options
+    from fedaas.storage import parse_storage_options
 
     if format not in FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")

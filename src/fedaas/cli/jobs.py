@@ -4,46 +4,32 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fedaas.cli.common import DEFAULT_SERVER, AdminTokenOpt, ServerOpt, admin_client, console
 from fedaas.client.admin import AdminClient
-from fedaas.report import write_run_folder
+from fedaas.protocol import JobStatus
+from fedaas.report import format_round, write_run_folder
 from fedaas.spec import SpecError, load_spec
 
 app = typer.Typer(help="Submit and manage jobs.", no_args_is_help=True)
 
 
-def format_round(r: dict[str, Any], total: int) -> str:
-    acc = "   -  " if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
-    loss = "   -  " if r.get("loss") is None else f"{r['loss']:.4f}"
-    line = (
-        f"round {r['round']:>3}/{total}  accuracy {acc}  loss {loss}  "
-        f"clients {r['clients']:>3}  {r['seconds']:.3f} s"
-    )
-    if r.get("record_epsilon") is not None:
-        line += f"  record-level epsilon {r['record_epsilon']:.3f}"
-    if r.get("epsilon") is not None:
-        line += f"  epsilon {r['epsilon']:.3f}" + (
-            "" if r.get("private", True) else " (NOT private)"
-        )
-    return line
-
-
-def watch(admin: AdminClient, job_id: str) -> dict[str, Any]:
-    """Print each round as it completes; returns the final job description."""
-    job: dict[str, Any] = {}
-    for current, fresh in admin.follow(job_id):
-        job = current
+def watch(admin: AdminClient, job_id: str) -> JobStatus:
+    """Print each round as it completes; returns the job's final state."""
+    job: JobStatus | None = None
+    for job, fresh in admin.follow(job_id):
         for r in fresh:
-            console.print(format_round(r, job["rounds_total"]), highlight=False)
-    status = job["status"]
-    colour = "green" if status == "completed" else "red"
+            console.print(format_round(r, job.rounds_total), highlight=False)
+    assert job is not None
+    colour = "green" if job.status == "completed" else "red"
     console.print(
-        f"job {job_id} [{colour}]{status}[/]" + (f": {job['reason']}" if job.get("reason") else "")
+        f"job {job_id} [{colour}]{job.status}[/]"
+        + (f": {escape(job.reason)}" if job.reason else "")
     )
     return job
 
@@ -78,15 +64,15 @@ def submit(
         raise SpecError([str(exc)]) from None
     admin = admin_client(server, token)
     job = admin.submit(data, source)
-    console.print(f"submitted job [bold]{job['id']}[/] ({job['name']})")
-    print(job["id"])
+    console.print(f"submitted job [bold]{job.id}[/] ({escape(job.name)})")
+    print(job.id)
     if wait or out is not None:
         admin.t.give_up_after = 600.0  # ride through a coordinator restart
-        job = watch(admin, job["id"])
+        job = watch(admin, job.id)
         if out is not None:
-            download_run(admin, job["id"], out)
+            download_run(admin, job.id, out)
             console.print(f"run folder: {out}")
-        if job["status"] != "completed":
+        if job.status != "completed":
             raise typer.Exit(1)
 
 
@@ -95,7 +81,7 @@ def list_jobs(server: ServerOpt = DEFAULT_SERVER, token: AdminTokenOpt = None) -
     """List all jobs."""
     table = Table("id", "name", "status", "round")
     for job in admin_client(server, token).jobs():
-        table.add_row(job["id"], job["name"], job["status"], str(job["round"]))
+        table.add_row(job.id, escape(job.name), job.status, str(job.round))
     console.print(table)
 
 
@@ -115,23 +101,23 @@ def status(
         return
     job = admin.job(job_id)
     console.print(
-        f"job {job['id']} ({job['name']}): {job['status']}, round {job['round']}/{job['rounds_total']}"
+        f"job {job.id} ({escape(job.name)}): {job.status}, round {job.round}/{job.rounds_total}"
     )
-    if job.get("reason"):
-        console.print(f"reason: {job['reason']}")
-    if job.get("current"):
-        console.print(f"now: round {job['current']['round']}, {job['current']['stage']}")
-    for name, why in (job.get("declined") or {}).items():
-        console.print(f"[yellow]member {name} declined:[/] {why}")
-    for r in job["rounds"]:
-        console.print(format_round(r, job["rounds_total"]), highlight=False)
+    if job.reason:
+        console.print(f"reason: {escape(job.reason)}")
+    if job.current:
+        console.print(f"now: round {job.current.round}, {job.current.stage}")
+    for name, why in job.declined.items():
+        console.print(f"[yellow]member {escape(name)} declined:[/] {escape(why)}")
+    for r in job.rounds:
+        console.print(format_round(r, job.rounds_total), highlight=False)
 
 
 @app.command("cancel")
 def cancel(job_id: str, server: ServerOpt = DEFAULT_SERVER, token: AdminTokenOpt = None) -> None:
     """Cancel a queued or running job."""
     job = admin_client(server, token).cancel(job_id)
-    console.print(f"job {job['id']}: {job['status']}")
+    console.print(f"job {job.id}: {job.status}")
 
 
 @app.command("download")

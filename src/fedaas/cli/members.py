@@ -49,7 +49,7 @@ def members(
     tls = tls_options(ca_cert, client_cert, client_key)
     table = Table("id", "name", "status", "online")
     for member in admin_client(server, token, tls=tls).members():
-        status = "[red]revoked[/]" if member["revoked"] else "active"
-        online = "yes" if member["online"] and not member["revoked"] else "no"
-        table.add_row(str(member["id"]), member["name"], status, online)
+        status = "[red]revoked[/]" if member.revoked else "active"
+        online = "yes" if member.online and not member.revoked else "no"
+        table.add_row(str(member.id), member.name, status, online)
     console.print(table)

@@ -68,7 +68,7 @@ def server(
     from fedaas.server.run import TlsConfigError, serve
 
     setup_logging()
-    from fedaas.data.storage import parse_storage_options
+    from fedaas.storage import parse_storage_options
 
     options = parse_storage_options(storage_option)
     try:
@@ -100,7 +100,7 @@ def enroll(
     """Enroll a member; prints its token (give it to the member, it is shown once)."""
     tls = tls_options(ca_cert, client_cert, client_key)
     member = admin_client(server, token, tls=tls).enroll(name)
-    print(member["token"])
+    print(member.token)
 
 
 def client(
@@ -150,7 +150,7 @@ def client(
     if threads:
         torch.set_num_threads(threads)
     setup_logging()
-    from fedaas.data.storage import parse_storage_options
+    from fedaas.storage import parse_storage_options
 
     options = parse_storage_options(storage_option)
     transport = Transport(server, token, give_up_after=None, tls=tls)

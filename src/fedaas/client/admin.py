@@ -1,4 +1,8 @@
-"""The operator's calls to the coordinator (enroll members, submit and watch jobs)."""
+"""The operator's Python client of the coordinator: enroll members, submit and watch jobs.
+
+Every answer is parsed into its :mod:`fedaas.protocol` model, the same ones
+the coordinator declares as its response models.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +12,70 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pydantic import TypeAdapter
+
 from fedaas.client.transport import Transport
+from fedaas.protocol import (
+    ROUND_HEADER,
+    Enrolled,
+    EnrollRequest,
+    JobStatus,
+    JobSummary,
+    MemberInfo,
+    Revoked,
+    RoundRecord,
+    SubmitRequest,
+)
 
 POLL_S = 25.0  # one long-poll for a job's progress
+_MEMBERS = TypeAdapter(list[MemberInfo])
+_JOBS = TypeAdapter(list[JobSummary])
 
 
 class AdminClient:
     def __init__(self, transport: Transport) -> None:
         self.t = transport
 
-    def enroll(self, name: str) -> dict[str, Any]:
-        return self.t.post_json("/v1/members", {"name": name})
+    def enroll(self, name: str) -> Enrolled:
+        body = EnrollRequest(name=name).model_dump()
+        return Enrolled.model_validate(self.t.post_json("/v1/members", body))
 
-    def members(self) -> list[dict[str, Any]]:
-        return self.t.get_json("/v1/members")
+    def members(self) -> list[MemberInfo]:
+        return _MEMBERS.validate_python(self.t.get_json("/v1/members"))
 
-    def revoke(self, name: str) -> dict[str, Any]:
-        return self.t.request("DELETE", f"/v1/members/{quote(name, safe='')}").json()
+    def revoke(self, name: str) -> Revoked:
+        response = self.t.request("DELETE", f"/v1/members/{quote(name, safe='')}")
+        return Revoked.model_validate_json(response.content)
 
-    def submit(self, spec: dict[str, Any], source: str | None = None) -> dict[str, Any]:
-        return self.t.post_json("/v1/jobs", {"spec": spec, "source": source})
+    def submit(self, spec: dict[str, Any], source: str | None = None) -> JobStatus:
+        body = SubmitRequest(spec=spec, source=source).model_dump()
+        return JobStatus.model_validate(self.t.post_json("/v1/jobs", body))
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return self.t.get_json("/v1/jobs")
+    def jobs(self) -> list[JobSummary]:
+        return _JOBS.validate_python(self.t.get_json("/v1/jobs"))
 
     def job(
         self, job_id: str, after_round: int | None = None, timeout: float = POLL_S
-    ) -> dict[str, Any]:
+    ) -> JobStatus:
+        """The job; with ``after_round``, wait (up to ``timeout``) until it passes that round."""
         if after_round is None:
-            return self.t.get_json(f"/v1/jobs/{job_id}")
+            return JobStatus.model_validate(self.t.get_json(f"/v1/jobs/{job_id}"))
         params = {"after_round": after_round, "timeout": timeout}
-        return self.t.get_json(f"/v1/jobs/{job_id}", params=params, timeout=timeout)
+        data = self.t.get_json(f"/v1/jobs/{job_id}", params=params, timeout=timeout)
+        return JobStatus.model_validate(data)
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self.t.post_json(f"/v1/jobs/{job_id}/cancel", None)
+    def cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.model_validate(self.t.post_json(f"/v1/jobs/{job_id}/cancel", None))
 
     def download_model(self, job_id: str, out: Path) -> int:
+        """Write the job's latest model to ``out``; returns the round it is from."""
         response = self.t.request("GET", f"/v1/jobs/{job_id}/model")
         out.write_bytes(response.content)
-        return int(response.headers.get("X-Fedaas-Round", "0"))
+        return int(response.headers.get(ROUND_HEADER, "0"))
 
     def follow(
         self, job_id: str, timeout: float | None = None
-    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    ) -> Iterator[tuple[JobStatus, list[RoundRecord]]]:
         """Yield ``(job, new_rounds)`` as rounds complete, until the job ends.
 
         With ``timeout`` (seconds), raise :class:`TimeoutError` if the job
@@ -63,21 +88,21 @@ class AdminClient:
                 POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic()))
             )
             job = self.job(job_id, after_round=seen, timeout=poll)
-            fresh = [r for r in job["rounds"] if r["round"] > seen]
+            fresh = [r for r in job.rounds if r.round > seen]
             if fresh:
-                seen = fresh[-1]["round"]
+                seen = fresh[-1].round
             yield job, fresh
-            if job["status"] in ("completed", "failed", "cancelled"):
+            if job.finished:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"job {job_id} is still {job['status']} (round {job['round']}) "
-                    f"after {timeout:g} s"
+                    f"job {job_id} is still {job.status} (round {job.round}) after {timeout:g} s"
                 )
 
-    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the job ends (or :class:`TimeoutError` after ``timeout`` s); its final description."""
-        job: dict[str, Any] = {}
+    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Block until the job ends (or :class:`TimeoutError` after ``timeout`` s); its final state."""
+        job: JobStatus | None = None
         for job, _ in self.follow(job_id, timeout):  # noqa: B007 - the last one is the answer
             pass
+        assert job is not None
         return job

@@ -19,7 +19,7 @@ import numpy as np
 from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
-from fedaas.data import storage
+from fedaas import storage
 from fedaas.data.dataset import ArrayDataset, DataError
 from fedaas.data.streaming import Chunk, MemoryPlan, StreamingDataset
 from fedaas.spec import DataSection

@@ -1,7 +1,7 @@
 """Open a member's dataset from a path or URL, and write one.
 
 Locations are local paths, ``file://``, ``s3://``, ``gs://`` or ``az://`` URLs
-(see :mod:`fedaas.data.storage` for credentials). Formats:
+(see :mod:`fedaas.storage` for credentials). Formats:
 
 - ``npz``: arrays ``x`` (examples x features) and ``y`` (labels), read whole;
   ``allow_pickle=False``, so an NPZ that smuggles Python objects is rejected.
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedaas.data import storage
+from fedaas import storage
 from fedaas.data.dataset import ArrayDataset, DataError
 from fedaas.data.images import ImageMode, open_images, write_images
 from fedaas.data.streaming import StreamingDataset
@@ -100,31 +100,21 @@ def open_dataset(
     schema: DataSection,
     storage_options: dict[str, Any] | None = None,
     *,
-    format: str | None = None,
-    feature_columns: list[str] | str | None = None,
-    label_column: str | None = None,
-    image_size: tuple[int, int] | None = None,
-    image_mode: ImageMode | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> ArrayDataset | StreamingDataset:
-    """Read the dataset at ``url`` and check it against ``schema``.
+    """Read the dataset at ``url`` and check it against the job's ``[data]`` section.
 
-    ``format``, ``feature_columns``, ``label_column``, ``image_size`` and
-    ``image_mode`` default to the schema's keys of those names where it has
-    them, else to: format from the suffix or folder, columns ``x0..`` and ``y``,
-    a square image size. Returns an :class:`ArrayDataset` when the data fits
+    The section is the one source of truth for how to read it: ``format``
+    (``auto``: from the suffix or folder), ``feature_columns`` (default
+    ``x0..``), ``label_column``, ``image_size`` (default square) and
+    ``image_mode``. Returns an :class:`ArrayDataset` when the data fits
     half of ``memory_budget`` (always for NPZ), else a
     :class:`StreamingDataset`; both have ``num_examples``, ``batches`` and
     ``split``. Raises :class:`DataError` listing every problem (storage
     failures included, one line each, credentials redacted).
     """
-    format = format or getattr(schema, "format", None)
-    feature_columns = feature_columns or getattr(schema, "feature_columns", None)
-    label_column = label_column or getattr(schema, "label_column", None) or "y"
-    image_size = image_size or getattr(schema, "image_size", None)
-    image_mode = image_mode or getattr(schema, "image_mode", None)
     try:
-        fmt = format if format not in (None, "auto") else detect_format(url, storage_options)
+        fmt = schema.format if schema.format != "auto" else detect_format(url, storage_options)
         if fmt not in FORMATS:
             raise DataError([f"unknown data format {fmt!r}; use {', '.join(FORMATS)}"])
         if fmt == "npz":
@@ -135,13 +125,21 @@ def open_dataset(
                 raise DataError([f"{storage.redact(url)}: {p}" for p in exc.problems]) from None
         fs, path = storage.resolve(url, storage_options)
         if fmt == "images":
-            return open_images(url, fs, path, schema, image_size, image_mode, memory_budget)
+            size = (schema.image_size[0], schema.image_size[1]) if schema.image_size else None
+            return open_images(url, fs, path, schema, size, schema.image_mode, memory_budget)
         with storage.errors_as_storage_error(url, fs, path):
             if not fs.exists(path):
                 raise FileNotFoundError(path)
         table_format: TableFormat = "parquet" if fmt == "parquet" else "csv"
         return open_table(
-            url, fs, path, table_format, schema, feature_columns, label_column, memory_budget
+            url,
+            fs,
+            path,
+            table_format,
+            schema,
+            schema.feature_columns,
+            schema.label_column,
+            memory_budget,
         )
     except storage.StorageError as exc:
         raise DataError([str(exc)]) from None
@@ -173,7 +171,7 @@ def write_dataset(
 
     ``name.npz``, ``name.parquet``, ``name.csv``, or a folder ``name/`` of
     class subfolders of PNG images. Raises ``ValueError`` for an unknown
-    format and :class:`~fedaas.data.storage.StorageError` when storage fails.
+    format and :class:`~fedaas.storage.StorageError` when storage fails.
     """
     if fmt == "npz":
         url = storage.join(url_dir, f"{name}.npz")

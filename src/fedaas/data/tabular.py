@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
-from fedaas.data import storage
+from fedaas import storage
 from fedaas.data.checks import DEFAULT_LABEL_COLUMN, ValueScan, feature_columns_for
 from fedaas.data.dataset import ArrayDataset, DataError
 from fedaas.data.streaming import Chunk, MemoryPlan, StreamingDataset

@@ -1,58 +1,84 @@
 """The coordinator's HTTP API (FastAPI), versioned under ``/v1``.
 
-Handlers are thin: they authenticate, validate the request shape and hand
-over to :class:`~fedaas.server.coordinator.Coordinator`.
+Handlers are thin: they authenticate, let FastAPI validate the request
+against the :mod:`fedaas.protocol` models and hand over to the
+:class:`~fedaas.server.coordinator.Coordinator` (or its inbox, for members).
+Every answer is declared as a ``response_model`` or, for tensor payloads,
+as a documented binary response, so ``/openapi.json`` describes them all.
+Domain errors become JSON errors in :mod:`fedaas.server.http_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import FileResponse
 
 from fedaas import __version__
-from fedaas.server.answers import etag
+from fedaas.protocol import (
+    RECEIPT_HEADER,
+    ROUND_HEADER,
+    TASK_BUNDLE,
+    TASK_HEADER,
+    Declined,
+    DeclineReport,
+    Enrolled,
+    EnrollRequest,
+    EvaluationAccepted,
+    EvaluationReport,
+    Health,
+    JobStatus,
+    JobSummary,
+    MemberInfo,
+    Receipt,
+    Revoked,
+    SubmitRequest,
+    Task,
+)
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.auth import Authenticator, Principal
 from fedaas.server.coordinator import Coordinator
 from fedaas.server.db import Store
-from fedaas.server.errors import ApiError, install_handlers
+from fedaas.server.errors import Forbidden, Unavailable
+from fedaas.server.http_errors import ERROR_RESPONSES, install_handlers
+from fedaas.server.inbox import model_etag
 from fedaas.server.limits import BodyLimit
 from fedaas.server.uploads import MEMORY_SPOOL_BYTES, receive_body
-from fedaas.spec import SpecError
 
 MAX_POLL_S = 60.0
-TASK_BUNDLE = "application/vnd.fedaas.task+safetensors"
 
-
-class EnrollRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.\-]*$")]
-
-
-class SubmitRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    spec: dict[str, Any]
-    source: Annotated[str, Field(max_length=1_000_000, pattern=r"^[^\x00]*$")] | None = None
-
-
-class EvaluationReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    num_examples: Annotated[int, Field(ge=1, le=10**12)]
-    loss: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-
-
-class DeclineReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: Annotated[str, Field(min_length=1, max_length=4000)]
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+MODEL_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"the model (safetensors); its round in `{ROUND_HEADER}`",
+        "content": {"application/octet-stream": _BINARY},
+    },
+    304: {"description": "unchanged (`If-None-Match` matched the `ETag`)"},
+}
+TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": (
+            f"the task (JSON) or, with `bundle=true` and a small model, a task bundle: "
+            f"the model as safetensors (`{TASK_BUNDLE}`) with the task in `{TASK_HEADER}`"
+        ),
+        "content": {TASK_BUNDLE: _BINARY},
+    },
+    204: {"description": "no task came up within `timeout`"},
+}
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": (
+            f"the receipt (JSON) or, with `next_timeout`, the member's next task bundle "
+            f"with the receipt in `{RECEIPT_HEADER}`"
+        ),
+        "content": {TASK_BUNDLE: _BINARY},
+    },
+}
 
 
 async def _principal(
@@ -63,7 +89,7 @@ async def _principal(
 
 async def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
     if who.role != "admin":
-        raise ApiError(403, "forbidden", "this endpoint is for the coordinator's operator")
+        raise Forbidden("this endpoint is for the coordinator's operator")
     return who
 
 
@@ -72,8 +98,8 @@ async def _member(
 ) -> Principal:
     # one flat dependency: members hit this on every poll, download and upload
     who: Principal = request.app.state.auth.identify(authorization)
-    if who.role != "client":
-        raise ApiError(403, "forbidden", "this endpoint is for enrolled members")
+    if who.role != "client" or who.member_id is None:
+        raise Forbidden("this endpoint is for enrolled members")
     return who
 
 
@@ -106,6 +132,7 @@ def create_app(
     store = Store(db_url)
     artifacts = Artifacts(state_dir / "artifacts", artifacts_url, storage_options)
     coordinator = Coordinator(store, artifacts)
+    inbox = coordinator.inbox
     auth = Authenticator(store, admin_token)
     models = _SmallFileCache()
 
@@ -119,6 +146,7 @@ def create_app(
         title="fedaas coordinator",
         version=__version__,
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.coordinator = coordinator
@@ -126,71 +154,51 @@ def create_app(
     install_handlers(app)
     app.add_middleware(BodyLimit)
 
-    @app.get("/v1/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    @app.get("/v1/health", response_model=Health)
+    async def health() -> Health:
+        """Liveness: the process answers."""
+        return Health(version=__version__)
 
-    @app.post("/v1/members", status_code=201)
-    async def enroll(body: EnrollRequest, _: Admin) -> dict[str, Any]:
+    @app.post("/v1/members", status_code=201, response_model=Enrolled)
+    async def enroll(body: EnrollRequest, _: Admin) -> Enrolled:
         who, token = auth.enroll(body.name)
-        return {"id": who.member_id, "name": who.name, "token": token}
+        assert who.member_id is not None
+        return Enrolled(id=who.member_id, name=who.name, token=token)
 
-    @app.get("/v1/members")
-    async def list_members(_: Admin) -> list[dict[str, Any]]:
-        online = coordinator._online()
-        return [
-            {
-                "id": m.id,
-                "name": m.name,
-                "revoked": m.revoked_at is not None,
-                "online": m.id in online,
-            }
-            for m in store.members()
-        ]
+    @app.get("/v1/members", response_model=list[MemberInfo])
+    async def list_members(_: Admin) -> list[MemberInfo]:
+        return coordinator.members()
 
-    @app.delete("/v1/members/{name}")
-    async def revoke(name: str, _: Admin) -> dict[str, Any]:
-        coordinator.forget_member(auth.revoke(name))
-        return {"name": name, "revoked": True}
+    @app.delete("/v1/members/{name}", response_model=Revoked)
+    async def revoke(name: str, _: Admin) -> Revoked:
+        coordinator.member_revoked(auth.revoke(name))
+        return Revoked(name=name)
 
-    @app.post("/v1/jobs", status_code=201)
-    async def submit(body: SubmitRequest, _: Admin) -> dict[str, Any]:
-        try:
-            job = await asyncio.to_thread(coordinator.submit, body.spec, body.source)
-        except SpecError as exc:
-            raise ApiError(422, "invalid_spec", "; ".join(exc.problems)) from None
-        return coordinator.describe(job.id)
+    @app.post("/v1/jobs", status_code=201, response_model=JobStatus)
+    async def submit(body: SubmitRequest, _: Admin) -> JobStatus:
+        return await asyncio.to_thread(coordinator.submit, body.spec, body.source)
 
-    @app.get("/v1/jobs")
-    async def list_jobs(_: Admin) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": j.id,
-                "name": j.name,
-                "status": j.status,
-                "round": j.round,
-                "created_at": j.created_at,
-            }
-            for j in store.jobs()
-        ]
+    @app.get("/v1/jobs", response_model=list[JobSummary])
+    async def list_jobs(_: Admin) -> list[JobSummary]:
+        return coordinator.jobs()
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus)
     async def job_detail(
         job_id: str,
         _: Admin,
         after_round: Annotated[int | None, Query(ge=0)] = None,
         timeout: Annotated[float, Query(ge=0, le=MAX_POLL_S)] = 25.0,
-    ) -> dict[str, Any]:
+    ) -> JobStatus:
+        """The job; with ``after_round``, a long-poll that answers once the job passes it."""
         if after_round is None:
             return coordinator.describe(job_id)
         return await coordinator.wait_progress(job_id, after_round, timeout)
 
-    @app.post("/v1/jobs/{job_id}/cancel")
-    async def cancel(job_id: str, _: Admin) -> dict[str, Any]:
-        await coordinator.cancel(job_id)
-        return coordinator.describe(job_id)
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus)
+    async def cancel(job_id: str, _: Admin) -> JobStatus:
+        return await coordinator.cancel(job_id)
 
-    @app.get("/v1/jobs/{job_id}/model")
+    @app.get("/v1/jobs/{job_id}/model", response_class=Response, responses=MODEL_RESPONSE)
     async def model(
         job_id: str,
         _: Anyone,
@@ -198,8 +206,8 @@ def create_app(
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         path, number = coordinator.model_file(job_id, round)
-        tag = etag(job_id, number)
-        headers = {"ETag": tag, "X-Fedaas-Round": str(number)}
+        tag = model_etag(job_id, number)
+        headers = {"ETag": tag, ROUND_HEADER: str(number)}
         if if_none_match == tag:
             return Response(status_code=304, headers=headers)
         size = path.stat().st_size
@@ -210,17 +218,17 @@ def create_app(
             )
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
-    def bundled(task: dict[str, Any], headers: dict[str, str]) -> Response | None:
+    def bundled(task: Task, headers: dict[str, str]) -> Response | None:
         """The task with its model in one answer, when the model is small; else ``None``."""
-        path, number = coordinator.model_file(task["job_id"], task["model_round"])
+        path, number = coordinator.model_file(task.job_id, task.model_round)
         size = path.stat().st_size
         if size > MEMORY_SPOOL_BYTES:
             return None
-        coordinator.count_download(task["job_id"], number, size)
-        headers = {"X-Fedaas-Task": json.dumps(task), "ETag": task["model_etag"], **headers}
+        coordinator.count_download(task.job_id, number, size)
+        headers = {TASK_HEADER: task.model_dump_json(), "ETag": task.model_etag, **headers}
         return Response(models.read(path), media_type=TASK_BUNDLE, headers=headers)
 
-    @app.get("/v1/tasks/next")
+    @app.get("/v1/tasks/next", response_model=Task, responses=TASK_RESPONSES)
     async def next_task(
         request: Request,
         who: Member,
@@ -230,21 +238,30 @@ def create_app(
         """Long-poll for work: 200 with a task, or 204 when none came up in ``timeout``.
 
         With ``bundle=true`` and a small model, the answer is the task's model
-        (safetensors, ``Content-Type: application/vnd.fedaas.task+safetensors``)
-        with the task as JSON in the ``X-Fedaas-Task`` header: one round trip
-        instead of two.
+        with the task in a header: one round trip instead of two.
         """
         assert who.member_id is not None
-        task = await coordinator.next_task(who.member_id, timeout, request.is_disconnected)
+        task = await inbox.next_task(who.member_id, timeout, request.is_disconnected)
         if task is None and coordinator.shutting_down:  # members back off instead of re-polling
-            raise ApiError(503, "shutting_down", "the coordinator is shutting down")
+            raise Unavailable("the coordinator is shutting down", "shutting_down")
         if task is None:
             return Response(status_code=204)
         if bundle and (answer := bundled(task, {})) is not None:
             return answer
-        return JSONResponse(task)
+        return Response(task.model_dump_json(), media_type="application/json")
 
-    @app.put("/v1/jobs/{job_id}/rounds/{number}/update")
+    @app.put(
+        "/v1/jobs/{job_id}/rounds/{number}/update",
+        response_model=Receipt,
+        responses=UPLOAD_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": _BINARY},
+                "description": "the update (safetensors; metadata: `UpdateMetadata`)",
+            }
+        },
+    )
     async def upload(
         job_id: str,
         number: int,
@@ -254,55 +271,51 @@ def create_app(
             str | None, Header(max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")
         ] = None,
         next_timeout: Annotated[float | None, Query(ge=0, le=MAX_POLL_S)] = None,
-    ) -> Response:
+    ) -> Any:
         """Upload an update; a retry with the same ``Idempotency-Key`` is answered, not recounted.
 
-        The answer is the receipt (JSON). With ``next_timeout=S`` and a small
-        model, the coordinator then holds the answer up to ``S`` seconds for
-        the member's next task and, if one comes, answers with the task bundle
-        of ``GET /v1/tasks/next?bundle=true`` (receipt in ``X-Fedaas-Receipt``):
-        the upload doubles as the next poll, one round trip per round.
+        With ``next_timeout=S`` and a small model, the answer is held up to
+        ``S`` seconds for the member's next task and, if one comes, is its
+        task bundle (receipt in a header): one round trip per round.
         """
-        assert who.member_id is not None
-        key = idempotency_key
-        limit, receipt = coordinator.check_upload(job_id, number, who.member_id, key)
+        key, member = idempotency_key, who.member_id
+        assert member is not None
+        limit, receipt = inbox.check_upload(job_id, number, member, key)
         if receipt is None:
             body = await receive_body(request, limit, artifacts.new_spool)
             if isinstance(body, bytes):  # small: validating and folding beats a thread hop
-                receipt = coordinator.accept_update(
-                    job_id, number, who.member_id, body, len(body), key
-                )
+                receipt = inbox.accept_update(job_id, number, member, body, len(body), key)
             else:
                 try:
                     size = body.stat().st_size
                     receipt = await asyncio.to_thread(
-                        coordinator.accept_update, job_id, number, who.member_id, body, size, key
+                        inbox.accept_update, job_id, number, member, body, size, key
                     )
                 finally:
                     body.unlink(missing_ok=True)
-            coordinator.after_answer(job_id)
+            inbox.answered(job_id)
         if next_timeout and 0 < limit <= MEMORY_SPOOL_BYTES:  # not on a replay: answer at once
-            task = await coordinator.next_task(who.member_id, next_timeout, request.is_disconnected)
+            task = await inbox.next_task(member, next_timeout, request.is_disconnected)
             if task is not None:
-                answer = bundled(task, {"X-Fedaas-Receipt": json.dumps(receipt)})
+                answer = bundled(task, {RECEIPT_HEADER: receipt.model_dump_json()})
                 if answer is not None:
                     return answer
-        return JSONResponse(receipt)
+        return Response(receipt.model_dump_json(), media_type="application/json")
 
-    @app.post("/v1/jobs/{job_id}/rounds/{number}/evaluation")
+    @app.post("/v1/jobs/{job_id}/rounds/{number}/evaluation", response_model=EvaluationAccepted)
     async def report_evaluation(
         job_id: str, number: int, body: EvaluationReport, who: Member
-    ) -> dict[str, Any]:
+    ) -> EvaluationAccepted:
         assert who.member_id is not None
-        coordinator.accept_evaluation(
+        inbox.accept_evaluation(
             job_id, number, who.member_id, body.num_examples, body.loss, body.accuracy
         )
-        return {"accepted": True, "round": number}
+        return EvaluationAccepted(round=number)
 
-    @app.post("/v1/jobs/{job_id}/decline")
-    async def decline(job_id: str, body: DeclineReport, who: Member) -> dict[str, Any]:
+    @app.post("/v1/jobs/{job_id}/decline", response_model=Declined)
+    async def decline(job_id: str, body: DeclineReport, who: Member) -> Declined:
         assert who.member_id is not None
-        coordinator.decline(job_id, who.member_id, who.name, body.reason)
-        return {"declined": True}
+        inbox.decline(job_id, who.member_id, who.name, body.reason)
+        return Declined()
 
     return app

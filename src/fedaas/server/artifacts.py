@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedaas import tensors
-from fedaas.data import storage
+from fedaas import storage, tensors
 
 
 class Artifacts:

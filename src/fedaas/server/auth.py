@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedaas.server.db import Store
-from fedaas.server.errors import ApiError
+from fedaas.server.errors import Conflict, NotFound, Unauthenticated
 
 ADMIN_TOKEN_ENV = "FEDAAS_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -67,7 +67,7 @@ class Authenticator:
 
     def enroll(self, name: str) -> tuple[Principal, str]:
         if self._store.member_by_name(name) is not None:
-            raise ApiError(409, "exists", f"a member named {name!r} is already enrolled")
+            raise Conflict(f"a member named {name!r} is already enrolled", "exists")
         token = new_token("fdm")
         member = self._store.add_member(name, token_hash(token))
         principal = Principal("client", member.id, member.name)
@@ -78,21 +78,21 @@ class Authenticator:
         """Refuse the member's token from now on (and after restarts); returns its id."""
         member = self._store.member_by_name(name)
         if member is None:
-            raise ApiError(404, "not_found", f"no member named {name!r}")
+            raise NotFound(f"no member named {name!r}")
         self._members.pop(member.token_hash, None)  # first: no request gets in after this
         self._store.revoke_member(member.id)
         return member.id
 
     def identify(self, authorization: str | None) -> Principal:
         if not authorization:
-            raise ApiError(401, "unauthorized", "missing bearer token")
+            raise Unauthenticated("missing bearer token")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'")
+            raise Unauthenticated("expected 'Authorization: Bearer <token>'")
         digest = token_hash(token.strip())
         if hmac.compare_digest(digest, self._admin_hash):
             return Principal("admin")
         principal = self._members.get(digest)
         if principal is None:
-            raise ApiError(401, "unauthorized", "unknown or revoked token")
+            raise Unauthenticated("unknown or revoked token")
         return principal

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -34,6 +35,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from fedaas.spec import JobSpec, parse_spec
+from fedaas.storage.errors import one_line
+from fedaas.storage.redaction import redact_url
 
 
 class Base(DeclarativeBase):
@@ -71,6 +76,10 @@ class Job(Base):
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     extra: Mapped[str] = mapped_column(Text, default="{}")
+
+    def job_spec(self) -> JobSpec:
+        """The job's validated specification."""
+        return parse_spec(json.loads(self.spec))
 
 
 class Round(Base):
@@ -110,17 +119,12 @@ class StoreError(RuntimeError):
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password masked, for messages."""
+    """``url`` with its password masked, for messages (an unparsable one is not shown)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        make_url(url)
     except (ArgumentError, ValueError):
         return "<unparsable database URL>"
-
-
-def _one_line(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()
-    return text[0] if text else type(cause).__name__
+    return redact_url(url, keep_user=True)
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -157,8 +161,9 @@ class Store:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             upgrade_schema(self.engine)
         except (SQLAlchemyError, ImportError) as exc:
+            cause = getattr(exc, "orig", None) or exc
             raise StoreError(
-                f"cannot open the database {redacted(url)}: {_one_line(exc)}"
+                f"cannot open the database {redacted(url)}: {one_line(cause)}"
             ) from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -221,6 +226,32 @@ class Store:
             )
             return result.rowcount == 1
 
+    def _extra(self, s: Session, job_id: str) -> dict[str, Any]:
+        """The job's ``extra`` column: the one place it is parsed."""
+        current = s.scalar(select(Job.extra).where(Job.id == job_id))
+        return json.loads(current or "{}")
+
+    def declined(self, job_id: str) -> dict[str, str]:
+        """Members that declined the job, by name, with their reasons."""
+        with self.session() as s:
+            return dict(self._extra(s, job_id).get("declined", {}))
+
+    def record_decline(self, job_id: str, name: str, reason: str) -> None:
+        with self.session() as s:
+            extra = self._extra(s, job_id)
+            extra.setdefault("declined", {})[name] = reason
+            s.execute(update(Job).where(Job.id == job_id).values(extra=json.dumps(extra)))
+
+    def privacy_state(self, job_id: str) -> dict[str, Any] | None:
+        """The job's privacy state as of its last committed round (``None`` before any)."""
+        with self.session() as s:
+            return self._extra(s, job_id).get("privacy")
+
+    def discard_updates_after(self, job_id: str, number: int) -> None:
+        """Forget receipts of rounds after ``number`` (an interrupted round reruns)."""
+        with self.session() as s:
+            s.execute(delete(Update).where(Update.job_id == job_id, Update.round > number))
+
     def update_job(self, job_id: str, **fields: Any) -> None:
         with self.session() as s:
             job = s.get(Job, job_id)
@@ -237,9 +268,9 @@ class Store:
         metrics: dict[str, Any],
         participants: list[str],
         updates: list[dict[str, Any]],
-        extra: dict[str, Any] | None = None,
+        privacy_state: dict[str, Any] | None = None,
     ) -> None:
-        """Record a finished round, its updates and job state (``extra``), in one transaction."""
+        """Record a finished round, its updates and the job's privacy state, in one transaction."""
         with self.session() as s:  # Core inserts: this runs once per round, on the hot path
             if updates:
                 s.execute(insert(Update), updates)
@@ -253,9 +284,9 @@ class Store:
                 )
             )
             values: dict[str, Any] = {"round": number}
-            if extra:
-                current = s.scalar(select(Job.extra).where(Job.id == job_id))
-                values["extra"] = json.dumps({**json.loads(current or "{}"), **extra})
+            if privacy_state is not None:
+                extra = self._extra(s, job_id)
+                values["extra"] = json.dumps({**extra, "privacy": privacy_state})
             s.execute(update(Job).where(Job.id == job_id).values(**values))
 
     def rounds(self, job_id: str) -> list[dict[str, Any]]:

@@ -1,54 +1,69 @@
-"""API errors: every failure is JSON ``{"error": code, "detail": text}``."""
+"""What can go wrong in the coordinator, in the coordinator's own terms.
+
+The coordinator, its store and its auth raise these; they know nothing of
+HTTP. The HTTP edge (:mod:`fedaas.server.http_errors`) maps each class to a
+status code once, and answers ``{"error": code, "detail": text}``. ``code``
+is the machine-readable reason a client can branch on (``round_closed``,
+``not_sampled``, ``invalid_update``...); the message is for people.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+class CoordinatorError(Exception):
+    """A request the coordinator refuses; ``code`` says why in one word."""
 
-class ApiError(Exception):
-    """An error answered with ``status`` and a machine-readable ``code``."""
+    default_code = "error"
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, detail: str, code: str | None = None) -> None:
         super().__init__(detail)
-        self.status = status
-        self.code = code
         self.detail = detail
+        self.code = code or self.default_code
 
 
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+class InvalidRequest(CoordinatorError):
+    """The request is malformed or its content is invalid (a spec, an update)."""
+
+    default_code = "bad_request"
 
 
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "too_large",
-    422: "invalid",
-}
+class InvalidSpec(InvalidRequest):
+    """A job spec the coordinator cannot accept (well-formed request, unusable content)."""
+
+    default_code = "invalid_spec"
 
 
-def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.detail)
+class Unauthenticated(CoordinatorError):
+    """No credentials, or credentials nobody issued (or since revoked)."""
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return error_response(422, "invalid", "; ".join(parts) or "invalid request")
+    default_code = "unauthorized"
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail))
+
+class Forbidden(CoordinatorError):
+    """Known caller, but this is not theirs to do."""
+
+    default_code = "forbidden"
+
+
+class NotFound(CoordinatorError):
+    default_code = "not_found"
+
+
+class Conflict(CoordinatorError):
+    """The request doesn't fit the current state (a closed round, a duplicate)."""
+
+    default_code = "conflict"
+
+
+class TooLarge(CoordinatorError):
+    default_code = "too_large"
+
+
+class Unavailable(CoordinatorError):
+    """The coordinator can't serve this now (it is shutting down)."""
+
+    default_code = "unavailable"
+
+
+class JobFailed(Exception):
+    """The running job cannot continue; the message is the reason shown to the operator."""

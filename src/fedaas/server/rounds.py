@@ -1,28 +1,36 @@
-"""The round state machine's states and the in-memory state of an open round.
+"""The round state machine's stages and the in-memory state of the running job.
 
-A round moves through explicit stages::
+A round moves through these stages, each of which runs::
 
     WAITING -> TRAINING -> AGGREGATING -> [EVALUATING] -> CLOSED
 
-WAITING: enough members must be online to sample the round. TRAINING:
-sampled members download the global model and upload updates, which are
-folded into the running sum as they arrive. AGGREGATING: the mean update is
-applied, the model persisted and evaluated on the coordinator's held-out
-data. EVALUATING (only with federated evaluation): members report loss and
-accuracy of the new model on their local validation split. Secure
-aggregation will add a KEY_EXCHANGE stage before TRAINING and an UNMASKING
-stage after it.
+WAITING: the round is open but not yet sampled; it waits until enough
+eligible members are online. TRAINING: sampled members download the global
+model and upload updates, folded into the running sum as they arrive.
+AGGREGATING: the mean update goes through the job's privacy and server
+optimizer; the new model is persisted and evaluated on the coordinator's
+held-out data. EVALUATING (only with federated evaluation): members report
+loss and accuracy of the new model on their validation split. CLOSED: the
+round and its ledger entry are committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
+from fedaas import tensors
 from fedaas.algorithms.aggregate import WeightedSum
+from fedaas.algorithms.server_optimizers import ServerOptimizer
+from fedaas.data.dataset import ArrayDataset
+from fedaas.protocol import NoPrivacy, PrivacyInstructions
+from fedaas.server.privacy import JobPrivacy
+from fedaas.spec import JobSpec
 
 
 class Stage(StrEnum):
@@ -35,19 +43,20 @@ class Stage(StrEnum):
 
 @dataclass
 class RoundState:
+    """One open round: who was sampled, who answered, and the running sum."""
+
     number: int
-    sampled: dict[int, str]
     deadline: float
-    acc: WeightedSum | None
-    stage: Stage = Stage.TRAINING
+    stage: Stage = Stage.WAITING
+    sampled: dict[int, str] = field(default_factory=dict)
+    acc: WeightedSum | None = None
+    privacy: PrivacyInstructions = field(default_factory=NoPrivacy)
     opened_at: float = field(default_factory=time.monotonic)
     reported: dict[int, int] = field(default_factory=dict)
     train_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     evaluators: dict[int, str] = field(default_factory=dict)
     evaluated: dict[int, tuple[int, float, float]] = field(default_factory=dict)
-    receipts: list[Any] = field(default_factory=list)
-    privacy: dict[str, Any] = field(default_factory=dict)
-    event: Any = None
+    receipts: list[dict[str, Any]] = field(default_factory=list)
     unclipped: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -62,8 +71,31 @@ class RoundState:
         return set()
 
     def check_done(self, declined: set[int]) -> None:
-        if not self.expected(declined):
+        if self.stage in (Stage.TRAINING, Stage.EVALUATING) and not self.expected(declined):
             self.done.set()
+
+
+@dataclass
+class ActiveJob:
+    """The job being trained, as the round loop and the inbox share it."""
+
+    id: str
+    spec: JobSpec
+    manifest: tensors.Manifest
+    max_upload: int
+    completed_round: int
+    privacy: JobPrivacy
+    optimizer: ServerOptimizer
+    declined: dict[int, str] = field(default_factory=dict)
+    round: RoundState | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while an upload is folded and while the round leaves TRAINING."""
+    holdout: ArrayDataset | None = None
+    module: Any = None
+
+    @cached_property
+    def spec_dict(self) -> dict[str, Any]:
+        return self.spec.to_dict()
 
 
 def weighted_means(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:

@@ -145,7 +145,7 @@ class LocalCluster:
         ``env`` adds environment variables, e.g. the storage credentials of
         this member's cloud (kept out of the command line).
         """
-        token = token or self.admin.enroll(name)["token"]
+        token = token or self.admin.enroll(name).token
         self._client_args[name] = (data, token, dict(env or {}))
         state = self.workdir / "members" / name
         args = [
@@ -168,7 +168,7 @@ class LocalCluster:
         """Wait until ``count`` members are polling the coordinator."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            online = sum(1 for m in self.admin.members() if m["online"])
+            online = sum(1 for m in self.admin.members() if m.online)
             if online >= count:
                 return
             dead = [n for n, p in self.clients.items() if p.poll() is not None]

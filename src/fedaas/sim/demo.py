@@ -23,10 +23,11 @@ from rich.table import Table
 from fedaas.data.dataset import ArrayDataset
 from fedaas.data.digits import digits_federation
 from fedaas.data.source import write_npz
-from fedaas.data.storage import join as storage_join
 from fedaas.sim import baselines
 from fedaas.sim.cluster import LocalCluster
 from fedaas.spec import JobSpec, load_spec, parse_spec
+from fedaas.storage import install_log_redaction
+from fedaas.storage import join as storage_join
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "digits.toml"
 
@@ -64,8 +65,8 @@ def _data_places(
         return _Places(members)
     if storage != "cloud":
         raise ValueError(f"unknown storage {storage!r}: use local or cloud")
-    from fedaas.data import emulators
     from fedaas.data.source import write_dataset
+    from fedaas.sim import emulators
 
     t0 = time.perf_counter()
     gcs = stack.enter_context(emulators.running("gs"))
@@ -114,8 +115,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; ``storage="cloud"`` puts members' data in GCS and Azure, artifacts in S3."""
     console = console or Console()
-    from fedaas.cli.jobs import format_round
-    from fedaas.report import write_run_folder
+    install_log_redaction()  # the demo hands cloud credentials around: keep them out of logs
+    from fedaas.report import format_round, write_run_folder
 
     if out.exists():
         shutil.rmtree(out)
@@ -141,17 +142,16 @@ def run_demo(
         console.print(
             f"coordinator {cluster.url} and {clients} member processes up in {time.perf_counter() - t0:.1f} s"
         )
-        job = cluster.admin.submit(spec_data, spec_path.read_text())
+        submitted = cluster.admin.submit(spec_data, spec_path.read_text())
         t1 = time.perf_counter()
-        for current, fresh in cluster.admin.follow(job["id"]):
-            job = current
+        for job, fresh in cluster.admin.follow(submitted.id):  # noqa: B007 - the last one counts
             for r in fresh:
                 console.print(format_round(r, rounds), highlight=False)
         train_seconds = time.perf_counter() - t1
-        if job["status"] != "completed":
-            raise RuntimeError(f"the federated job {job['status']}: {job.get('reason')}")
+        if job.status != "completed":
+            raise RuntimeError(f"the federated job {job.status}: {job.reason}")
         model_path = out / "model.safetensors"
-        cluster.admin.download_model(job["id"], model_path)
+        cluster.admin.download_model(job.id, model_path)
         model = model_path.read_bytes()
 
     console.print(
@@ -164,20 +164,17 @@ def run_demo(
         "centralized": baselines.centralized(spec, datasets, test),
     }
     write_run_folder(out, job, model, refs)
-    final = job["rounds"][-1]["accuracy"]
+    last = job.rounds[-1].model_dump()
+    final = last["accuracy"]
     summary = {"federated": final, "train_seconds": train_seconds, **refs}
     _print_table(console, final, refs)
-    epsilon = job["rounds"][-1].get("epsilon")
+    epsilon = last.get("epsilon")
     if epsilon is not None:
         summary["epsilon"] = epsilon
         console.print(
             f"privacy: ({epsilon:.3f}, {spec.privacy.delta:g})-DP at the client level, "
             f"{spec.privacy.mechanism} noise, {spec.privacy.placement} placement"
-            + (
-                ""
-                if job["rounds"][-1].get("private", True)
-                else " [red](reproducible mode: NOT private)[/]"
-            )
+            + ("" if last.get("private", True) else " [red](reproducible mode: NOT private)[/]")
         )
     console.print(f"run folder: {out} (metrics.json, accuracy.png, model.safetensors)")
     return summary

@@ -1,0 +1,316 @@
+"""The wire contract between the coordinator and its members and operators.
+
+Every control message that crosses HTTP is one of the pydantic models here,
+used by both sides: the coordinator's FastAPI handlers declare them as
+request bodies and ``response_model``s (so ``/openapi.json`` documents every
+answer and a client can be generated from it), and the member agent and the
+operator's client parse what they receive with the same models. Tensor
+payloads are safetensors (:mod:`fedaas.tensors`); their string metadata is
+:class:`UpdateMetadata`.
+
+This module sits at the bottom of the house with :mod:`fedaas.spec` and
+:mod:`fedaas.tensors`: it imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedaas.spec import JobSpec
+
+TASK_BUNDLE = "application/vnd.fedaas.task+safetensors"
+"""Media type of a task answered together with its model (one round trip instead of two)."""
+TASK_HEADER = "X-Fedaas-Task"
+"""Header that carries the :class:`Task` (JSON) of a task bundle."""
+RECEIPT_HEADER = "X-Fedaas-Receipt"
+"""Header that carries the :class:`Receipt` when an upload's answer is the next task bundle."""
+ROUND_HEADER = "X-Fedaas-Round"
+"""Header of a model download: the round after which the model was published."""
+
+MAX_EXAMPLES = 10**12
+MAX_METRICS = 32
+MAX_REASON = 4000
+
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.\-]*$")]
+JobId = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][\w\-]*$")]
+Round = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class Message(BaseModel):
+    """A message on the wire: unknown fields are an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# privacy instructions ---------------------------------------------------------------
+
+
+class NoPrivacy(Message):
+    """The round adds no differential privacy: the member sends its plain update."""
+
+    kind: Literal["none"] = "none"
+
+
+class ClientPrivacy(Message):
+    """Client-level DP (DP-FedAvg, McMahan et al. 2018): clip the update, maybe noise it.
+
+    The member clips its update to ``clip_norm`` (L2 over all tensors). With
+    ``placement`` ``local`` or ``distributed`` it then adds noise of std
+    ``noise_std`` itself: independent Gaussian, or Ornstein-Uhlenbeck noise
+    correlated across rounds by ``theta`` (``mechanism = "ou"``). With
+    ``central`` placement ``noise_std`` is 0 and the coordinator adds it.
+    ``reproducible`` draws noise from ``seed`` (NOT private, for tests).
+    """
+
+    kind: Literal["client"] = "client"
+    mechanism: Literal["gaussian", "ou"]
+    placement: Literal["central", "distributed", "local"]
+    clip_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    noise_std: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    theta: Annotated[float, Field(gt=-1, lt=1)] | None = None
+    reproducible: bool = False
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class RecordPrivacy(Message):
+    """Record-level DP: the member trains with DP-SGD (Abadi et al. 2016) and keeps its ledger."""
+
+    kind: Literal["record"] = "record"
+    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    clip_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    accountant: Literal["rdp", "pld"] = "pld"
+    epsilon_budget: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    reproducible: bool = False
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+PrivacyInstructions = Annotated[
+    NoPrivacy | ClientPrivacy | RecordPrivacy, Field(discriminator="kind")
+]
+"""What a member must do to its update this round, told apart by ``kind``."""
+
+
+# member <-> coordinator ---------------------------------------------------------------
+
+
+class Task(Message):
+    """One unit of work for one member: train on round ``round`` or evaluate its model.
+
+    ``model_round`` names the global model to start from (``model_etag`` is
+    its ETag, so a cached copy is never fetched twice); ``deadline_in`` is
+    how many seconds the coordinator waits; ``max_upload_bytes`` the upload
+    cap derived from the model.
+    """
+
+    job_id: JobId
+    round: Annotated[int, Field(ge=1, le=1_000_000)]
+    stage: Literal["train", "evaluate"]
+    model_round: Round
+    model_etag: Annotated[str, Field(min_length=1, max_length=200)]
+    deadline_in: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    max_upload_bytes: Annotated[int, Field(ge=1)]
+    spec: JobSpec
+    privacy: PrivacyInstructions = Field(default_factory=NoPrivacy)
+
+
+def _finite_metrics(value: dict[str, float]) -> dict[str, float]:
+    if len(value) > MAX_METRICS:
+        raise ValueError(f"at most {MAX_METRICS} metrics")
+    for key, number in value.items():
+        if len(key) > 64 or not math.isfinite(number):
+            raise ValueError("metrics must map short names to finite numbers")
+    return value
+
+
+class UpdateMetadata(Message):
+    """The string metadata of an update's safetensors file (all values are strings there).
+
+    ``num_examples``: how many examples the member trained on (the FedAvg
+    weight without DP); ``metrics``: the member's training metrics;
+    ``unclipped``: whether the update was within the clip norm (adaptive
+    clipping counts these).
+    """
+
+    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    unclipped: bool = True
+
+    _check_metrics = field_validator("metrics")(_finite_metrics)
+
+    def to_strings(self) -> dict[str, str]:
+        return {
+            "num_examples": str(self.num_examples),
+            "metrics": json.dumps(self.metrics),
+            "unclipped": "1" if self.unclipped else "0",
+        }
+
+    @classmethod
+    def from_strings(cls, meta: dict[str, str]) -> UpdateMetadata:
+        """Parse safetensors metadata; raises :class:`ValueError` naming what is wrong."""
+        raw = meta.get("num_examples", "")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_EXAMPLES:
+            raise ValueError("metadata num_examples must be a positive integer")
+        try:
+            metrics = json.loads(meta.get("metrics", "{}"))
+        except json.JSONDecodeError:
+            raise ValueError("metadata metrics must be a JSON object") from None
+        if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
+            raise ValueError(
+                f"metadata metrics must be a JSON object of at most {MAX_METRICS} numbers"
+            )
+        if any(
+            not isinstance(k, str)
+            or len(k) > 64
+            or isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            for k, v in metrics.items()
+        ):
+            raise ValueError("metadata metrics must map short names to finite numbers")
+        return cls(
+            num_examples=int(raw), metrics=metrics, unclipped=meta.get("unclipped", "1") == "1"
+        )
+
+
+class Receipt(Message):
+    """The coordinator's answer to an accepted update."""
+
+    accepted: bool = True
+    job_id: JobId
+    round: Round
+    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+
+
+class EvaluationReport(Message):
+    """A member's loss and accuracy of a round's model on its local validation split."""
+
+    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    loss: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class EvaluationAccepted(Message):
+    accepted: bool = True
+    round: Round
+
+
+class DeclineReport(Message):
+    """A member takes no (further) part in a job, and says why."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON)]
+
+
+class Declined(Message):
+    declined: bool = True
+
+
+# operator <-> coordinator -------------------------------------------------------------
+
+
+class EnrollRequest(Message):
+    name: Name
+
+
+class Enrolled(Message):
+    """A new member; its ``token`` is shown this once (only its hash is stored)."""
+
+    id: int
+    name: Name
+    token: str
+
+
+class MemberInfo(Message):
+    id: int
+    name: Name
+    revoked: bool
+    online: bool
+
+
+class Revoked(Message):
+    name: Name
+    revoked: bool = True
+
+
+class SubmitRequest(Message):
+    spec: dict[str, Any]
+    source: Annotated[str, Field(max_length=1_000_000, pattern=r"^[^\x00]*$")] | None = None
+
+
+JobStatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
+TERMINAL: tuple[JobStatusName, ...] = ("completed", "failed", "cancelled")
+
+
+class JobSummary(Message):
+    id: JobId
+    name: str
+    status: JobStatusName
+    round: Round
+    created_at: float
+
+
+class RoundProgress(Message):
+    """The open round: its stage and how many sampled members have reported."""
+
+    round: Annotated[int, Field(ge=1)]
+    stage: Literal["waiting", "training", "aggregating", "evaluating", "closed"]
+    sampled: int
+    reported: int
+
+
+class RoundRecord(BaseModel):
+    """One closed round as the coordinator recorded it.
+
+    The named fields are always there; further keys are metrics (privacy
+    accounting, federated evaluation, members' training metrics).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    round: Annotated[int, Field(ge=1)]
+    accuracy: float | None = None
+    loss: float | None = None
+    clients: int
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+    participants: list[str] = Field(default_factory=list)
+
+
+class JobStatus(Message):
+    """Everything the operator may know about a job."""
+
+    id: JobId
+    name: str
+    status: JobStatusName
+    reason: str | None = None
+    round: Round
+    rounds_total: int
+    current: RoundProgress | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    declined: dict[str, str] = Field(default_factory=dict)
+    spec: JobSpec
+    source: str | None = None
+    rounds: list[RoundRecord] = Field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class Health(Message):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class ErrorBody(Message):
+    """Every error answer: a machine-readable ``error`` code and a human ``detail``."""
+
+    error: str
+    detail: str

@@ -1,0 +1,218 @@
+"""The round inbox: what members ask for and hand in during the running job's open round.
+
+Tasks (long-polled), updates, evaluation reports and declines arrive here.
+The inbox checks each against the open round's stage (a closed round, an
+unsampled member or a second upload is refused with a domain error), folds
+accepted updates into the round's running sum, and wakes the round loop
+(:mod:`fedaas.server.runner`) when every expected answer is in. It holds no
+state of its own beyond a bounded replay cache of receipts, so that a
+retried upload (same ``Idempotency-Key``) is answered, never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fedaas.protocol import Receipt, Task
+from fedaas.server.db import Store
+from fedaas.server.errors import Conflict, Forbidden, NotFound
+from fedaas.server.presence import Presence
+from fedaas.server.rounds import ActiveJob, RoundState, Stage
+from fedaas.server.signals import Signal
+from fedaas.server.uploads import fold_update, validate_update
+
+log = logging.getLogger("fedaas.coordinator")
+
+DISCONNECT_CHECK_S = 2.0  # how often a waiting long-poll checks that its member is still there
+MAX_RECEIPTS = 100_000
+
+
+def model_etag(job_id: str, number: int) -> str:
+    """The ETag of a job's global model after round ``number`` (it never changes)."""
+    return f'"{job_id}-r{number}"'
+
+
+class Inbox:
+    def __init__(self, store: Store, presence: Presence) -> None:
+        self.store = store
+        self.presence = presence
+        self.job: ActiveJob | None = None
+        """The running job; set by the coordinator, ``None`` between jobs."""
+        self.tasks_changed = Signal()
+        self.closing = False
+        self._receipts: OrderedDict[tuple[int, str], Receipt] = OrderedDict()
+
+    # tasks -----------------------------------------------------------------------------
+    async def next_task(
+        self,
+        member_id: int,
+        timeout: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Task | None:
+        """Long-poll for the member's next task; ``None`` when none came up in ``timeout``.
+
+        ``gone`` tells whether the member closed the connection; a member
+        that hangs up while it waits is offline at once.
+        """
+        end = time.monotonic() + timeout
+        checked = time.monotonic()
+        with self.presence.waiting(member_id) as poll:
+            while True:
+                self.presence.seen(member_id)
+                task = self.task_for(member_id)
+                remaining = end - time.monotonic()
+                if task is not None or remaining <= 0 or self.closing:
+                    return task
+                await self.tasks_changed.wait(
+                    remaining if gone is None else min(remaining, DISCONNECT_CHECK_S)
+                )
+                if gone is not None and time.monotonic() - checked >= DISCONNECT_CHECK_S:
+                    checked = time.monotonic()
+                    if await gone():
+                        poll.hung_up = True
+                        return None
+
+    def task_for(self, member_id: int) -> Task | None:
+        job = self.job
+        if job is None or job.round is None or member_id in job.declined:
+            return None
+        state = job.round
+        if (
+            state.stage == Stage.TRAINING
+            and member_id in state.sampled
+            and member_id not in state.reported
+        ):
+            kind, model_round = "train", state.number - 1
+        elif (
+            state.stage == Stage.EVALUATING
+            and member_id in state.evaluators
+            and member_id not in state.evaluated
+        ):
+            kind, model_round = "evaluate", state.number
+        else:
+            return None
+        return Task(
+            job_id=job.id,
+            round=state.number,
+            stage=kind,
+            model_round=model_round,
+            model_etag=model_etag(job.id, model_round),
+            deadline_in=max(0.0, state.deadline - time.monotonic()),
+            max_upload_bytes=job.max_upload,
+            spec=job.spec,
+            privacy=state.privacy,
+        )
+
+    # answers ---------------------------------------------------------------------------
+    def _open_round(
+        self, job_id: str, number: int, stage: Stage, member_id: int
+    ) -> tuple[ActiveJob, RoundState]:
+        job = self.job
+        if job is None or job.id != job_id:
+            stored = self.store.job(job_id)
+            if stored is None:
+                raise NotFound(f"no job {job_id!r}")
+            raise Conflict(
+                f"job {job_id} is {stored.status}; it takes no uploads now", "round_closed"
+            )
+        state = job.round
+        if state is None or state.number != number or state.stage != stage:
+            raise Conflict(f"round {number} of job {job_id} is not open for this", "round_closed")
+        members = state.sampled if stage == Stage.TRAINING else state.evaluators
+        if member_id not in members:
+            raise Forbidden(f"this member is not part of round {number}", "not_sampled")
+        if member_id in (state.reported if stage == Stage.TRAINING else state.evaluated):
+            raise Conflict(f"this member already reported for round {number}", "duplicate")
+        return job, state
+
+    def check_upload(
+        self, job_id: str, number: int, member_id: int, key: str | None
+    ) -> tuple[int, Receipt | None]:
+        """Before the body is read: ``(size limit, None)``, or ``(0, receipt)`` for a retry."""
+        replay = self._receipts.get((member_id, key)) if key else None
+        if replay is not None and replay.job_id == job_id and replay.round == number:
+            return 0, replay
+        job, _ = self._open_round(job_id, number, Stage.TRAINING, member_id)
+        return job.max_upload, None
+
+    def accept_update(
+        self,
+        job_id: str,
+        number: int,
+        member_id: int,
+        body: bytes | Path,
+        nbytes: int,
+        key: str | None = None,
+    ) -> Receipt:
+        """Validate an update completely, then fold it (large, spooled ones in a worker thread).
+
+        A rejected update changes nothing: it is checked in full before a
+        single number reaches the running sum.
+        """
+        job, _ = self._open_round(job_id, number, Stage.TRAINING, member_id)
+        update, meta = validate_update(body, job.manifest)
+        with job.lock:  # the round may have closed while the body was checked
+            job, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
+            assert state.acc is not None
+            fold_update(update, state.acc, job.privacy.weight(meta.num_examples))
+            state.unclipped += meta.unclipped
+            state.reported[member_id] = meta.num_examples
+            state.train_metrics.append((meta.num_examples, meta.metrics))
+            state.receipts.append(
+                {
+                    "job_id": job_id,
+                    "round": number,
+                    "member_id": member_id,
+                    "num_examples": meta.num_examples,
+                    "nbytes": nbytes,
+                    "metrics": json.dumps(meta.metrics),
+                    "received_at": time.time(),
+                }
+            )
+            state.bytes_up += nbytes
+            receipt = Receipt(job_id=job_id, round=number, num_examples=meta.num_examples)
+            if key:
+                self._receipts[(member_id, key)] = receipt
+                while len(self._receipts) > MAX_RECEIPTS:
+                    self._receipts.popitem(last=False)
+        return receipt
+
+    def answered(self, job_id: str) -> None:
+        """Called on the event loop after an answer was recorded: wake the loop if all are in."""
+        job = self.job
+        if job is not None and job.id == job_id and job.round is not None:
+            job.round.check_done(set(job.declined))
+
+    def accept_evaluation(
+        self, job_id: str, number: int, member_id: int, examples: int, loss: float, accuracy: float
+    ) -> None:
+        _, state = self._open_round(job_id, number, Stage.EVALUATING, member_id)
+        state.evaluated[member_id] = (examples, loss, accuracy)
+        self.answered(job_id)
+
+    def decline(self, job_id: str, member_id: int, name: str, reason: str) -> None:
+        """The member takes no further part in the job; remembered across restarts."""
+        job = self.job
+        if job is None or job.id != job_id:
+            if self.store.job(job_id) is None:
+                raise NotFound(f"no job {job_id!r}")
+            raise Conflict(f"job {job_id} is not running")
+        job.declined[member_id] = reason
+        self.store.record_decline(job_id, name, reason)
+        log.warning("member %s declined job %s: %s", name, job_id, reason)
+        self.answered(job_id)
+        self.presence.changed.fire()
+
+    def exclude(self, member_id: int, reason: str) -> None:
+        """A revoked member: never sampled again; an open round stops waiting for it."""
+        job = self.job
+        if job is not None:
+            job.declined.setdefault(member_id, reason)
+            if job.round is not None:
+                job.round.check_done(set(job.declined))
+        self.tasks_changed.fire()

@@ -1,0 +1,70 @@
+"""Which members are online: seen recently, or waiting in a long-poll right now.
+
+A member is online while one of its long-polls is open, and for
+:data:`ONLINE_WINDOW_S` after its last request. A member that hangs up while
+it waits (killed, network gone) is offline at once, so the next round does
+not sample it and then wait for it until the deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fedaas.server.signals import Signal
+
+log = logging.getLogger("fedaas.coordinator")
+
+ONLINE_WINDOW_S = 60.0
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._last_seen: dict[int, float] = {}
+        self._polling: dict[int, int] = {}
+        self.changed = Signal()
+        """Fires when a member comes online or goes away."""
+
+    def online(self) -> set[int]:
+        now = time.monotonic()
+        return {
+            member
+            for member, seen in self._last_seen.items()
+            if self._polling.get(member, 0) > 0 or now - seen < ONLINE_WINDOW_S
+        }
+
+    def seen(self, member_id: int) -> None:
+        """The member made a request just now."""
+        first = member_id not in self._last_seen
+        self._last_seen[member_id] = time.monotonic()
+        if first:
+            self.changed.fire()
+
+    def forget(self, member_id: int) -> None:
+        """The member is gone (revoked): offline from now on."""
+        self._last_seen.pop(member_id, None)
+        self.changed.fire()
+
+    @contextmanager
+    def waiting(self, member_id: int) -> Iterator[PollHandle]:
+        """The member holds a long-poll open for the duration of the ``with`` block."""
+        self._polling[member_id] = self._polling.get(member_id, 0) + 1
+        handle = PollHandle()
+        try:
+            yield handle
+        finally:
+            self._polling[member_id] -= 1
+            if handle.hung_up and self._polling[member_id] == 0:
+                self._last_seen.pop(member_id, None)
+                log.info("member %d hung up while waiting for a task: offline", member_id)
+                self.changed.fire()
+            else:
+                self._last_seen[member_id] = time.monotonic()
+
+
+class PollHandle:
+    """Set ``hung_up`` when the member closed the connection of its poll."""
+
+    hung_up: bool = False

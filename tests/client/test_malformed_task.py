@@ -1,0 +1,140 @@
+"""A member handed a task it cannot parse refuses it, says why when it can, and never crashes.
+
+A real coordinator process and a real member agent (in a thread of the test process). The
+agent's transport passes every request to the coordinator but spoils the first tasks the
+coordinator sends, the way a coordinator of another version (or a broken proxy) would: the task
+JSON then fails :class:`fedaas.protocol.Task` validation in the agent. A task that names its
+job is declined with the validation problem as the reason; one whose job id is unusable
+(``/`` in it) is only logged, and the agent takes the next, good task as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from fedaas.protocol import TASK_BUNDLE, TASK_HEADER
+from fedaas.sim.cluster import LocalCluster
+from fixtures.agents import AgentThreads, RecordingTransport, StartAgents
+from fixtures.specs import make_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = make_spec(
+    "malformed-task", clients=None, seed=0, features=4, classes=3, train={"batch_size": 8}
+)
+
+
+class SpoilingTransport(RecordingTransport):
+    """Hands the agent the coordinator's first ``times`` tasks after ``spoil`` changed them."""
+
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        give_up_after: float | None,
+        *,
+        spoil: Callable[[dict[str, Any]], None],
+        times: int,
+    ) -> None:
+        super().__init__(server, token, give_up_after)
+        self.spoil, self.times = spoil, times
+        self.spoiled: list[dict[str, Any]] = []
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = super().request(method, path, **kwargs)
+        if path != "/v1/tasks/next" or response.status_code != 200:
+            return response
+        if len(self.spoiled) >= self.times:
+            return response
+        bundle = response.headers.get("content-type", "").startswith(TASK_BUNDLE)
+        task = json.loads(response.headers[TASK_HEADER] if bundle else response.text)
+        self.spoil(task)
+        self.spoiled.append(task)
+        broken = json.dumps(task)
+        if bundle:  # the same model, the spoiled task beside it
+            headers = {"content-type": TASK_BUNDLE, TASK_HEADER: broken}
+            body = response.content
+        else:
+            headers, body = {"content-type": "application/json"}, broken.encode()
+        return httpx.Response(200, headers=headers, content=body, request=response.request)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> str:
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 3
+    np.savez(tmp_path / "m.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=y)
+    return str(tmp_path / "m.npz")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        cluster.start_server()
+        yield cluster
+
+
+def _unknown_privacy(task: dict[str, Any]) -> None:
+    task["privacy"] = {"kind": "homomorphic"}
+
+
+def _job_id_with_a_slash(task: dict[str, Any]) -> None:
+    task["job_id"] = task["job_id"] + "/../../members"
+
+
+def _member(team: AgentThreads) -> SpoilingTransport:
+    transport = team.transports["m"]
+    assert isinstance(transport, SpoilingTransport)
+    return transport
+
+
+def test_a_task_with_an_unknown_privacy_kind_is_declined_naming_the_field(
+    cluster: LocalCluster, data: str, start_agents: StartAgents
+) -> None:
+    spoiling = partial(SpoilingTransport, spoil=_unknown_privacy, times=1_000)
+    with start_agents(cluster, {"m": data}, transport=spoiling) as team:
+        job_id = cluster.admin.submit(SPEC).id
+        job = cluster.admin.wait(job_id, timeout=120)
+        assert all(t.is_alive() for t in team.threads)  # refused, not crashed
+    sent = _member(team).sent
+    assert job.status == "failed" and job.rounds == [], job
+    (reason,) = job.declined.values()
+    assert set(job.declined) == {"m"}
+    assert "the task is not acceptable" in reason and "privacy" in reason, reason
+    assert "'homomorphic'" in reason, reason  # the problem, named
+    assert sent.count(("POST", f"/v1/jobs/{job_id}/decline")) == 1, sent
+    assert not [s for s in sent if s[0] == "PUT" or s[1].endswith("/model")], sent
+
+
+def test_a_task_whose_job_id_is_unusable_is_skipped_and_the_next_one_is_done(
+    cluster: LocalCluster,
+    data: str,
+    start_agents: StartAgents,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="fedaas.agent")
+    spoiling = partial(SpoilingTransport, spoil=_job_id_with_a_slash, times=2)
+    with start_agents(cluster, {"m": data}, transport=spoiling) as team:
+        job_id = cluster.admin.submit(SPEC).id
+        job = cluster.admin.wait(job_id, timeout=120)
+    transport = _member(team)
+    assert len(transport.spoiled) == 2
+    assert job.status == "completed", job
+    assert [r.participants for r in job.rounds] == [["m"]]
+    assert job.declined == {}
+    # nothing was sent about, or to a path built from, the spoiled job id
+    assert not [s for s in transport.sent if "/decline" in s[1] or "members" in s[1]]
+    assert [s for s in transport.sent if s[0] == "PUT"] == [
+        ("PUT", f"/v1/jobs/{job_id}/rounds/1/update")
+    ]
+    refusals = [r.getMessage() for r in caplog.records if "malformed task" in r.getMessage()]
+    assert len(refusals) == 2 and all("job_id" in r for r in refusals), refusals

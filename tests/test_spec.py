@@ -1,0 +1,169 @@
+"""Job spec validation: every problem reported, each naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedaas.spec import JobSpec, SpecError, load_spec, loads_spec, parse_spec
+from fixtures.specs import make_spec
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits.toml"
+
+
+def _problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    problems = info.value.problems
+    assert problems and all(isinstance(p, str) and p for p in problems)
+    assert str(info.value).startswith("invalid job spec: ")
+    return problems
+
+
+def test_example_is_accepted_as_written() -> None:
+    spec = load_spec(EXAMPLE)
+    assert isinstance(spec, JobSpec)
+    assert spec.job.name == "digits-fedavg" and spec.job.rounds == 30 and spec.job.seed == 0
+    assert spec.model.name == "mlp" and spec.model.hidden == [64]
+    assert (spec.data.features, spec.data.classes) == (64, 10)
+    assert spec.train.optimizer == "sgd" and spec.train.lr == 0.05
+    assert spec.federation.clients_per_round == 10 and spec.federation.min_clients == 10
+    assert spec.strategy.name == "fedavg"
+    # what the coordinator stores and sends to members parses back to the same spec
+    assert parse_spec(spec.to_dict()) == spec
+
+
+def test_defaults_fill_missing_sections() -> None:
+    spec = loads_spec(
+        '[job]\nname = "x"\nrounds = 2\n[model]\nname = "logreg"\n[data]\nfeatures = 3\nclasses = 2\n'
+    )
+    assert spec.train.optimizer == "sgd" and spec.train.epochs == 1
+    assert spec.federation.clients_per_round is None and spec.federation.min_clients == 1
+    assert spec.evaluation.validation_split == 0.0
+    assert spec.clients_for_round(7) == 7
+
+
+def test_clients_for_round() -> None:
+    base = make_spec("x", features=2, classes=2, train=None, federation=None)
+    assert parse_spec(base | {"federation": {"clients_per_round": 3}}).clients_for_round(10) == 3
+    assert parse_spec(base | {"federation": {"fraction": 0.25}}).clients_for_round(10) == 2
+    assert parse_spec(base | {"federation": {"fraction": 0.01}}).clients_for_round(10) == 1
+    assert parse_spec(base | {"federation": {"min_clients": 4}}).clients_for_round(2) == 4
+
+
+def test_unknown_key_at_top_level(spec_data: dict[str, Any]) -> None:
+    spec_data["trian"] = {"lr": 0.1}
+    assert _problems(spec_data) == ["trian: unknown key"]
+
+
+@pytest.mark.parametrize("section", ["job", "model", "data", "train", "federation", "strategy"])
+def test_unknown_key_in_a_section_is_named(spec_data: dict[str, Any], section: str) -> None:
+    spec_data[section]["lr_rate"] = 0.1
+    assert _problems(spec_data) == [f"{section}.lr_rate: unknown key"]
+
+
+def test_every_problem_is_reported_at_once(spec_data: dict[str, Any]) -> None:
+    spec_data["train"]["lr_rate"] = 0.1
+    spec_data["train"]["lr"] = -1
+    spec_data["data"].pop("classes")
+    spec_data["extra"] = 1
+    problems = _problems(spec_data)
+    assert len(problems) == 4
+    joined = "\n".join(problems)
+    for where in ("train.lr_rate: unknown key", "train.lr:", "data.classes: required", "extra:"):
+        assert where in joined
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("train", "lr", -0.1, "train.lr: Input should be greater than 0 (got -0.1)"),
+        ("train", "lr", 0, "train.lr: Input should be greater than 0"),
+        ("train", "optimizer", "rmsprop", "train.optimizer: Input should be 'sgd' or 'adam'"),
+        ("train", "batch_size", 0, "train.batch_size: Input should be greater than or equal to 1"),
+        ("train", "momentum", 1.0, "train.momentum: Input should be less than 1"),
+        ("job", "rounds", 0, "job.rounds: Input should be greater than or equal to 1"),
+        ("job", "name", "", "job.name: String should have at least 1 character"),
+        ("job", "name", "a/b", "job.name: String should match pattern"),
+        ("job", "seed", -1, "job.seed: Input should be greater than or equal to 0"),
+        ("data", "classes", 1, "data.classes: Input should be greater than or equal to 2"),
+        ("data", "features", 0, "data.features: Input should be greater than or equal to 1"),
+        ("federation", "fraction", 1.5, "federation.fraction: Input should be less than or equal"),
+        ("federation", "round_timeout", 0, "federation.round_timeout: Input should be greater"),
+        ("strategy", "name", "fedprox", "strategy.name: Input should be 'fedavg'"),
+        ("model", "name", "resnet", "model.name: unknown model 'resnet'"),
+        ("model", "name", "plugin_model", "model.name: unknown model 'plugin_model'"),
+        ("model", "name", "a:b:c", "model.name: unknown model"),
+        ("model", "name", "1pkg.mod:f", "model.name: unknown model"),
+        ("model", "hidden", [64, 0], "model.hidden.1: Input should be greater than or equal to 1"),
+        # wrong types are errors, not silently coerced
+        ("job", "rounds", True, "job.rounds: Input should be a valid integer (got True)"),
+        ("job", "rounds", "10", "job.rounds: Input should be a valid integer"),
+        ("train", "batch_size", 32.5, "train.batch_size: Input should be a valid integer"),
+        ("train", "lr", "0.1", "train.lr: Input should be a valid number"),
+        ("model", "hidden", [64.5], "model.hidden.0: Input should be a valid integer"),
+    ],
+)
+def test_bad_value_is_named(
+    spec_data: dict[str, Any], section: str, key: str, value: Any, expected: str
+) -> None:
+    spec_data[section][key] = value
+    problems = _problems(spec_data)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected), problems
+
+
+def test_min_clients_above_clients_per_round(spec_data: dict[str, Any]) -> None:
+    spec_data["federation"].update(clients_per_round=2, min_clients=5)
+    (problem,) = _problems(spec_data)
+    assert problem.startswith("federation: min_clients (5) exceeds clients_per_round (2)")
+
+
+def test_fraction_and_clients_per_round_together(spec_data: dict[str, Any]) -> None:
+    spec_data["federation"]["fraction"] = 0.5
+    (problem,) = _problems(spec_data)
+    assert problem.startswith("federation: give clients_per_round or fraction, not both")
+
+
+def test_mlp_without_hidden(spec_data: dict[str, Any]) -> None:
+    del spec_data["model"]["hidden"]
+    (problem,) = _problems(spec_data)
+    assert problem.startswith("model: mlp needs at least one hidden size")
+
+
+def test_logreg_with_hidden(spec_data: dict[str, Any]) -> None:
+    spec_data["model"]["name"] = "logreg"
+    (problem,) = _problems(spec_data)
+    assert problem.startswith("model: logreg has no hidden layers")
+
+
+def test_missing_section_and_not_a_table() -> None:
+    assert "job: required key is missing" in _problems(
+        {"model": {"name": "logreg"}, "data": {"features": 2, "classes": 2}}
+    )
+    with pytest.raises(SpecError, match="table of sections"):
+        parse_spec([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(SpecError) as info:
+        parse_spec({"job": 3, "model": {"name": "logreg"}, "data": {"features": 2, "classes": 2}})
+    assert info.value.problems[0].startswith("job: ")
+
+
+def test_long_inputs_are_shortened_in_the_message(spec_data: dict[str, Any]) -> None:
+    spec_data["train"]["optimizer"] = "x" * 500
+    (problem,) = _problems(spec_data)
+    assert len(problem) < 200 and problem.endswith("...)")
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not valid TOML"):
+        loads_spec("[job\nname=")
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_spec_is_immutable(spec_data: dict[str, Any]) -> None:
+    spec = parse_spec(spec_data)
+    with pytest.raises(ValueError):
+        spec.train.lr = 1.0  # type: ignore[misc]
