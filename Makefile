@@ -6,33 +6,48 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo demo-cloud test test-fast lint bench clean browser
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml package-lock.json
+$(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	npm ci --no-audit --no-fund --silent  # Azurite, the Azure Blob emulator (tests, cloud demo)
 	@touch $(STAMP)
+
+# Azurite, the Azure Blob emulator: only the tests and the cloud demo need Node.
+AZURITE := node_modules/.installed
+$(AZURITE): package-lock.json
+	npm ci --no-audit --no-fund --silent
+	@touch $(AZURITE)
+
+# Debian's Chromium for the dashboard's browser test (Playwright drives it; never
+# `playwright install`). apt-get runs only when it is missing.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 demo: setup
 	$(BIN)/fedaas demo
+
+demo-cloud: setup $(AZURITE)
+	$(BIN)/fedaas demo --storage cloud
 
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-# The full suite in a random order (pytest-randomly prints the seed; replay a failing order with
-# `pytest -p randomly --randomly-seed=N`). CI (.ci/run) runs this target.
-test: lint
-	$(BIN)/python -m pytest -q -p randomly
+# The full suite in a random order; the seed is printed first, and `make test SEED=N` replays
+# that order. CI (.ci/run) runs this target.
+test: lint $(AZURITE) browser
+	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "test order: pytest-randomly seed $$seed (replay: make test SEED=$$seed)"; \
+	$(BIN)/python -m pytest -q -p randomly --randomly-seed=$$seed
 
 # The fast tier (well under a minute): everything but the multi-process, emulator and big-data tests.
 FAST := not slow and not emulator and not bigdata
 test-fast: setup
-	$(BIN)/python -m pytest -q -p randomly -m "$(FAST)"
+	$(BIN)/python -m pytest -p randomly -m "$(FAST)" -q
 
 bench: setup
 	$(BIN)/python bench/bench_rounds.py

@@ -92,14 +92,20 @@ def run(
     model: dict[str, Any] | None = None,
     features: int = 1000,
     concurrent: bool = False,
+    strategy: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """One round with ``members`` uploads; coordinator memory and throughput."""
+    """One round with ``members`` uploads; coordinator memory and throughput.
+
+    ``strategy``: the job's ``[strategy]`` (e.g. ``{"aggregator": "median"}``).
+    """
     spec = dict(
         SPEC,
         federation={**SPEC["federation"], "clients_per_round": members, "min_clients": members},
         model=model or SPEC["model"],
         data={"features": features, "classes": 10},
     )
+    if strategy:
+        spec["strategy"] = strategy
     with LocalCluster(workdir) as cluster:
         cluster.start_server()
         assert cluster.server is not None
@@ -110,7 +116,7 @@ def run(
         job = cluster.admin.submit(spec).model_dump()
         model = httpx.get(
             f"{cluster.url}/v1/jobs/{job['id']}/model",
-            headers={"Authorization": f"Bearer {tokens[0]}"},
+            headers={"Authorization": f"Bearer {cluster.admin_token}"},  # any job, any time
             timeout=120,
         ).content
         manifest = {k: list(v) for k, v in tensors.SafetensorsFile(model).manifest.items()}

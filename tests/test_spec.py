@@ -167,3 +167,51 @@ def test_spec_is_immutable(spec_data: dict[str, Any]) -> None:
     spec = parse_spec(spec_data)
     with pytest.raises(ValueError):
         spec.train.lr = 1.0  # type: ignore[misc]
+
+
+ROBUST_CASES = [
+    ({"aggregator": "krum"}, {"min_clients": 4}, None, "krum with byzantine = 1 needs more than 4"),
+    ({"aggregator": "median", "trim": 0.1}, {}, None, "aggregator 'median' does not use trim"),
+    ({"aggregator": "mean", "byzantine": 2}, {}, None, "aggregator 'mean' does not use byzantine"),
+    ({"aggregator": "trimmed_mean", "trim": 0.5}, {}, None, "strategy.trim"),
+    ({"aggregator": "bulyan"}, {}, None, "strategy.aggregator"),
+    (
+        {"aggregator": "median"},
+        {},
+        {"mechanism": "gaussian", "noise_multiplier": 1.0, "clip_norm": 1.0},
+        "placement 'central' makes only their sum private",
+    ),
+]
+
+
+@pytest.mark.parametrize(("strategy", "federation", "privacy", "message"), ROBUST_CASES)
+def test_robust_rules_are_checked_against_the_rest_of_the_spec(
+    spec_data: dict[str, Any],
+    strategy: dict[str, Any],
+    federation: dict[str, Any],
+    privacy: dict[str, Any] | None,
+    message: str,
+) -> None:
+    spec_data["strategy"] = strategy
+    spec_data["federation"].update(federation)
+    if privacy is not None:
+        spec_data["privacy"] = privacy
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_data)
+    assert any(message in problem for problem in info.value.problems), info.value.problems
+
+
+def test_robust_rules_that_fit_are_accepted(spec_data: dict[str, Any]) -> None:
+    spec_data["federation"].update(min_clients=7, clients_per_round=10)
+    spec_data["strategy"] = {"aggregator": "krum", "byzantine": 2, "krum_select": 4}
+    assert parse_spec(spec_data).strategy.krum_select == 4
+    spec_data["strategy"] = {"aggregator": "median", "norm_bound": 2.5}
+    spec_data["privacy"] = {
+        "mechanism": "gaussian",
+        "noise_multiplier": 1.0,
+        "clip_norm": 1.0,
+        "placement": "local",
+    }
+    assert parse_spec(spec_data).strategy.norm_bound == 2.5  # each update private on its own
+    spec_data["federation"]["max_examples_per_member"] = 5000
+    assert parse_spec(spec_data).federation.max_examples_per_member == 5000

@@ -78,6 +78,11 @@ def test_privacy_section_accepts_gaussian_ou_and_adaptive_settings():
         ),
         ({"mechanism": "ou", "noise_multiplier": 1.0}, "privacy.theta: required key is missing"),
         (
+            {"mechanism": "gaussian", "noise_multiplier": 1.0, "placement": "distributed"},
+            "privacy.placement: placement 'distributed' is refused: without secure "
+            "aggregation the coordinator sees each upload on its own",
+        ),
+        (
             {"mechanism": "ou", "noise_multiplier": 1.0, "theta": 0.5, "placement": "distributed"},
             "'central' or 'local'",
         ),
@@ -145,3 +150,14 @@ def test_privacy_errors_name_the_key_without_the_union_tag():
     )
     with pytest.raises(SpecError, match=re.escape("privacy: must be a table")):
         _spec(3)  # type: ignore[arg-type]
+
+
+def test_federated_evaluation_is_refused_under_differential_privacy():
+    """Members' validation loss and accuracy are unnoised: no accountant covers them."""
+    for privacy in (
+        {"mechanism": "gaussian", "noise_multiplier": 1.0},
+        {"unit": "record", "noise_multiplier": 1.0},
+    ):
+        with pytest.raises(SpecError, match="validation_split .* no privacy accounting covers"):
+            parse_spec(_base(privacy=privacy, evaluation={"validation_split": 0.2}))
+    parse_spec(_base(evaluation={"validation_split": 0.2}))  # without DP it stays available

@@ -9,7 +9,8 @@ payloads are safetensors (:mod:`fedaas.tensors`); their string metadata is
 :class:`UpdateMetadata`.
 
 This module sits at the bottom of the house with :mod:`fedaas.spec` and
-:mod:`fedaas.tensors`: it imports nothing else of ours.
+:mod:`fedaas.tensors`: it imports nothing else of ours. It is long because it is
+the whole wire contract in one place, which both sides must agree on.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class ClientPrivacy(Message):
     ``noise_std`` itself: independent Gaussian, or Ornstein-Uhlenbeck noise
     correlated across rounds by ``theta`` (``mechanism = "ou"``). With
     ``central`` placement ``noise_std`` is 0 and the coordinator adds it.
-    ``reproducible`` draws noise from ``seed`` (NOT private, for tests).
+    ``adaptive_clipping``: report whether the update was within the clip norm
+    (the coordinator noises that count); otherwise the member reports nothing
+    but its update. ``reproducible`` draws noise from ``seed`` (NOT private,
+    for tests).
     """
 
     kind: Literal["client"] = "client"
@@ -72,6 +76,7 @@ class ClientPrivacy(Message):
     clip_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     noise_std: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     theta: Annotated[float, Field(gt=-1, lt=1)] | None = None
+    adaptive_clipping: bool = False
     reproducible: bool = False
     seed: Annotated[int, Field(ge=0)] = 0
 
@@ -133,28 +138,57 @@ class UpdateMetadata(Message):
     ``num_examples``: how many examples the member trained on (the FedAvg
     weight without DP); ``metrics``: the member's training metrics;
     ``unclipped``: whether the update was within the clip norm (adaptive
-    clipping counts these).
+    clipping counts these). Under differential privacy a member sends only
+    what the accountant covers (:meth:`for_round`); a field left out is
+    ``None`` and absent from the strings. The coordinator refuses an update
+    that carries more (``fedaas.server.disclosure``).
     """
 
-    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
-    unclipped: bool = True
+    unclipped: bool | None = None
 
     _check_metrics = field_validator("metrics")(_finite_metrics)
 
+    @classmethod
+    def for_round(
+        cls,
+        privacy: NoPrivacy | ClientPrivacy | RecordPrivacy,
+        num_examples: int,
+        metrics: dict[str, float],
+        unclipped: bool,
+    ) -> UpdateMetadata:
+        """What a member reports with its update under the round's privacy instructions.
+
+        No DP: everything. Client level: nothing but, with adaptive clipping,
+        the unclipped bit (noised and accounted by the coordinator). Record
+        level: only its own ``record_epsilon`` and ``record_epsilon_next``
+        (the example count would make record-level epsilon infinite, the
+        training metrics are unnoised functions of the records).
+        """
+        if isinstance(privacy, ClientPrivacy):
+            return cls(unclipped=unclipped if privacy.adaptive_clipping else None)
+        if isinstance(privacy, RecordPrivacy):
+            own = ("record_epsilon", "record_epsilon_next")
+            return cls(metrics={k: v for k, v in metrics.items() if k in own})
+        return cls(num_examples=num_examples, metrics=metrics, unclipped=unclipped)
+
     def to_strings(self) -> dict[str, str]:
-        return {
-            "num_examples": str(self.num_examples),
-            "metrics": json.dumps(self.metrics),
-            "unclipped": "1" if self.unclipped else "0",
-        }
+        out = {"metrics": json.dumps(self.metrics)}
+        if self.num_examples is not None:
+            out["num_examples"] = str(self.num_examples)
+        if self.unclipped is not None:
+            out["unclipped"] = "1" if self.unclipped else "0"
+        return out
 
     @classmethod
     def from_strings(cls, meta: dict[str, str]) -> UpdateMetadata:
         """Parse safetensors metadata; raises :class:`ValueError` naming what is wrong."""
-        raw = meta.get("num_examples", "")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_EXAMPLES:
+        raw = meta.get("num_examples")
+        if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= MAX_EXAMPLES):
             raise ValueError("metadata num_examples must be a positive integer")
+        if meta.get("unclipped") not in (None, "0", "1"):
+            raise ValueError("metadata unclipped must be 0 or 1")
         try:
             metrics = json.loads(meta.get("metrics", "{}"))
         except json.JSONDecodeError:
@@ -172,8 +206,9 @@ class UpdateMetadata(Message):
             for k, v in metrics.items()
         ):
             raise ValueError("metadata metrics must map short names to finite numbers")
+        unclipped = None if "unclipped" not in meta else meta["unclipped"] == "1"
         return cls(
-            num_examples=int(raw), metrics=metrics, unclipped=meta.get("unclipped", "1") == "1"
+            num_examples=None if raw is None else int(raw), metrics=metrics, unclipped=unclipped
         )
 
 
@@ -183,7 +218,7 @@ class Receipt(Message):
     accepted: bool = True
     job_id: JobId
     round: Round
-    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
 
 
 class EvaluationReport(Message):
@@ -254,19 +289,26 @@ class JobSummary(Message):
 
 
 class RoundProgress(Message):
-    """The open round: its stage and how many sampled members have reported."""
+    """The open round: its stage and how many sampled members have reported.
+
+    Under client-level DP the counts are ``None``: how many members a Poisson
+    sample drew is not covered by the noise, so it is not published.
+    """
 
     round: Annotated[int, Field(ge=1)]
     stage: Literal["waiting", "training", "aggregating", "evaluating", "closed"]
-    sampled: int
-    reported: int
+    sampled: int | None = None
+    reported: int | None = None
 
 
 class RoundRecord(BaseModel):
     """One closed round as the coordinator recorded it.
 
     The named fields are always there; further keys are metrics (privacy
-    accounting, federated evaluation, members' training metrics).
+    accounting, federated evaluation, members' training metrics). Under
+    differential privacy ``participants`` is empty and only what the
+    accountant covers is published (``fedaas.server.disclosure``); under
+    client-level DP ``clients``, ``bytes_up`` and ``bytes_down`` are ``None``.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -274,11 +316,19 @@ class RoundRecord(BaseModel):
     round: Annotated[int, Field(ge=1)]
     accuracy: float | None = None
     loss: float | None = None
-    clients: int
+    clients: int | None = None
     seconds: float
-    bytes_up: int
-    bytes_down: int
+    bytes_up: int | None = None
+    bytes_down: int | None = None
     participants: list[str] = Field(default_factory=list)
+
+
+class Waiting(Message):
+    """A dependency the coordinator is waiting for: the job is paused, nothing is lost."""
+
+    dependency: str
+    since: float
+    error: str
 
 
 class JobStatus(Message):
@@ -298,6 +348,8 @@ class JobStatus(Message):
     spec: JobSpec
     source: str | None = None
     rounds: list[RoundRecord] = Field(default_factory=list)
+    waiting_for: list[Waiting] = Field(default_factory=list)
+    """While the job is paused by an outage: what it waits for, since when."""
 
     @property
     def finished(self) -> bool:
@@ -305,8 +357,22 @@ class JobStatus(Message):
 
 
 class Health(Message):
+    """Liveness (``GET /v1/health``): the process answers HTTP."""
+
     status: Literal["ok"] = "ok"
     version: str
+
+
+class Readiness(Message):
+    """Readiness (``GET /v1/ready``): every dependency answers; 503 when one does not.
+
+    ``checks`` names each dependency (``database``, ``artifacts``,
+    ``supervisor``, ``accepting``) with ``ok`` or the reason it is not.
+    """
+
+    status: Literal["ready", "not_ready"]
+    version: str
+    checks: dict[str, str]
 
 
 class ErrorBody(Message):

@@ -16,20 +16,27 @@ ROUND_KEYS = ("round", "accuracy", "loss", "clients", "seconds", "bytes_up", "by
 
 
 def format_round(r: RoundRecord, total: int) -> str:
-    """One line per round: accuracy, loss, members, seconds and epsilon when there is one."""
+    """One line per round: accuracy, loss, members, seconds and epsilon when there is one.
+
+    A reproducible private run says "(NOT private)" after its epsilon (client
+    or record level); a client-level run that claims no amplification by
+    subsampling (``q = 1``, or member-side noise) says so.
+    """
     extra = r.model_extra or {}
     acc = "   -  " if r.accuracy is None else f"{r.accuracy:.4f}"
     loss = "   -  " if r.loss is None else f"{r.loss:.4f}"
+    clients = "  -" if r.clients is None else f"{r.clients:>3}"  # hidden under client-level DP
     line = (
         f"round {r.round:>3}/{total}  accuracy {acc}  loss {loss}  "
-        f"clients {r.clients:>3}  {r.seconds:.3f} s"
+        f"clients {clients}  {r.seconds:.3f} s"
     )
+    flag = "" if extra.get("private", True) else " (NOT private)"
     if extra.get("record_epsilon") is not None:
-        line += f"  record-level epsilon {extra['record_epsilon']:.3f}"
+        line += f"  record-level epsilon {extra['record_epsilon']:.3f}{flag}"
     if extra.get("epsilon") is not None:
-        line += f"  epsilon {extra['epsilon']:.3f}" + (
-            "" if extra.get("private", True) else " (NOT private)"
-        )
+        line += f"  epsilon {extra['epsilon']:.3f}{flag}"
+        if extra.get("amplification") is False:
+            line += " (no amplification by sampling claimed)"
     return line
 
 

@@ -138,6 +138,9 @@ class FederationSection(_Section):
     fraction: Annotated[float, Field(gt=0, le=1)] | None = None
     min_clients: Annotated[int, Field(ge=1, le=100_000)] = 1
     round_timeout: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 300.0
+    max_examples_per_member: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    """A ceiling on the example count one member may claim as its FedAvg weight; the weight is
+    also capped at 3x the round's median claim (:class:`fedaas.algorithms.robust.ExampleCap`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationSection:
@@ -158,7 +161,8 @@ class StrategySection(_Section):
     SGD), ``fedavgm`` (server momentum ``beta1``), ``fedadagrad``,
     ``fedadam``, ``fedyogi`` (adaptive server optimizers, Reddi et al. ICLR
     2021, with ``beta1``, ``beta2``, ``tau``). ``server_lr`` defaults to 1
-    for ``fedavg``/``fedavgm`` and 0.01 for the adaptive ones.
+    for ``fedavg``/``fedavgm`` and 0.01 for the adaptive ones. The robust
+    ``aggregator`` options replace the weighted mean that the optimizer steps on.
     """
 
     name: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
@@ -166,17 +170,31 @@ class StrategySection(_Section):
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
     tau: Annotated[float, Field(gt=0, le=10)] = 1e-3
+    aggregator: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
+    """How the round's updates become the mean delta (:mod:`fedaas.algorithms.robust`): the
+    weighted ``mean`` (FedAvg), coordinate-wise ``median``, ``trimmed_mean`` (``trim`` at each
+    end) or ``krum`` (``byzantine`` = f, ``krum_select`` = m > 1 for Multi-Krum)."""
+    trim: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
+    byzantine: Annotated[int, Field(ge=0, le=10_000)] = 1
+    krum_select: Annotated[int, Field(ge=1, le=100_000)] = 1
+    norm_bound: Annotated[float, Field(gt=0, le=1e12)] | None = None
+    """Clip every update to this L2 norm (Sun et al. 2019); unset: 10x the round's median."""
 
     @model_validator(mode="after")
     def _meaningful(self) -> StrategySection:
         unused = {"fedavg": ("beta1", "beta2", "tau"), "fedavgm": ("beta2", "tau")}
-        given = [
-            key
-            for key in unused.get(self.name, ())
-            if getattr(self, key) != type(self).model_fields[key].default
-        ]
+        only = {"trim": "trimmed_mean", "byzantine": "krum", "krum_select": "krum"}
+        fields = type(self).model_fields
+        given = [k for k in unused.get(self.name, ()) if getattr(self, k) != fields[k].default]
         if given:
             raise ValueError(f"strategy '{self.name}' does not use {', '.join(given)}")
+        stray = [
+            k
+            for k, rule in only.items()
+            if rule != self.aggregator and getattr(self, k) != fields[k].default
+        ]
+        if stray:
+            raise ValueError(f"aggregator '{self.aggregator}' does not use {', '.join(stray)}")
         return self
 
     @property
@@ -200,6 +218,29 @@ class EvaluationSection(_Section):
     validation_split: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+class TrackingSection(_Section):
+    """Experiment tracking: the coordinator logs the job to MLflow as it runs.
+
+    ``mlflow``: a tracking URI (``http(s)://`` server, ``sqlite:///path/mlflow.db``
+    or ``file:///folder``); the job's parameters, every round's metrics and
+    the final model go to one run in ``experiment`` (default ``fedaas``).
+    Credentials never go in the URI (members receive the spec): use MLflow's
+    environment variables (``MLFLOW_TRACKING_TOKEN``, ...) on the coordinator.
+    """
+
+    mlflow: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    experiment: Annotated[str, Field(min_length=1, max_length=200)] = "fedaas"
+
+    @field_validator("mlflow")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None and re.match(r"^[a-z][a-z0-9+.\-]*://[^/@]*@", value):
+            raise ValueError("credentials do not belong in the URI (use MLflow's env variables)")
+        if value is not None and not re.match(r"^(https?|sqlite|file|postgresql[+\w]*)://", value):
+            raise ValueError("use an http(s)://, sqlite://, file:// or postgresql:// URI")
+        return value
+
+
 class JobSpec(_Section):
     """A complete, validated job."""
 
@@ -211,6 +252,36 @@ class JobSpec(_Section):
     strategy: StrategySection = Field(default_factory=StrategySection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     privacy: PrivacySection = Field(default_factory=PrivacyNone)
+    tracking: TrackingSection | None = None
+
+    @model_validator(mode="after")
+    def _robust_rules_fit(self) -> JobSpec:
+        rule, fed = self.strategy, self.federation
+        if rule.aggregator == "krum" and fed.min_clients < 2 * rule.byzantine + 3:
+            raise ValueError(
+                f"strategy: krum with byzantine = {rule.byzantine} needs more than "
+                f"{2 * rule.byzantine + 2} updates per round: set federation.min_clients >= "
+                f"{2 * rule.byzantine + 3}"
+            )
+        placement = getattr(self.privacy, "placement", "local")
+        client_level = isinstance(self.privacy, PrivacyGaussian | PrivacyOU)
+        if rule.aggregator != "mean" and client_level and placement != "local":
+            raise ValueError(
+                f"strategy: aggregator '{rule.aggregator}' combines the updates one by one, but "
+                f"privacy placement '{placement}' makes only their sum private: use placement "
+                "'local' (each update private on its own) or aggregator 'mean'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_federated_evaluation_under_dp(self) -> JobSpec:
+        if self.evaluation.validation_split > 0 and not isinstance(self.privacy, PrivacyNone):
+            raise ValueError(
+                "evaluation: validation_split (federated evaluation) has each member report its "
+                "unnoised validation loss and accuracy, which no privacy accounting covers: "
+                "under [privacy] evaluate on the coordinator's holdout instead"
+            )
+        return self
 
     def clients_for_round(self, available: int) -> int:
         """How many members to sample from ``available`` enrolled ones."""
@@ -248,6 +319,8 @@ def parse_spec(data: dict[str, Any]) -> JobSpec:
                 problems.append(f"{where}: unknown key")
             elif err["type"] == "missing":
                 problems.append(f"{where}: required key is missing")
+            elif not loc:  # a check across sections names its own keys
+                problems.append(err["msg"].removeprefix("Value error, "))
             else:
                 msg = err["msg"].removeprefix("Value error, ")
                 got = repr(err.get("input"))

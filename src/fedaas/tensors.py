@@ -217,7 +217,9 @@ class SafetensorsFile:
             self._data, self.path = None, Path(source)
             total = self.path.stat().st_size
             with self.path.open("rb") as f:
-                head = f.read(8 + MAX_HEADER_BYTES)
+                prefix = f.read(8)  # the header's length: read no more than the header
+                length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+                head = prefix + f.read(min(length, MAX_HEADER_BYTES))
         header, self._data_start = _parse_header(head, total)
         self._entries = _check_entries(header, total - self._data_start, manifest)
         self.metadata = _metadata(header)

@@ -76,9 +76,9 @@ def test_members_with_mismatched_data_decline_and_upload_nothing(
     assert set(job.declined) == {"wide", "labels"}
     wide, labels = job.declined["wide"], job.declined["labels"]
     assert "data has 5 features, the job expects 4" in wide
-    assert "wide.npz" in wide
     assert "label 5 is out of range: the job has classes 0..2" in labels
-    assert "labels.npz" in labels
+    for reason in (wide, labels):  # the member's file paths stay on its machine
+        assert "<data>" in reason and ".npz" not in reason, reason
     assert len(wide.split("; ")) == 1 and len(labels.split("; ")) == 1  # one problem each
 
     (first,) = job.rounds

@@ -102,7 +102,8 @@ def test_record_round_is_written_to_the_ledger_before_training(tmp_path: Path) -
     assert member.rounds_spent("j") == 0
     metrics = member.start_record_round("j", record(budget=100.0), N, CFG)
     # the agent has not trained yet: the round already counts (a crash can't undo it)
-    assert json.loads(member.ledger_path("j").read_text()) == {"rounds": 1}
+    ledger = json.loads(member.ledger_path().read_text())
+    assert ledger["dataset"] == member.dataset and [e["job"] for e in ledger["rounds"]] == ["j"]
     assert metrics == {
         "record_epsilon": pytest.approx(spent(1), rel=1e-12),
         "record_epsilon_next": pytest.approx(spent(2), rel=1e-12),
@@ -118,10 +119,52 @@ def test_budget_spent_is_raised_before_the_round_is_counted(tmp_path: Path) -> N
     member = MemberPrivacy(tmp_path, "member")
     with pytest.raises(BudgetSpent, match="record-level privacy budget reached: after 0 round"):
         member.start_record_round("j", record(budget=spent(1) / 2), N, CFG)
-    assert not member.ledger_path("j").exists()  # nothing spent, no record touched
+    assert not member.ledger_path().exists()  # nothing spent, no record touched
     budget = (spent(2) + spent(3)) / 2  # room for 2 rounds
     for _ in range(2):
         member.start_record_round("j", record(budget=budget), N, CFG)
     with pytest.raises(BudgetSpent, match="after 2 round"):
         member.start_record_round("j", record(budget=budget), N, CFG)
     assert member.rounds_spent("j") == 2
+
+
+def test_the_ledger_is_per_dataset_so_a_new_job_id_does_not_reset_the_budget(
+    tmp_path: Path,
+) -> None:
+    """Issue 9: a coordinator that renames the job every round gets no fresh budget."""
+    member = MemberPrivacy(tmp_path, "file:///data/members.npz")
+    budget = (spent(2) + spent(3)) / 2  # room for 2 rounds on this dataset, whatever the job
+    member.start_record_round("job-aaaa", record(budget=budget), N, CFG)
+    second = member.start_record_round("job-bbbb", record(budget=budget), N, CFG)
+    assert second["record_epsilon"] == pytest.approx(spent(2), rel=1e-9)  # composed across jobs
+    with pytest.raises(BudgetSpent, match="after 2 round.*all jobs"):
+        member.start_record_round("job-cccc", record(budget=budget), N, CFG)
+    assert member.rounds_spent() == 2 and member.rounds_spent("job-cccc") == 0
+    assert "job-" not in member.ledger_path().name  # keyed by the dataset, not a job id
+    # another dataset of the same member has its own ledger
+    other = MemberPrivacy(tmp_path, "file:///data/other.npz")
+    assert other.ledger_path() != member.ledger_path()
+    assert other.start_record_round("job-cccc", record(budget=budget), N, CFG)
+
+
+def test_the_member_policy_caps_epsilon_below_the_jobs_budget(tmp_path: Path) -> None:
+    member = MemberPrivacy(tmp_path, "member")
+    cap = (spent(1) + spent(2)) / 2
+    member.start_record_round("j", record(budget=100.0), N, CFG, max_epsilon=cap)
+    with pytest.raises(BudgetSpent, match=f"> {cap:g}"):
+        member.start_record_round("j", record(budget=100.0), N, CFG, max_epsilon=cap)
+    # rounds with another noise multiplier compose with the earlier ones (heterogeneous ledger)
+    mixed = member.start_record_round("k", record(z=4.0), N, CFG)
+    assert spent(1) < mixed["record_epsilon"] < spent(2)
+
+
+def test_unsafe_job_ids_never_name_a_state_file(tmp_path: Path) -> None:
+    from fedaas.client.statepaths import UnsafeName
+
+    member = MemberPrivacy(tmp_path / "state", "member")
+    zero = {"w": np.zeros(4, np.float32)}
+    ou = client("local", mechanism="ou", noise_std=0.1, theta=0.5)
+    for bad in ("x/../../../../elsewhere/NAME", "..", "a/b", "job\\x", "j\u00e9b", ""):
+        with pytest.raises(UnsafeName):
+            member.privatize(zero, ou, job_id=bad, number=1)
+    assert not (tmp_path / "elsewhere").exists() and list(tmp_path.iterdir()) == []

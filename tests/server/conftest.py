@@ -17,14 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,107 +24,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-PGBIN = Path("/usr/lib/postgresql/15/bin")
+from fixtures import postgres as pg
+from fixtures.postgres import Postgres
+
 FEATURES, CLASSES = 16, 4
-
-
-# PostgreSQL ---------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Postgres:
-    port: int
-    datadir: Path
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self) -> str:
-        """A fresh, empty database; returns its SQLAlchemy URL."""
-        import psycopg
-
-        name = "t_" + secrets.token_hex(6)
-        dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        with psycopg.connect(dsn, autocommit=True) as con:
-            con.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    if os.geteuid() == 0:  # root cannot run initdb: use the postgres user
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
-
-
-def _postmaster_pid(datadir: Path) -> int | None:
-    try:
-        return int((datadir / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    if not (PGBIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL 15 is not installed ({PGBIN} is missing)")
-    root = Path(tempfile.mkdtemp(prefix="fedaas-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    datadir = root / "data"
-    run = {"check": True, "capture_output": True, "timeout": 60}
-    subprocess.run(
-        _as_postgres(
-            [str(PGBIN / "initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust"]
-            + ["--no-sync", "-E", "UTF8"]
-        ),
-        **run,
-    )
-    port = _free_port()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
-    started = subprocess.run(
-        _as_postgres(
-            [str(PGBIN / "pg_ctl"), "-D", str(datadir), "-l", str(root / "log")]
-            + ["-o", options, "-w", "start"]
-        ),
-        capture_output=True,
-        timeout=60,
-    )
-    pid = _postmaster_pid(datadir)
+    """One PostgreSQL cluster for the session (skipped, saying why, where it isn't installed)."""
+    if not pg.installed():
+        pytest.skip(f"PostgreSQL 15 is not installed ({pg.PGBIN} is missing)")
     try:
-        if started.returncode != 0:
-            log = (root / "log").read_text() if (root / "log").exists() else ""
-            pytest.fail(f"PostgreSQL did not start: {started.stderr.decode()} {log[-2000:]}")
-        yield Postgres(port, datadir)
+        cluster = pg.create_cluster()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield cluster
     finally:
-        subprocess.run(
-            _as_postgres([str(PGBIN / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"]),
-            capture_output=True,
-            timeout=60,
-        )
-        if pid is not None:
-            _wait_gone(pid)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    """Make sure the process ``pid`` is gone (SIGKILL if it outlives ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        cluster.destroy()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -196,7 +196,7 @@ def _spec_with(section: str, key: str, value: Any) -> dict[str, Any]:
         (
             {"spec": _spec_with("model", "name", "no_such_pkg.models:net")},
             "invalid_spec",
-            "cannot load model factory 'no_such_pkg.models:net'",
+            "model 'no_such_pkg.models:net' is code this node's operator has not allowed",
         ),
         ({"spec": {"job": SPEC["job"]}}, "invalid_spec", "model: required key is missing"),
         ({"spek": SPEC}, "invalid", "spek"),
@@ -381,11 +381,11 @@ def _bad_bodies() -> list[tuple[str, Any, str]]:
         ("nan", set_value(np.nan), "tensor '0.weight' holds NaN or Inf"),
         ("inf", set_value(np.inf), "tensor '0.weight' holds NaN or Inf"),
         ("minus-inf", set_value(-np.inf), "tensor '0.weight' holds NaN or Inf"),
-        ("no-metadata", meta_body(None), "num_examples must be a positive integer"),
+        ("no-metadata", meta_body(None), "num_examples is required without differential privacy"),
         (
             "no-num-examples",
             meta_body({"metrics": "{}"}),
-            "num_examples must be a positive integer",
+            "num_examples is required without differential privacy",
         ),
         ("zero-examples", meta_body({"num_examples": "0"}), "num_examples must be a positive"),
         ("negative-examples", meta_body({"num_examples": "-5"}), "num_examples must be a positive"),
@@ -505,7 +505,7 @@ def test_good_update_after_all_the_bad_ones_is_the_only_one_counted(own_fed: Fed
     assert first["round"] == 1
     assert first["clients"] == 1
     assert first["participants"] == ["alpha"]
-    assert first["train_loss"] == pytest.approx(0.25)
+    assert first["members.train_loss"] == pytest.approx(0.25)
     assert fed.stored_updates() == 1
     assert list((fed.cluster.state / "artifacts" / "spool").iterdir()) == []
 

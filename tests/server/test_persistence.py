@@ -117,18 +117,18 @@ def test_cancel_during_activation_sticks(
 
     from fastapi.testclient import TestClient
 
+    from fedaas.server import runner
     from fedaas.server.app import create_app
-    from fedaas.server.runner import JobRunner
 
     entered, release = threading.Event(), threading.Event()
-    original = JobRunner._activate
+    original = runner.activate
 
-    def slow_activate(self: JobRunner) -> ActiveJob:
+    def slow_activate(*args: Any) -> ActiveJob:
         entered.set()
         release.wait(10)
-        return original(self)
+        return original(*args)
 
-    monkeypatch.setattr(JobRunner, "_activate", slow_activate)
+    monkeypatch.setattr(runner, "activate", slow_activate)
     token = "fda_" + "b" * 40
     auth = {"Authorization": f"Bearer {token}"}
     spec = make_spec("race", features=4, classes=2, clients=None, timeout=30, train=None)

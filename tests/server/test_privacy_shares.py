@@ -1,15 +1,14 @@
-"""The coordinator's privacy settings for members: noise shares that survive dropouts."""
+"""The coordinator's privacy settings for members: who adds noise, and how much."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
 
 from fedaas.protocol import ClientPrivacy
 from fedaas.server.privacy import JobPrivacy
-from fedaas.spec import parse_spec
+from fedaas.spec import SpecError, parse_spec
 
 
 def job_privacy(min_clients: int, **privacy: Any) -> JobPrivacy:
@@ -27,20 +26,16 @@ def job_privacy(min_clients: int, **privacy: Any) -> JobPrivacy:
 
 def noise_std(privacy: JobPrivacy, sampled: int) -> float:
     """The noise std each of ``sampled`` members is told to add."""
-    instructions = privacy.instructions(sampled)
+    privacy.sample(1, list(range(sampled)), list(range(sampled)))
+    instructions = privacy.instructions()
     assert isinstance(instructions, ClientPrivacy)
     return instructions.noise_std
 
 
-def test_distributed_shares_fully_noise_any_quorum_of_reports() -> None:
-    privacy = job_privacy(7, mechanism="gaussian", placement="distributed")
-    share = noise_std(privacy, 10)
-    assert share == pytest.approx(2.0 * 0.5 / math.sqrt(7))
-    for reported in range(7, 11):  # the sum's noise std never falls below z * S
-        assert math.sqrt(reported) * share >= 2.0 * 0.5 - 1e-12
-    assert noise_std(job_privacy(7, mechanism="gaussian", placement="distributed"), 5) == (
-        pytest.approx(2.0 * 0.5 / math.sqrt(5))  # fewer sampled than the quorum: all of them
-    )
+def test_distributed_placement_is_refused_until_secure_aggregation_exists() -> None:
+    """Each share carries z/sqrt(quorum) of the noise and the coordinator sees it alone."""
+    with pytest.raises(SpecError, match="placement 'distributed' is refused: without secure"):
+        job_privacy(7, mechanism="gaussian", placement="distributed")
 
 
 def test_local_and_central_shares_do_not_depend_on_the_quorum() -> None:

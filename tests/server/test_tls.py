@@ -251,7 +251,7 @@ def test_a_member_agent_completes_a_job_over_mutual_tls(
     mtls_cluster: LocalCluster, member_data: list[Path], make_spec, pki
 ) -> None:
     cluster = mtls_cluster
-    cluster.start_client("org-tls", str(member_data[0]))
+    cluster.start_client("member-a", str(member_data[0]))  # the CN of pki.client_cert
     # a member without a client certificate is refused with one line and gives up at once
     token = cluster.admin.enroll("org-nocert").token
     refused = subprocess.run(
@@ -288,8 +288,26 @@ def test_a_member_agent_completes_a_job_over_mutual_tls(
         assert time.monotonic() < deadline, current
     assert current.status == "completed", current
     (first,) = current.rounds
-    assert first.participants == ["org-tls"]
+    assert first.participants == ["member-a"]
     assert first.bytes_up > 0
     logs = "".join(p.read_text() for p in cluster.logs.glob("*.log"))
     assert "Traceback" not in logs
     assert token not in logs and cluster.admin_token not in logs and token not in refused.stderr
+
+
+def test_a_members_token_works_only_with_its_own_certificate(
+    mtls_cluster: LocalCluster, pki
+) -> None:
+    """Issue 9: member b's token with member a's certificate (CN=member-a) is refused."""
+    token = mtls_cluster.admin.enroll("member-b").token
+    tls = TlsOptions(pki.ca_cert, pki.client_cert, pki.client_key)  # member a's certificate
+    t = Transport(mtls_cluster.url, token, give_up_after=5, tls=tls)
+    try:
+        for path in ("/v1/tasks/next?timeout=0", "/v1/jobs/job-x/model"):
+            with pytest.raises(ApiClientError) as info:
+                t.request("GET", path)
+            assert info.value.status == 403 and info.value.code == "certificate_mismatch"
+            assert "'member-a'" in str(info.value) and "'member-b'" in str(info.value)
+    finally:
+        t.close()
+    mtls_cluster.admin.revoke("member-b")

@@ -13,10 +13,11 @@ geometrically towards a target quantile of the members' update norms.
 noise; it costs *more* privacy than independent noise at the same per-round
 sigma, see :mod:`fedaas.algorithms.accounting`.
 
-Privacy noise comes from the operating system's cryptographic source
-(:class:`SecureNoise`), never from numpy's or Python's pseudo-random
-generators. :class:`ReproducibleNoise` (seeded numpy) exists only for the
-reproducibility mode, which marks a run as not private.
+Privacy noise comes from :mod:`fedaas.algorithms.noise` (the operating
+system's cryptographic source with the floating-point mitigation of the
+DP-SGD path), never from numpy's or Python's pseudo-random generators;
+seeded noise exists only for the reproducibility mode, which marks a run as
+not private.
 
 Pure math: no files, no network. Nothing here is pickled; every state is a
 dict of numpy arrays (for safetensors) plus a JSON-compatible dict.
@@ -25,17 +26,38 @@ dict of numpy arrays (for safetensors) plus a JSON-compatible dict.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
+from fedaas.algorithms.noise import (
+    NoiseSource,
+    ReproducibleNoise,
+    SecureNoise,
+    reproducible_noise_source,
+    secure_noise_source,
+)
+
+__all__ = [
+    "NoiseSource",
+    "OUNoise",
+    "ReproducibleNoise",
+    "SecureNoise",
+    "adjusted_noise_multiplier",
+    "clip_update",
+    "count_noise_std",
+    "gaussian_noise",
+    "global_norm",
+    "next_clip_norm",
+    "noise_std",
+    "noised_unclipped_fraction",
+    "reproducible_noise_source",
+    "secure_noise_source",
+]
+
 Placement = Literal["central", "distributed", "local"]
 Shape = tuple[int, ...]
-
-_CHUNK = 1 << 20  # normals drawn per os.urandom call; bounds temporary memory
-_TWO_POW_M53 = 2.0**-53
 
 
 # --------------------------------------------------------------------- clipping
@@ -80,101 +102,6 @@ def _scaled(update: Mapping[str, np.ndarray], scale: float) -> dict[str, np.ndar
         dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.float64
         out[name] = (array.astype(np.float64) * scale).astype(dtype)
     return out
-
-
-# ---------------------------------------------------------------- noise sources
-
-
-class NoiseSource(Protocol):
-    """Where standard normal draws come from."""
-
-    @property
-    def private(self) -> bool:
-        """Whether noise from this source protects privacy."""
-        ...
-
-    def standard_normal(self, shape: Shape) -> np.ndarray:
-        """Independent N(0, 1) draws (float64) of the given shape."""
-        ...
-
-
-class SecureNoise:
-    """N(0, 1) from ``os.urandom`` (the OS CSPRNG) by the Box-Muller transform.
-
-    Each uniform uses 53 random bits, so draws are truncated at about
-    8.6 standard deviations (probability ~1e-17 per draw). Like every
-    floating-point Gaussian sampler it is subject to Mironov's (CCS 2012)
-    least-significant-bit caveat; the release is rounded to float32 anyway.
-    """
-
-    private = True
-
-    def standard_normal(self, shape: Shape) -> np.ndarray:
-        count = math.prod(shape)
-        out = np.empty(count, dtype=np.float64)
-        for start in range(0, count, _CHUNK):
-            n = min(_CHUNK, count - start)
-            pairs = (n + 1) // 2
-            bits = np.frombuffer(os.urandom(16 * pairs), dtype="<u8") >> np.uint64(11)
-            u1 = (bits[:pairs] + 1.0) * _TWO_POW_M53  # (0, 1]: log never sees 0
-            u2 = bits[pairs:] * _TWO_POW_M53  # [0, 1)
-            radius = np.sqrt(-2.0 * np.log(u1))
-            angle = 2.0 * math.pi * u2
-            chunk = out[start : start + n]
-            chunk[:pairs] = radius * np.cos(angle)
-            chunk[pairs:] = (radius * np.sin(angle))[: n - pairs]
-        return out.reshape(shape)
-
-
-class ReproducibleNoise:
-    """Seeded numpy noise for the reproducibility mode: **not private**.
-
-    Anyone who knows the seed can subtract the noise. ``stream`` separates
-    members that share a job seed. The state is JSON-compatible
-    (:meth:`state_dict`), so a restarted member continues the same sequence.
-    """
-
-    private = False
-
-    def __init__(self, seed: int, stream: int = 0) -> None:
-        sequence = np.random.SeedSequence(seed, spawn_key=(stream,))
-        self._generator = np.random.Generator(np.random.PCG64DXSM(sequence))
-
-    def standard_normal(self, shape: Shape) -> np.ndarray:
-        return self._generator.standard_normal(shape)
-
-    def state_dict(self) -> dict[str, Any]:
-        state = self._generator.bit_generator.state
-        return {
-            "bit_generator": state["bit_generator"],
-            "state": hex(state["state"]["state"]),
-            "inc": hex(state["state"]["inc"]),
-            "has_uint32": int(state["has_uint32"]),
-            "uinteger": int(state["uinteger"]),
-        }
-
-    @classmethod
-    def from_state(cls, data: Mapping[str, Any]) -> ReproducibleNoise:
-        if data.get("bit_generator") != "PCG64DXSM":
-            raise ValueError("not a PCG64DXSM noise state")
-        source = cls(0)
-        source._generator.bit_generator.state = {
-            "bit_generator": "PCG64DXSM",
-            "state": {"state": int(data["state"], 16), "inc": int(data["inc"], 16)},
-            "has_uint32": int(data["has_uint32"]),
-            "uinteger": int(data["uinteger"]),
-        }
-        return source
-
-
-def secure_noise_source() -> SecureNoise:
-    """The noise source for private runs (OS cryptographic randomness)."""
-    return SecureNoise()
-
-
-def reproducible_noise_source(seed: int, stream: int = 0) -> ReproducibleNoise:
-    """Fixed-seed noise; only for runs that are marked as not private."""
-    return ReproducibleNoise(seed, stream)
 
 
 # ------------------------------------------------------------ Gaussian noise

@@ -7,11 +7,16 @@ never a traceback.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from fedaas import __version__
 from fedaas.cli import datasets, demo, jobs, members, nodes
+from fedaas.cli.common import LOG_FORMAT
+from fedaas.cli.logs import FORMAT_ENV, FORMATS
 from fedaas.cli.privacy import privacy
 from fedaas.client.transport import ApiClientError
 from fedaas.data.dataset import DataError
@@ -27,7 +32,9 @@ app = typer.Typer(
 )
 app.command("server")(nodes.server)
 app.command("enroll")(nodes.enroll)
-app.command("client")(nodes.client)
+# one word for the organizations: "member"; "client" stays as an alias for existing scripts
+app.command("member")(nodes.client)
+app.command("client", hidden=True, help="Alias of `fedaas member`.")(nodes.client)
 app.add_typer(jobs.app, name="job")
 app.add_typer(datasets.app, name="datasets")
 app.command("demo")(demo.demo)
@@ -38,14 +45,43 @@ app.command("revoke")(members.revoke)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"fedaas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar=FORMAT_ENV,
+            help="Log lines of `server` and `member`: text, or json (one object per line).",
+        ),
+    ] = "text",
+) -> None:
+    """Federated learning as a service: train one model across organizations without sharing data."""
+    if log_format not in FORMATS:
+        raise typer.BadParameter("use text or json", param_hint="--log-format")
+    LOG_FORMAT["value"] = log_format
+
+
 def main() -> None:
     try:
         app()
     except ApiClientError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except (SpecError, DataError, StorageError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from fedaas.cli.logs import JsonFormatter
 from fedaas.client.admin import AdminClient
 from fedaas.client.transport import (
     CA_CERT_ENV,
@@ -93,7 +95,7 @@ def tls_options(
 def admin_client(
     server: str,
     token: str | None,
-    give_up_after: float | None = 30.0,
+    give_up_after: float | None = 5.0,
     tls: TlsOptions | None = None,
 ) -> AdminClient:
     """The operator's client; TLS settings default to ``$FEDAAS_CA_CERT`` and friends."""
@@ -107,19 +109,26 @@ def admin_client(
     return AdminClient(Transport(server, token, give_up_after=give_up_after, tls=tls))
 
 
+LOG_FORMAT = {"value": "text"}
+"""Set by the root command's ``--log-format`` (or ``$FEDAAS_LOG_FORMAT``)."""
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Rich log lines on a terminal; plain, cheap ones when stderr is a file or pipe.
+    """Rich log lines on a terminal; plain ones to a file or pipe; JSON with ``--log-format json``.
 
     Also installs credential redaction for every log record of the process
     (storage secrets never reach a log line, whichever library logs them).
     """
     install_log_redaction()
-    interactive = sys.stderr.isatty()
+    fmt = LOG_FORMAT["value"]
+    interactive = sys.stderr.isatty() and fmt == "text"
     handler: logging.Handler = (
         RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
         if interactive
         else logging.StreamHandler()
     )
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s" if interactive else "%(asctime)s %(levelname)s %(message)s",
@@ -128,3 +137,50 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the coordinator's answer as JSON (for scripts).")
+]
+
+
+def connect(
+    server: str,
+    token: str | None,
+    ca_cert: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
+    give_up_after: float | None = 5.0,
+) -> AdminClient:
+    """The operator's client from the connection options every coordinator command takes.
+
+    A one-shot command gives up after ``give_up_after`` seconds of failing
+    to reach the coordinator (a wrong ``--server`` fails in seconds).
+    """
+    return admin_client(server, token, give_up_after, tls_options(ca_cert, client_cert, client_key))
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, unstyled (pydantic models, or lists of them)."""
+    if isinstance(data, list):
+        text = "[" + ",".join(item.model_dump_json() for item in data) + "]"
+    else:
+        text = data.model_dump_json()
+    sys.stdout.write(json.dumps(json.loads(text), indent=2) + "\n")
+
+
+def check_data(url: str, storage_options: dict[str, Any]) -> None:
+    """A member's start-up check: its dataset is there and its format is known.
+
+    Raises :class:`~fedaas.data.dataset.DataError` (one line on the member's
+    own console, exit status 2) instead of going online and failing the
+    first job. The location stays on the member's machine: nothing here is
+    sent to the coordinator.
+    """
+    from fedaas.data.dataset import DataError
+    from fedaas.data.source import detect_format
+    from fedaas.storage import exists, redact
+
+    if not exists(url, storage_options):
+        raise DataError([f"{redact(url)}: no such file or folder (--data)"])
+    detect_format(url, storage_options)

@@ -25,7 +25,9 @@ def digits(
             help="Folder or URL (file://, s3://, gs://, az://) to write the partitions to."
         ),
     ],
-    clients: Annotated[int, typer.Option(min=1, max=1000, help="Number of members.")] = 10,
+    clients: Annotated[
+        int, typer.Option("--members", "--clients", min=1, max=1000, help="Number of members.")
+    ] = 10,
     alpha: Annotated[
         float, typer.Option(min=1e-3, help="Dirichlet concentration (smaller: more skew).")
     ] = 0.5,

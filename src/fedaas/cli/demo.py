@@ -11,7 +11,10 @@ from fedaas.cli.common import console
 
 
 def demo(
-    clients: Annotated[int, typer.Option(min=2, max=200, help="Number of member processes.")] = 10,
+    clients: Annotated[
+        int,
+        typer.Option("--members", "--clients", min=2, max=200, help="Number of member processes."),
+    ] = 10,
     rounds: Annotated[int, typer.Option(min=1, max=10_000, help="Federated rounds.")] = 30,
     alpha: Annotated[float, typer.Option(min=1e-3, help="Dirichlet skew of the partition.")] = 0.5,
     out: Annotated[Path, typer.Option(help="Run folder (replaced if it exists).")] = Path(

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedaas.cli.common import DEFAULT_SERVER, AdminTokenOpt, ServerOpt, admin_client, console
+from fedaas.cli.common import (
+    DEFAULT_SERVER,
+    AdminTokenOpt,
+    CaCertOpt,
+    ClientCertOpt,
+    ClientKeyOpt,
+    JsonOpt,
+    ServerOpt,
+    connect,
+    console,
+    print_json,
+)
 from fedaas.client.admin import AdminClient
 from fedaas.protocol import JobStatus
 from fedaas.report import format_round, write_run_folder
+from fedaas.server.preflight import preflight
 from fedaas.spec import SpecError, load_spec
 
 app = typer.Typer(help="Submit and manage jobs.", no_args_is_help=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def watch(admin: AdminClient, job_id: str) -> JobStatus:
@@ -50,22 +65,61 @@ def submit(
     ],
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
     out: Annotated[
         Path | None, typer.Option(help="Write the run folder here when the job ends.")
     ] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            help="Track the job in MLflow at this URI (sets [tracking] mlflow): "
+            "http(s)://, sqlite:///path/mlflow.db or file:///folder.",
+            show_default=False,
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Refuse to submit a job that cannot start (too few members)."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Validate a job spec locally, submit it, and optionally follow it."""
+    """Validate a job spec locally, check it against the members, submit it, optionally follow it.
+
+    Warns (with --strict: refuses) when fewer members are enrolled or online
+    than the job's min_clients, and says so when the job has no evaluation.
+    """
     load_spec(spec_file)  # a bad spec fails here, naming the key, before any network call
     source = spec_file.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:  # pragma: no cover - load_spec already parsed it
         raise SpecError([str(exc)]) from None
-    admin = admin_client(server, token)
+    if mlflow is not None:
+        data["tracking"] = {**data.get("tracking", {}), "mlflow": mlflow}
+    from fedaas.spec import parse_spec
+
+    spec = parse_spec(data)  # with --mlflow: the URI is checked before anything is sent
+    admin = connect(server, token, ca_cert, client_cert, client_key)
+    found = preflight(spec, admin.members())
+    for problem in found.blocking:
+        err.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
+    for note in found.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if strict and found.blocking:
+        err.print("[red]error:[/] not submitted (--strict): the job cannot start", highlight=False)
+        raise typer.Exit(2)
     job = admin.submit(data, source)
-    console.print(f"submitted job [bold]{job.id}[/] ({escape(job.name)})")
-    print(job.id)
+    if as_json:
+        print_json(job)
+    else:
+        console.print(f"submitted job [bold]{job.id}[/] ({escape(job.name)})")
+        print(job.id)
     if wait or out is not None:
         admin.t.give_up_after = 600.0  # ride through a coordinator restart
         job = watch(admin, job.id)
@@ -77,10 +131,21 @@ def submit(
 
 
 @app.command("list")
-def list_jobs(server: ServerOpt = DEFAULT_SERVER, token: AdminTokenOpt = None) -> None:
+def list_jobs(
+    server: ServerOpt = DEFAULT_SERVER,
+    token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List all jobs."""
+    jobs = connect(server, token, ca_cert, client_cert, client_key).jobs()
+    if as_json:
+        print_json(jobs)
+        return
     table = Table("id", "name", "status", "round")
-    for job in admin_client(server, token).jobs():
+    for job in jobs:
         table.add_row(job.id, escape(job.name), job.status, str(job.round))
     console.print(table)
 
@@ -90,21 +155,37 @@ def status(
     job_id: str,
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Follow until the job ends.")
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show a job's state and per-round metrics."""
-    admin = admin_client(server, token)
+    """Show a job's state and per-round metrics (with --json: the whole JobStatus)."""
+    admin = connect(server, token, ca_cert, client_cert, client_key)
     if follow:
-        watch(admin, job_id)
+        admin.t.give_up_after = 600.0
+        job = watch(admin, job_id)
+        if as_json:
+            print_json(job)
         return
     job = admin.job(job_id)
+    if as_json:
+        print_json(job)
+        return
     console.print(
         f"job {job.id} ({escape(job.name)}): {job.status}, round {job.round}/{job.rounds_total}"
     )
     if job.reason:
         console.print(f"reason: {escape(job.reason)}")
+    for wait in job.waiting_for:
+        since = time.strftime("%H:%M:%S", time.localtime(wait.since))
+        console.print(
+            f"[yellow]paused:[/] waiting for the {wait.dependency} since {since} "
+            f"({escape(wait.error)}); nothing is lost, the job continues when it is back"
+        )
     if job.current:
         console.print(f"now: round {job.current.round}, {job.current.stage}")
     for name, why in job.declined.items():
@@ -114,10 +195,39 @@ def status(
 
 
 @app.command("cancel")
-def cancel(job_id: str, server: ServerOpt = DEFAULT_SERVER, token: AdminTokenOpt = None) -> None:
+def cancel(
+    job_id: str,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Cancel a queued or running job."""
-    job = admin_client(server, token).cancel(job_id)
-    console.print(f"job {job.id}: {job.status}")
+    job = connect(server, token, ca_cert, client_cert, client_key).cancel(job_id)
+    if as_json:
+        print_json(job)
+    else:
+        console.print(f"job {job.id}: {job.status}")
+
+
+@app.command("resume")
+def resume(
+    job_id: str,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue a failed job from its last committed round (every round still counts once)."""
+    job = connect(server, token, ca_cert, client_cert, client_key).resume(job_id)
+    if as_json:
+        print_json(job)
+    else:
+        console.print(f"job {job.id}: {job.status}, continuing after round {job.round}")
 
 
 @app.command("download")
@@ -126,7 +236,10 @@ def download(
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
+    ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
 ) -> None:
     """Write a job's run folder: metrics.json, model.safetensors, spec, accuracy.png."""
-    download_run(admin_client(server, token), job_id, out)
+    download_run(connect(server, token, ca_cert, client_cert, client_key), job_id, out)
     console.print(f"run folder: {out}")

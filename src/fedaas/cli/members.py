@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fedaas.cli.common import (
@@ -17,10 +18,11 @@ from fedaas.cli.common import (
     CaCertOpt,
     ClientCertOpt,
     ClientKeyOpt,
+    JsonOpt,
     ServerOpt,
-    admin_client,
+    connect,
     console,
-    tls_options,
+    print_json,
 )
 
 
@@ -33,9 +35,8 @@ def revoke(
     client_key: ClientKeyOpt = None,
 ) -> None:
     """Revoke a member's token now; its requests are refused from the next one on."""
-    tls = tls_options(ca_cert, client_cert, client_key)
-    admin_client(server, token, tls=tls).revoke(name)
-    console.print(f"member {name} revoked", highlight=False)
+    connect(server, token, ca_cert, client_cert, client_key).revoke(name)
+    console.print(f"member {escape(name)} revoked", highlight=False)
 
 
 def members(
@@ -44,11 +45,15 @@ def members(
     ca_cert: CaCertOpt = None,
     client_cert: ClientCertOpt = None,
     client_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List enrolled members: name, whether revoked, whether online now."""
-    tls = tls_options(ca_cert, client_cert, client_key)
+    listed = connect(server, token, ca_cert, client_cert, client_key).members()
+    if as_json:
+        print_json(listed)
+        return
     table = Table("id", "name", "status", "online")
-    for member in admin_client(server, token, tls=tls).members():
+    for member in listed:
         status = "[red]revoked[/]" if member.revoked else "active"
         online = "yes" if member.online and not member.revoked else "no"
         table.add_row(str(member.id), member.name, status, online)

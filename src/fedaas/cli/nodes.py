@@ -16,6 +16,7 @@ from fedaas.cli.common import (
     ServerOpt,
     StorageOpt,
     admin_client,
+    check_data,
     setup_logging,
     tls_options,
 )
@@ -23,6 +24,31 @@ from fedaas.cli.common import (
 
 def _pem(help_text: str) -> Any:
     return typer.Option(help=help_text, exists=True, dir_okay=False, show_default=False)
+
+
+AllowCodeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-code",
+        help="A package (or module) whose model factories a job spec may name, e.g. "
+        "--allow-code mypkg for 'mypkg.nets:small'; repeatable. Built-in models are always "
+        "allowed; nothing else is imported.",
+        show_default=False,
+    ),
+]
+
+
+def _packages(values: list[str] | None) -> list[str]:
+    """``--allow-code`` values, each a dotted module name (never a path)."""
+    import re
+
+    for value in values or []:
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", value, flags=re.ASCII):
+            raise typer.BadParameter(
+                f"{value!r} is not a package or module name (e.g. mypkg or mypkg.models)",
+                param_hint="--allow-code",
+            )
+    return list(values or [])
 
 
 def server(
@@ -56,10 +82,15 @@ def server(
     tls_key: Annotated[Path | None, _pem("PEM private key of --tls-cert.")] = None,
     tls_client_ca: Annotated[
         Path | None,
-        _pem("PEM CA file: require every client to present a certificate it signed (mutual TLS)."),
+        _pem(
+            "PEM CA file: require every client to present a certificate it signed (mutual TLS); "
+            "a member's certificate must name the member (subject CN = its enrolled name)."
+        ),
     ] = None,
+    allow_code: AllowCodeOpt = None,
 ) -> None:
     """Run the coordinator (the parent node)."""
+    packages = _packages(allow_code)
     if tls_cert is not None and tls_key is None:
         raise typer.BadParameter("--tls-cert needs --tls-key", param_hint="--tls-key")
     if tls_client_ca is not None and tls_cert is None:
@@ -82,6 +113,7 @@ def server(
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
+            allow_code=packages,
         )
     except TlsConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -96,10 +128,18 @@ def enroll(
     ca_cert: CaCertOpt = None,
     client_cert: ClientCertOpt = None,
     client_key: ClientKeyOpt = None,
+    renew: Annotated[
+        bool,
+        typer.Option(
+            "--renew",
+            help="Give an enrolled (or revoked) member a new token; its old one stops working.",
+        ),
+    ] = False,
 ) -> None:
     """Enroll a member; prints its token (give it to the member, it is shown once)."""
     tls = tls_options(ca_cert, client_cert, client_key)
-    member = admin_client(server, token, tls=tls).enroll(name)
+    admin = admin_client(server, token, tls=tls)
+    member = admin.renew(name) if renew else admin.enroll(name)
     print(member.token)
 
 
@@ -118,10 +158,32 @@ def client(
         typer.Option(
             "--token",
             envvar="FEDAAS_TOKEN",
-            help="This member's token (or $FEDAAS_TOKEN).",
+            help="This member's token; prefer $FEDAAS_TOKEN or --token-file (ps shows arguments).",
             show_default=False,
         ),
     ] = "",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="A file holding this member's token (e.g. mode 0600).",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="Member policy (TOML): the models, code, rounds, parameters and privacy "
+            "this member accepts; jobs outside it are declined with the reason.",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    allow_code: AllowCodeOpt = None,
     storage_option: StorageOpt = None,
     state: Annotated[
         Path,
@@ -137,11 +199,24 @@ def client(
     client_key: ClientKeyOpt = None,
 ) -> None:
     """Run a member agent next to its data: pull tasks, train locally, send updates."""
+    if token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
     if not token:
         raise typer.BadParameter(
             "a member token is required (fedaas enroll prints one)", param_hint="--token"
         )
     tls = tls_options(ca_cert, client_cert, client_key)
+    from fedaas.client.policy import DEFAULT_POLICY, PolicyError, load_policy
+
+    try:
+        rules = load_policy(policy) if policy is not None else DEFAULT_POLICY
+    except PolicyError as exc:  # one line, status 2, like every other user error
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    rules = rules.with_code(_packages(allow_code))
     import torch
 
     from fedaas.client.agent import Agent
@@ -153,6 +228,7 @@ def client(
     from fedaas.storage import parse_storage_options
 
     options = parse_storage_options(storage_option)
+    check_data(data, options)  # a missing dataset fails now, not when the first job arrives
     transport = Transport(server, token, give_up_after=None, tls=tls)
-    agent = Agent(transport, data, options, state_dir=state)
+    agent = Agent(transport, data, options, state_dir=state, policy=rules)
     agent.run()

@@ -40,6 +40,11 @@ class AdminClient:
         body = EnrollRequest(name=name).model_dump()
         return Enrolled.model_validate(self.t.post_json("/v1/members", body))
 
+    def renew(self, name: str) -> Enrolled:
+        """A new token for an enrolled (or revoked) member; its old token stops working."""
+        path = f"/v1/members/{quote(name, safe='')}/token"
+        return Enrolled.model_validate(self.t.post_json(path, {}))
+
     def members(self) -> list[MemberInfo]:
         return _MEMBERS.validate_python(self.t.get_json("/v1/members"))
 
@@ -63,6 +68,10 @@ class AdminClient:
         params = {"after_round": after_round, "timeout": timeout}
         data = self.t.get_json(f"/v1/jobs/{job_id}", params=params, timeout=timeout)
         return JobStatus.model_validate(data)
+
+    def resume(self, job_id: str) -> JobStatus:
+        """Continue a failed job from its last committed round."""
+        return JobStatus.model_validate(self.t.post_json(f"/v1/jobs/{job_id}/resume", None))
 
     def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self.t.post_json(f"/v1/jobs/{job_id}/cancel", None))

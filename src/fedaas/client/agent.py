@@ -9,6 +9,16 @@ checks its data against the job's schema; on a mismatch it tells the
 coordinator why it declines the job (every problem, one line each) and
 uploads nothing. A task it cannot parse is a failed task: logged, never a
 crash.
+
+The member does not fully trust the coordinator. It takes part only in jobs
+its own policy allows (:class:`~fedaas.client.policy.MemberPolicy`: models,
+code, parameters, rounds, privacy), pins the spec it accepted
+(:mod:`fedaas.client.pinning`) and declines any later task whose spec or
+privacy instructions depart from it, so it never sends an update with less
+privacy than it agreed to. Coordinator-chosen names reach its file system
+only through :mod:`fedaas.client.statepaths`. A model or task it cannot use
+(too many parameters, NaN or Inf in the global model, training that fails)
+is a failed task: declined with the reason, and the agent stays online.
 """
 
 from __future__ import annotations
@@ -27,10 +37,15 @@ import httpx
 import numpy as np
 from pydantic import ValidationError
 
-from fedaas import tensors
+from fedaas import storage, tensors
+from fedaas.client.pinning import Pins, departures, spec_digest
+from fedaas.client.policy import DEFAULT_POLICY, MemberPolicy
 from fedaas.client.privacy import BudgetSpent, MemberPrivacy
+from fedaas.client.statepaths import UnsafeName, check_id, is_safe_id
+from fedaas.client.training import train_round
 from fedaas.client.transport import ApiClientError, Transport
 from fedaas.data.dataset import DataError, Dataset
+from fedaas.data.fingerprint import data_fingerprint
 from fedaas.data.source import open_dataset
 from fedaas.models import build_model, get_state, set_state
 from fedaas.models.registry import ModelError
@@ -40,15 +55,18 @@ from fedaas.protocol import (
     TASK_HEADER,
     DeclineReport,
     EvaluationReport,
-    RecordPrivacy,
     Task,
     UpdateMetadata,
 )
 from fedaas.spec import JobSpec
-from fedaas.train import evaluate, train_local
-from fedaas.train.dp_sgd import train_local_dp
+from fedaas.storage import StorageError
+from fedaas.train import evaluate
 
 log = logging.getLogger("fedaas.agent")
+
+
+class TaskRefused(Exception):
+    """This member will not carry out the task; the message is the reason it declines."""
 
 
 @dataclass
@@ -57,6 +75,8 @@ class _JobContext:
     train: Dataset
     validation: Dataset | None
     module: Any
+    digest: str
+    manifest: tensors.Manifest
 
 
 class Agent:
@@ -73,16 +93,19 @@ class Agent:
         storage_options: dict[str, Any] | None = None,
         state_dir: Path | None = None,
         poll_s: float = 25.0,
+        policy: MemberPolicy | None = None,
     ) -> None:
         self.t = transport
         self.state_dir = state_dir or Path("fedaas-member-state")
         self.data_url = data_url
         self.storage_options = storage_options or {}
         self.poll_s = poll_s
+        self.policy = policy or DEFAULT_POLICY
         self.privacy = MemberPrivacy(self.state_dir, data_url)
+        self.pins = Pins(self.state_dir)
         self._jobs: dict[str, _JobContext] = {}
         self._declined: dict[str, str] = {}  # job id -> why this member takes no part
-        self._model_cache: tuple[str, dict[str, np.ndarray]] | None = None
+        self._model_cache: tuple[str, bytes] | None = None  # ETag, safetensors bytes
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -111,49 +134,116 @@ class Agent:
                 self.stop.wait(0.5)
 
     def handle(self, task: Task) -> Task | None:
-        """Carry out one task; returns the next task when the coordinator sent it along."""
-        ctx = self._context(task.job_id, task.spec)
+        """Carry out one task; returns the next task when the coordinator sent it along.
+
+        Whatever goes wrong with the task (a refusal, a bad model, a failure
+        in training) ends in a decline with the reason, never in a crash;
+        only transport errors (:class:`ApiClientError`) reach the caller.
+        """
+        try:
+            job_id = check_id(task.job_id)
+        except UnsafeName as exc:  # no decline: the id cannot even name the job in a URL
+            log.error("refusing a task: %s", exc)
+            self.stop.wait(1.0)
+            return None
+        try:
+            return self._handle(job_id, task)
+        except ApiClientError:
+            raise
+        except (BudgetSpent, TaskRefused) as exc:
+            reason = str(exc)
+        except Exception as exc:  # a task that fails is a failed task: report it, stay online
+            log.exception("task for round %d of job %s failed", task.round, job_id)
+            reason = f"the task failed on this member: {type(exc).__name__}: {exc}"
+        log.error("leaving job %s: %s", job_id, reason)
+        self._jobs.pop(job_id, None)
+        self._decline(job_id, reason)
+        return None
+
+    def _handle(self, job_id: str, task: Task) -> Task | None:
+        ctx = self._context(job_id, task.spec)
         if ctx is None:
             return None
-        state = self._global_model(task.job_id, task.model_round, task.model_etag)
+        state = self._global_model(job_id, task.model_round, task.model_etag, ctx.manifest)
         set_state(ctx.module, state)
         if task.stage == "evaluate":
             self._evaluate(task, ctx)
             return None
-        try:
-            return self._train(task, ctx, state)
-        except BudgetSpent as exc:
-            log.error("leaving job %s: %s", task.job_id, exc)
-            self._jobs.pop(task.job_id, None)
-            self._decline(task.job_id, str(exc))
-        return None
+        departed = departures(ctx.spec, task.privacy)
+        if departed:
+            raise TaskRefused(
+                f"the privacy instructions of round {task.round} depart from the spec this "
+                f"member accepted: {'; '.join(departed)}"
+            )
+        return self._train(task, ctx, state)
 
     def _context(self, job_id: str, spec: JobSpec) -> _JobContext | None:
         if job_id in self._declined:  # asked again (the coordinator restarted): same answer
             self._decline(job_id, self._declined[job_id])
             return None
+        digest = spec_digest(spec)
+        pinned = self._jobs[job_id].digest if job_id in self._jobs else self.pins.get(job_id)
+        if pinned is not None and pinned != digest:
+            raise TaskRefused(
+                f"the task's spec departs from the spec this member accepted for job {job_id} "
+                f"(sha256 {pinned[:16]}..., now {digest[:16]}...)"
+            )
         if job_id in self._jobs:
             return self._jobs[job_id]
+        problems = self.policy.problems(spec)
+        if problems:
+            raise TaskRefused("this member's policy refuses the job: " + "; ".join(problems))
         try:
             data = open_dataset(self.data_url, spec.data, self.storage_options)
             train, validation = data, None
             if spec.evaluation.validation_split > 0:
                 train, validation = data.split(spec.evaluation.validation_split, spec.job.seed)
-            module = build_model(spec.model, spec.data)
-        except (DataError, ModelError) as exc:
+            module = build_model(
+                spec.model,
+                spec.data,
+                allowed_code=self.policy.allowed_code,
+                max_parameters=self.policy.models.max_parameters,
+            )
+            fingerprint = data_fingerprint(self.data_url, self.storage_options)
+        except (DataError, ModelError, StorageError) as exc:
             reason = "; ".join(getattr(exc, "problems", [str(exc)]))
             log.error("cannot take part in job %s: %s", job_id, reason)
             self._decline(job_id, reason)
             return None
+        joined_with = self.pins.data(job_id)
+        if joined_with is not None and joined_with != fingerprint:
+            reason = (
+                f"this member joined job {job_id} with other data (fingerprint "
+                f"{joined_with[:12]}..., now {fingerprint[:12]}...): training on it would count "
+                "a second partition under the same member"
+            )
+            log.error("%s", reason)
+            self._decline(job_id, reason)
+            return None
+        self.pins.pin(job_id, digest, fingerprint)
         log.info("joined job %s (%s): %d local examples", job_id, spec.job.name, data.num_examples)
-        self._jobs = {job_id: _JobContext(spec, train, validation, module)}
+        manifest = tensors.manifest_of(get_state(module))
+        self._jobs = {job_id: _JobContext(spec, train, validation, module, digest, manifest)}
         return self._jobs[job_id]
 
     def _decline(self, job_id: str, reason: str) -> None:
-        """Tell the coordinator that this member takes no further part in the job."""
+        """Tell the coordinator that this member takes no further part in the job.
+
+        The member's data location stays on its machine: the reason sent names
+        it ``<data>`` (the member's own log keeps the full text).
+        """
         self._declined[job_id] = reason
-        report = DeclineReport(reason=reason[:MAX_REASON])
+        report = DeclineReport(reason=self._without_paths(reason)[:MAX_REASON])
         self.t.post_json(f"/v1/jobs/{job_id}/decline", report.model_dump())
+
+    def _without_paths(self, text: str) -> str:
+        places = {self.data_url, storage.redact_url(self.data_url)}
+        if storage.is_local(self.data_url):
+            local = Path(self.data_url.removeprefix("file://")).expanduser()
+            places |= {str(local), str(local.resolve()), f"file://{local.resolve()}"}
+        for place in sorted(places, key=len, reverse=True):  # longest first: no half-replaced
+            text = text.replace(place, "<data>")
+        return text
 
     def _unbundle(self, response: httpx.Response) -> Task | None:
         """The task; a bundled response also carries the task's model (saves a request)."""
@@ -164,9 +254,8 @@ class Agent:
         except ValidationError as exc:
             self._refuse(raw, exc)
             return None
-        if bundle:
-            state, _ = tensors.decode(response.content)
-            self._model_cache = (task.model_etag, state)
+        if bundle:  # checked (names, shapes, finite) when the task is handled
+            self._model_cache = (task.model_etag, response.content)
         return task
 
     def _refuse(self, raw: str, exc: ValidationError) -> None:
@@ -179,51 +268,48 @@ class Agent:
             job_id = json.loads(raw).get("job_id")
         except (json.JSONDecodeError, AttributeError):
             job_id = None
-        if isinstance(job_id, str) and job_id.replace("-", "").isalnum() and len(job_id) <= 32:
+        if is_safe_id(job_id):
             self._decline(job_id, f"the task is not acceptable: {problems}")
         else:
             self.stop.wait(1.0)  # nothing to answer: don't spin on a broken coordinator
 
-    def _global_model(self, job_id: str, number: int, etag: str) -> dict[str, np.ndarray]:
+    def _global_model(
+        self, job_id: str, number: int, etag: str, manifest: tensors.Manifest
+    ) -> dict[str, np.ndarray]:
+        """The global model after round ``number``, checked against the job's model.
+
+        A model with other tensors or shapes, or with NaN or Inf, is refused
+        (:class:`TaskRefused`): a member never trains on it.
+        """
         # an ETag names one job's model after one round: a cached copy is never stale
-        if self._model_cache is not None and self._model_cache[0] == etag:
-            return self._model_cache[1]
-        response = self.t.request("GET", f"/v1/jobs/{job_id}/model", params={"round": number})
-        state, _ = tensors.decode(response.content)
-        self._model_cache = (response.headers.get("ETag", etag), state)
+        if self._model_cache is None or self._model_cache[0] != etag:
+            response = self.t.request("GET", f"/v1/jobs/{job_id}/model", params={"round": number})
+            self._model_cache = (response.headers.get("ETag", etag), response.content)
+        try:
+            state, _ = tensors.decode(self._model_cache[1], manifest)
+        except tensors.TensorError as exc:
+            self._model_cache = None
+            raise TaskRefused(f"the global model of round {number} is not usable: {exc}") from None
         return state
 
     def _train(self, task: Task, ctx: _JobContext, start: dict[str, np.ndarray]) -> Task | None:
         began = time.perf_counter()
         seed = [ctx.spec.job.seed, task.round, zlib.crc32(self.data_url.encode())]
         instructions = task.privacy
-        if isinstance(instructions, RecordPrivacy):
-            spent = self.privacy.start_record_round(
-                task.job_id, instructions, ctx.train.num_examples, ctx.spec.train
-            )
-            metrics = train_local_dp(
-                ctx.module,
-                ctx.train,
-                ctx.spec.train,
-                seed=seed,
-                noise_multiplier=instructions.noise_multiplier,
-                max_grad_norm=instructions.clip_norm,
-                delta=instructions.delta,
-                secure=not instructions.reproducible,
-                accountant=instructions.accountant,
-            )
-            metrics.pop("record_epsilon", None)
-            metrics.update(spent)
-        else:
-            metrics = train_local(ctx.module, ctx.train, ctx.spec.train, seed=seed)
-        trained = get_state(ctx.module)
-        delta = {name: trained[name] - start[name] for name in start}
-        delta, unclipped = self.privacy.privatize(
-            delta, instructions, job_id=task.job_id, number=task.round
+        delta, unclipped, metrics = train_round(
+            ctx.module,
+            ctx.train,
+            ctx.spec.train,
+            start,
+            instructions,
+            self.privacy,
+            job_id=task.job_id,
+            number=task.round,
+            seed=seed,
+            max_epsilon=self.policy.privacy.max_epsilon,
         )
-        meta = UpdateMetadata(
-            num_examples=ctx.train.num_examples, metrics=metrics, unclipped=unclipped
-        )
+        # under DP only what the accountant covers leaves the member (protocol.UpdateMetadata)
+        meta = UpdateMetadata.for_round(instructions, ctx.train.num_examples, metrics, unclipped)
         body = tensors.encode(delta, meta.to_strings())
         trained_s = time.perf_counter() - began
         response = self.t.request(

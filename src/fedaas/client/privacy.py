@@ -11,9 +11,14 @@ must survive an agent restart:
   kept so that a restarted agent continues the same process instead of
   starting a fresh (cheaper-looking but differently accounted) one;
 - record-level DP (DP-SGD, Abadi et al. 2016, arXiv:1607.00133): the ledger
-  of rounds this member has trained in per job, from which it computes its
-  own cumulative epsilon and refuses a round that would exceed the budget:
-  the guarantee is enforced where the data is, whatever the coordinator asks.
+  of rounds of DP-SGD this member has run on its dataset, across every job,
+  from which it computes its own cumulative epsilon and refuses a round that
+  would exceed the budget (the job's, or the member policy's ``max_epsilon``,
+  whichever is lower): the guarantee is enforced where the data is, whatever
+  the coordinator asks. The ledger is keyed by a fingerprint of the dataset
+  the member's operator configured (its URL), never by the coordinator's job
+  id: a coordinator that renames the job, or starts a new one on the same
+  records, cannot reset the budget.
 
 It does not train: the agent runs :func:`fedaas.train.train_local_dp` itself
 after :meth:`MemberPrivacy.start_record_round` has allowed the round.
@@ -21,15 +26,17 @@ after :meth:`MemberPrivacy.start_record_round` has allowed the round.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from fedaas import tensors
-from fedaas.algorithms.accounting import dp_sgd_schedule, record_epsilon_after
+from fedaas.algorithms.accounting import composed, dp_sgd_schedule
 from fedaas.algorithms.privacy import (
     NoiseSource,
     OUNoise,
@@ -38,75 +45,109 @@ from fedaas.algorithms.privacy import (
     reproducible_noise_source,
     secure_noise_source,
 )
+from fedaas.client.statepaths import state_file
 from fedaas.protocol import ClientPrivacy, PrivacyInstructions, RecordPrivacy
 from fedaas.spec import TrainSection
 
 
 class BudgetSpent(Exception):
-    """One more round of DP-SGD would take this member past the job's epsilon budget."""
+    """One more round of DP-SGD would take this member past its epsilon budget on its dataset."""
+
+
+def dataset_fingerprint(member_key: str) -> str:
+    """The ledger key of a dataset: SHA-256 of what the member's operator configured (its URL).
+
+    Not a hash of the records: the coordinator's spec picks columns and splits,
+    so a content hash would let it mint "new" datasets from the same records.
+    """
+    return hashlib.sha256(member_key.encode()).hexdigest()[:32]
+
+
+def _groups(events: Iterable[dict[str, float]]) -> tuple[tuple[float, float, int], ...]:
+    """Rounds as ``(z, q, steps)`` groups, equal ``(z, q)`` merged (composition is additive)."""
+    merged: dict[tuple[float, float], int] = {}
+    for e in events:
+        key = (float(e["z"]), float(e["q"]))
+        merged[key] = merged.get(key, 0) + int(e["steps"])
+    return tuple((z, q, n) for (z, q), n in merged.items() if n > 0)
 
 
 class MemberPrivacy:
     """A member's privacy state, kept under ``state_dir``.
 
     ``member_key`` tells members apart when noise is reproducible (the same
-    job seed must not give two members the same noise); the agent passes its
-    data URL.
+    job seed must not give two members the same noise) and names the
+    dataset its record-level ledger is about; the agent passes its data URL.
     """
 
     def __init__(self, state_dir: Path, member_key: str) -> None:
         self.state_dir = Path(state_dir)
         self.member_key = member_key
+        self.dataset = dataset_fingerprint(member_key)
 
     # record level (DP-SGD) ---------------------------------------------------------
-    def ledger_path(self, job_id: str) -> Path:
-        """The file that counts the rounds of DP-SGD this member has trained in ``job_id``."""
-        return self.state_dir / f"dpsgd-{job_id}.json"
+    def ledger_path(self) -> Path:
+        """The file that lists every round of DP-SGD this member ran on its dataset."""
+        return state_file(self.state_dir, "dpsgd", self.dataset, ".json")
 
-    def rounds_spent(self, job_id: str) -> int:
-        """Rounds of DP-SGD this member has (started to) train in ``job_id``."""
-        path = self.ledger_path(job_id)
-        return int(json.loads(path.read_text())["rounds"]) if path.exists() else 0
+    def ledger(self) -> list[dict[str, float]]:
+        """Each round spent on this dataset: ``{"job", "z", "q", "steps"}`` (oldest first)."""
+        path = self.ledger_path()
+        return list(json.loads(path.read_text())["rounds"]) if path.exists() else []
+
+    def rounds_spent(self, job_id: str | None = None) -> int:
+        """Rounds of DP-SGD (started) on this dataset: in ``job_id``, or in all jobs."""
+        return sum(1 for e in self.ledger() if job_id is None or e.get("job") == job_id)
 
     def start_record_round(
-        self, job_id: str, instructions: RecordPrivacy, num_examples: int, cfg: TrainSection
+        self,
+        job_id: str,
+        instructions: RecordPrivacy,
+        num_examples: int,
+        cfg: TrainSection,
+        *,
+        max_epsilon: float | None = None,
     ) -> dict[str, float]:
         """Allow and spend one round of DP-SGD on ``num_examples`` records; returns its metrics.
 
         Raises :class:`BudgetSpent` before any record is touched if the
-        round would take this member's cumulative epsilon (all its rounds'
-        steps composed, :func:`record_epsilon_after`) past the budget.
-        Otherwise the round is counted in the ledger *before* training, so
-        that a crash mid-round still counts it as spent. Returns the metrics
-        to report with the update: ``record_epsilon`` (cumulative, if
-        finite) and, with a budget, ``record_epsilon_next`` (after one more
-        round: lets the coordinator stop the job before it would exceed).
-        These replace the per-call ``record_epsilon`` of
-        :func:`fedaas.train.train_local_dp`'s metrics.
+        round would take this dataset's cumulative epsilon (every round on
+        it, in every job, composed at the round's ``delta``) past the budget:
+        the job's ``epsilon_budget`` or the member's ``max_epsilon``,
+        whichever is lower. Otherwise the round is written to the ledger
+        *before* training, so that a crash mid-round still counts it as
+        spent. Returns the metrics to report with the update:
+        ``record_epsilon`` (cumulative on this dataset, if finite) and, with
+        a budget, ``record_epsilon_next`` (after one more such round: lets the
+        coordinator stop the job before it would exceed). These replace the
+        per-call ``record_epsilon`` of :func:`fedaas.train.train_local_dp`'s
+        metrics.
         """
         z, delta = instructions.noise_multiplier, instructions.delta
-        budget, accountant = instructions.epsilon_budget, instructions.accountant
-        rounds = self.rounds_spent(job_id) + 1
+        accountant = instructions.accountant
+        limits = [b for b in (instructions.epsilon_budget, max_epsilon) if b is not None]
+        budget = min(limits) if limits else None
         q, steps = dp_sgd_schedule(num_examples, cfg.batch_size, cfg.epochs)
-        eps = record_epsilon_after(rounds, steps, q, z, delta, accountant=accountant)
+        events = self.ledger()
+        event = {"job": job_id, "z": float(z), "q": float(q), "steps": steps}
+        eps = composed(_groups([*events, event]), delta, accountant).epsilon()
         if budget is not None and eps > budget:
             raise BudgetSpent(
-                f"record-level privacy budget reached: after {rounds - 1} round(s) of DP-SGD, "
-                f"one more would bring this member's epsilon to {eps:.3f} > {budget:g} "
-                f"(delta {delta:g})"
+                f"record-level privacy budget reached: after {len(events)} round(s) of DP-SGD "
+                f"on this member's dataset (all jobs), one more would bring its epsilon to "
+                f"{eps:.3f} > {budget:g} (delta {delta:g})"
             )
-        path = self.ledger_path(job_id)
+        path = self.ledger_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps({"rounds": rounds}))
+        tmp.write_text(json.dumps({"dataset": self.dataset, "rounds": [*events, event]}))
         tmp.replace(path)
         metrics: dict[str, float] = {}
         if math.isfinite(eps):
             metrics["record_epsilon"] = eps
         if budget is not None:
-            metrics["record_epsilon_next"] = record_epsilon_after(
-                rounds + 1, steps, q, z, delta, accountant=accountant
-            )
+            after = _groups([*events, event, event])
+            metrics["record_epsilon_next"] = composed(after, delta, accountant).epsilon()
         return metrics
 
     # client level -------------------------------------------------------------------
@@ -157,7 +198,7 @@ class MemberPrivacy:
         source: NoiseSource,
     ) -> dict[str, np.ndarray]:
         """The next step of this member's OU process for ``job_id``, saved before it is used."""
-        path = self.state_dir / f"ou-{job_id}.safetensors"
+        path = state_file(self.state_dir, "ou", job_id, ".safetensors")
         if path.exists():
             arrays, meta = tensors.load_state(path)
             process = OUNoise.from_state(arrays, meta)

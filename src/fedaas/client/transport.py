@@ -205,7 +205,7 @@ class Transport:
                     return response
                 if response.status_code < 500:
                     raise _error(response)
-                problem = f"coordinator error {response.status_code}"
+                problem = f"coordinator error {response.status_code}: {_error(response).detail}"
             delay = next(delays)
             if (
                 self.give_up_after is not None

@@ -2,10 +2,17 @@
 
 Built-ins: ``logreg`` (one linear layer, multinomial logistic regression) and
 ``mlp`` (linear layers with ReLU between them, sizes from ``hidden``). Any
-other name of the form ``package.module:factory`` imports ``factory`` and calls
-it with ``features=``, ``classes=`` and the job's ``[model].options``; it must
-return a ``torch.nn.Module``. Factories run on the coordinator and on every
-member, so a plugin must be installed on both.
+other name of the form ``package.module:factory`` names user code, which a job
+spec would otherwise run on the coordinator and on every member: it is
+imported and called only if the operator of *this* process allowed its
+package (``--allow-code PKG``, :func:`code_allowed`), matched on the module
+name from the spec (never on a path), before anything is imported. The
+factory must also be defined in an allowed module (a re-exported
+``torch.hub.load`` or ``logging.basicConfig`` is refused), and it receives
+``features=``, ``classes=`` and only the ``[model].options`` its signature
+names (no ``**kwargs`` catch-all). It must return a ``torch.nn.Module``.
+Models over :data:`MAX_PARAMETERS` are refused before any memory is
+allocated (plugins are first built on PyTorch's ``meta`` device).
 
 The wire state of a model is every floating-point entry of its
 ``state_dict`` as float32; integer buffers (e.g. BatchNorm's batch counter)
@@ -15,16 +22,38 @@ stay local.
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedaas.spec import DataSection, ModelSection
+from fedaas.spec import BUILTIN_MODELS, DataSection, ModelSection
+
+MAX_PARAMETERS = 250_000_000
+"""1 GB of float32: the coordinator refuses larger models at submission, members by default."""
 
 
 class ModelError(ValueError):
-    """The job's model cannot be built."""
+    """The job's model cannot be built (or may not be: code not allowed, too large)."""
+
+
+def code_allowed(name: str, allowed_code: Iterable[str]) -> bool:
+    """Whether model ``name`` may be built here: a built-in, or code in an allowed package.
+
+    ``allowed_code`` holds package or module names (``mypkg``, ``mypkg.models``);
+    ``mypkg.models.vision:Net`` is allowed by either, never by ``my`` or ``mypkg.mod``.
+    """
+    if name in BUILTIN_MODELS:
+        return True
+    module = name.partition(":")[0]
+    return _in_packages(module, allowed_code)
+
+
+def _in_packages(module: str, packages: Iterable[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages if p)
 
 
 def _mlp(features: int, hidden: list[int], classes: int) -> nn.Module:
@@ -37,27 +66,100 @@ def _mlp(features: int, hidden: list[int], classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def build_model(model: ModelSection, data: DataSection, seed: int | None = None) -> nn.Module:
-    """Instantiate the job's model; with ``seed``, initialization is reproducible."""
+def _factory(name: str, allowed: tuple[str, ...]) -> Callable[..., Any]:
+    """Import the factory ``name`` names, only if its module is allowed (checked first)."""
+    if not code_allowed(name, allowed):
+        shown = ", ".join(allowed) if allowed else "none"
+        raise ModelError(
+            f"model {name!r} is code this node's operator has not allowed "
+            f"(allowed packages: {shown}; the operator adds one with --allow-code PKG)"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot load model factory {name!r}: {exc}") from None
+    home = getattr(factory, "__module__", None)
+    if not callable(factory) or not isinstance(home, str) or not _in_packages(home, allowed):
+        raise ModelError(
+            f"model factory {name!r} is not defined in an allowed package "
+            f"(it comes from {home or 'nowhere'}): only code the operator allowed is run"
+        )
+    return factory
+
+
+def _factory_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse options the factory does not name: no ``**kwargs`` pass-through."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        raise ModelError(f"model factory {name!r} has no inspectable signature") from None
+    named = {
+        key
+        for key, p in params.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and key not in ("features", "classes")
+    }
+    unknown = sorted(set(options) - named)
+    if unknown:
+        raise ModelError(
+            f"model factory {name!r} takes no option {', '.join(unknown)} "
+            f"(its options: {', '.join(sorted(named)) or 'none'})"
+        )
+
+
+def _call(name: str, factory: Callable[..., Any], data: DataSection, options: dict) -> nn.Module:
+    try:
+        built = factory(features=data.features, classes=data.classes, **options)
+    except Exception as exc:
+        raise ModelError(f"model factory {name!r} failed: {exc}") from None
+    if not isinstance(built, nn.Module):
+        raise ModelError(
+            f"model factory {name!r} returned {type(built).__name__}, not a torch.nn.Module"
+        )
+    return built
+
+
+def _check_size(count: int, limit: int) -> None:
+    if count > limit:
+        raise ModelError(f"the model has {count:,} parameters; this node accepts at most {limit:,}")
+
+
+def build_model(
+    model: ModelSection,
+    data: DataSection,
+    seed: int | None = None,
+    *,
+    allowed_code: Iterable[str] = (),
+    max_parameters: int = MAX_PARAMETERS,
+) -> nn.Module:
+    """Instantiate the job's model; with ``seed``, initialization is reproducible.
+
+    Raises :class:`ModelError` for code outside ``allowed_code`` (nothing is
+    imported then) and for a model over ``max_parameters`` (nothing is allocated).
+    """
+    size = parameter_count(model, data)
+    if size is not None:
+        _check_size(size, max_parameters)
     if seed is not None:
         torch.manual_seed(seed)
     if model.name == "logreg":
         return nn.Sequential(nn.Linear(data.features, data.classes))
     if model.name == "mlp":
         return _mlp(data.features, model.hidden, data.classes)
-    module_name, _, attr = model.name.partition(":")
+    factory = _factory(model.name, tuple(allowed_code))
+    _factory_options(model.name, factory, dict(model.options))
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot load model factory {model.name!r}: {exc}") from None
-    try:
-        built = factory(features=data.features, classes=data.classes, **model.options)
-    except Exception as exc:
-        raise ModelError(f"model factory {model.name!r} failed: {exc}") from None
-    if not isinstance(built, nn.Module):
-        raise ModelError(
-            f"model factory {model.name!r} returned {type(built).__name__}, not a torch.nn.Module"
-        )
+        with torch.device("meta"):  # count first, without allocating a byte
+            shadow = _call(model.name, factory, data, dict(model.options))
+        _check_size(sum(p.numel() for p in shadow.parameters()), max_parameters)
+    except ModelError as exc:
+        if "parameters;" in str(exc):
+            raise
+    if seed is not None:
+        torch.manual_seed(seed)
+    built = _call(model.name, factory, data, dict(model.options))
+    _check_size(sum(p.numel() for p in built.parameters()), max_parameters)
     return built
 
 

@@ -40,11 +40,14 @@ from fedaas.protocol import (
     SubmitRequest,
     Task,
 )
+from fedaas.server import dashboard, operations
+from fedaas.server.access import check_model_access
 from fedaas.server.artifacts import Artifacts
-from fedaas.server.auth import Authenticator, Principal
+from fedaas.server.auth import Authenticator
+from fedaas.server.callers import Admin, Anyone, Member
 from fedaas.server.coordinator import Coordinator
 from fedaas.server.db import Store
-from fedaas.server.errors import Forbidden, Unavailable
+from fedaas.server.errors import Unavailable
 from fedaas.server.http_errors import ERROR_RESPONSES, install_handlers
 from fedaas.server.inbox import model_etag
 from fedaas.server.limits import BodyLimit
@@ -81,33 +84,6 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _principal(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
-    return request.app.state.auth.identify(authorization)
-
-
-async def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
-    if who.role != "admin":
-        raise Forbidden("this endpoint is for the coordinator's operator")
-    return who
-
-
-async def _member(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
-    # one flat dependency: members hit this on every poll, download and upload
-    who: Principal = request.app.state.auth.identify(authorization)
-    if who.role != "client" or who.member_id is None:
-        raise Forbidden("this endpoint is for enrolled members")
-    return who
-
-
-Admin = Annotated[Principal, Depends(_admin)]
-Member = Annotated[Principal, Depends(_member)]
-Anyone = Annotated[Principal, Depends(_principal)]
-
-
 class _SmallFileCache:
     """The last small model file read, kept in memory: every member downloads it."""
 
@@ -127,11 +103,15 @@ def create_app(
     admin_token: str,
     artifacts_url: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    allow_code: tuple[str, ...] = (),
 ) -> FastAPI:
-    """Build the API over the coordinator state in ``state_dir`` (and ``artifacts_url``)."""
+    """Build the API over the coordinator state in ``state_dir`` (and ``artifacts_url``).
+
+    ``allow_code``: packages whose model factories a job spec may name (built-ins always).
+    """
     store = Store(db_url)
     artifacts = Artifacts(state_dir / "artifacts", artifacts_url, storage_options)
-    coordinator = Coordinator(store, artifacts)
+    coordinator = Coordinator(store, artifacts, allowed_code=allow_code)
     inbox = coordinator.inbox
     auth = Authenticator(store, admin_token)
     models = _SmallFileCache()
@@ -139,7 +119,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await coordinator.start()
+        observer.start()  # the operator's view: log lines, metrics, tracking, dashboard
         yield
+        await observer.stop()
         await coordinator.stop()
 
     app = FastAPI(
@@ -150,13 +132,17 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.coordinator = coordinator
+    app.state.dependencies = coordinator.deps  # outages: 503 answers, one log line per incident
     app.state.auth = auth
+    app.state.bind_certificates = False  # serve() sets it under mutual TLS
     install_handlers(app)
     app.add_middleware(BodyLimit)
+    observer = operations.install(app)  # /metrics, /v1/ready
+    dashboard.mount(app, observer)  # /ui
 
     @app.get("/v1/health", response_model=Health)
     async def health() -> Health:
-        """Liveness: the process answers."""
+        """Liveness: the process answers (readiness, its dependencies too: ``/v1/ready``)."""
         return Health(version=__version__)
 
     @app.post("/v1/members", status_code=201, response_model=Enrolled)
@@ -168,6 +154,14 @@ def create_app(
     @app.get("/v1/members", response_model=list[MemberInfo])
     async def list_members(_: Admin) -> list[MemberInfo]:
         return coordinator.members()
+
+    @app.post("/v1/members/{name}/token", response_model=Enrolled)
+    async def renew(name: str, _: Admin) -> Enrolled:
+        """A new token for the member (revoked or not); its old token is refused from now on."""
+        who, token = auth.renew(name)
+        assert who.member_id is not None
+        coordinator.presence.forget(who.member_id)
+        return Enrolled(id=who.member_id, name=who.name, token=token)
 
     @app.delete("/v1/members/{name}", response_model=Revoked)
     async def revoke(name: str, _: Admin) -> Revoked:
@@ -198,14 +192,20 @@ def create_app(
     async def cancel(job_id: str, _: Admin) -> JobStatus:
         return await coordinator.cancel(job_id)
 
+    @app.post("/v1/jobs/{job_id}/resume", response_model=JobStatus)
+    async def resume(job_id: str, _: Admin) -> JobStatus:
+        """Continue a failed job from its last committed round (every round counts once)."""
+        return await asyncio.to_thread(coordinator.resume, job_id)
+
     @app.get("/v1/jobs/{job_id}/model", response_class=Response, responses=MODEL_RESPONSE)
     async def model(
         job_id: str,
-        _: Anyone,
+        who: Anyone,
         round: Annotated[int | None, Query(ge=0)] = None,
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         path, number = coordinator.model_file(job_id, round)
+        check_model_access(coordinator.inbox.job, coordinator.store, job_id, who)
         tag = model_etag(job_id, number)
         headers = {"ETag": tag, ROUND_HEADER: str(number)}
         if if_none_match == tag:
@@ -254,6 +254,7 @@ def create_app(
         "/v1/jobs/{job_id}/rounds/{number}/update",
         response_model=Receipt,
         responses=UPLOAD_RESPONSES,
+        dependencies=[Depends(operations.count_upload)],  # Prometheus: accepted / rejected
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -282,17 +283,18 @@ def create_app(
         assert member is not None
         limit, receipt = inbox.check_upload(job_id, number, member, key)
         if receipt is None:
-            body = await receive_body(request, limit, artifacts.new_spool)
-            if isinstance(body, bytes):  # small: validating and folding beats a thread hop
-                receipt = inbox.accept_update(job_id, number, member, body, len(body), key)
-            else:
-                try:
-                    size = body.stat().st_size
-                    receipt = await asyncio.to_thread(
-                        inbox.accept_update, job_id, number, member, body, size, key
-                    )
-                finally:
-                    body.unlink(missing_ok=True)
+            with inbox.receiving(job_id, number, member):  # one upload in flight per member
+                body = await receive_body(request, limit, artifacts.new_spool)
+                if isinstance(body, bytes):  # small: validating and keeping beats a thread hop
+                    receipt = inbox.accept_update(job_id, number, member, body, len(body), key)
+                else:
+                    try:
+                        size = body.stat().st_size
+                        receipt = await asyncio.to_thread(
+                            inbox.accept_update, job_id, number, member, body, size, key
+                        )
+                    finally:
+                        body.unlink(missing_ok=True)  # kept ones were moved into the spill
             inbox.answered(job_id)
         if next_timeout and 0 < limit <= MEMORY_SPOOL_BYTES:  # not on a replay: answer at once
             task = await inbox.next_task(member, next_timeout, request.is_disconnected)

@@ -4,6 +4,11 @@ Two roles: ``admin`` (the operator; one token, from ``FEDAAS_ADMIN_TOKEN`` or
 a generated 0600 file in the state folder) and ``client`` (one token per
 enrolled member). Tokens carry 256 bits from :mod:`secrets`; only their
 SHA-256 digests are kept (a slow hash adds nothing for tokens this long).
+A member's token can be renewed (:meth:`Authenticator.renew`): the old one
+stops working at once, and a revoked member is let back in with the new one.
+With mutual TLS, a member's requests must also come with a certificate that
+names it (:meth:`Authenticator.check_certificate`): member b's token with
+member a's certificate is refused.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedaas.server.db import Store
-from fedaas.server.errors import Conflict, NotFound, Unauthenticated
+from fedaas.server.db import Member, Store
+from fedaas.server.errors import Conflict, Forbidden, NotFound, Unauthenticated
 
 ADMIN_TOKEN_ENV = "FEDAAS_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -82,6 +87,31 @@ class Authenticator:
         self._members.pop(member.token_hash, None)  # first: no request gets in after this
         self._store.revoke_member(member.id)
         return member.id
+
+    def renew(self, name: str) -> tuple[Principal, str]:
+        """A new token for an enrolled member (revoked or not); the old token stops now."""
+        member = self._store.member_by_name(name)
+        if member is None:
+            raise NotFound(f"no member named {name!r}")
+        self._members.pop(member.token_hash, None)
+        token = new_token("fdm")
+        with self._store.session() as s:  # the new digest, and the revocation lifted
+            row = s.get(Member, member.id)
+            if row is not None:
+                row.token_hash, row.revoked_at = token_hash(token), None
+        principal = Principal("client", member.id, member.name)
+        self._members[token_hash(token)] = principal
+        return principal, token
+
+    @staticmethod
+    def check_certificate(who: Principal, certificate_name: str | None) -> None:
+        """Under mutual TLS: a member's certificate must name it (subject CN = member name)."""
+        if who.role == "client" and certificate_name != who.name:
+            raise Forbidden(
+                f"this client certificate (CN={certificate_name!r}) does not belong to member "
+                f"{who.name!r}: each member presents its own certificate",
+                "certificate_mismatch",
+            )
 
     def identify(self, authorization: str | None) -> Principal:
         if not authorization:

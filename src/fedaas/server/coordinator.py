@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedaas.models import build_model, get_state
-from fedaas.models.registry import ModelError, parameter_count
+from fedaas.models.registry import MAX_PARAMETERS, ModelError
 from fedaas.protocol import (
     TERMINAL,
     JobStatus,
@@ -34,11 +34,13 @@ from fedaas.protocol import (
     MemberInfo,
     RoundProgress,
     RoundRecord,
+    Waiting,
 )
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store
 from fedaas.server.errors import Conflict, InvalidSpec, NotFound
 from fedaas.server.inbox import Inbox
+from fedaas.server.outages import Dependencies
 from fedaas.server.presence import Presence
 from fedaas.server.runner import JobRunner
 from fedaas.server.signals import Signal
@@ -46,15 +48,23 @@ from fedaas.spec import SpecError, parse_spec
 
 log = logging.getLogger("fedaas.coordinator")
 
-MAX_PARAMETERS = 250_000_000  # 1 GB of float32: larger models are refused at submission
-
 
 class Coordinator:
-    def __init__(self, store: Store, artifacts: Artifacts) -> None:
+    """``allowed_code``: packages whose model factories a job spec may name (``--allow-code``);
+    a spec naming any other code is refused at submission, nothing of it imported.
+    Models over :data:`~fedaas.models.registry.MAX_PARAMETERS` are refused too.
+    """
+
+    def __init__(
+        self, store: Store, artifacts: Artifacts, allowed_code: tuple[str, ...] = ()
+    ) -> None:
         self.store = store
         self.artifacts = artifacts
+        self.allowed_code = tuple(allowed_code)
         self.presence = Presence()
         self.inbox = Inbox(store, self.presence)
+        self.deps = Dependencies()
+        """The database and artifact store, with their outages (waited out, reported)."""
         self._progress = Signal()
         self._queue_changed = Signal()
         self._supervisor: asyncio.Task[None] | None = None
@@ -79,6 +89,16 @@ class Coordinator:
     def shutting_down(self) -> bool:
         return self.inbox.closing
 
+    @property
+    def progress(self) -> Signal:
+        """Fires when a job's state changes (a round closed, a job ended or was cancelled)."""
+        return self._progress
+
+    @property
+    def supervising(self) -> bool:
+        """The job supervisor is running (readiness)."""
+        return self._supervisor is not None and not self._supervisor.done()
+
     def request_close(self) -> None:
         """Thread- and signal-safe form of :meth:`closing`."""
         if self._loop is not None and not self._loop.is_closed():
@@ -95,42 +115,67 @@ class Coordinator:
                 pass
 
     async def _supervise(self) -> None:
+        """Run queued jobs one at a time. Never dies: what it can't handle fails the job.
+
+        Database and artifact-store outages are waited out (see
+        :mod:`fedaas.server.outages`); anything unexpected fails the job with a
+        reason, written once the database accepts writes again.
+        """
+        failures = 0
         while True:
-            pending = self.store.jobs(("running",)) or self.store.jobs(("queued",))
-            if not pending:
-                await self._queue_changed.wait(5.0)
-                continue
-            row = pending[0]
-            runner = JobRunner(
-                row,
-                self.store,
-                self.artifacts,
-                self.presence,
-                self.inbox,
-                self._progress,
-                self._started,
-            )
-            self._running = row.id
-            self._runner = asyncio.create_task(runner.run(), name=f"fedaas-job-{row.id}")
             try:
-                status, reason = await self._runner
-                self._finish(row.id, status, reason)
+                await self._run_next()
+                failures = 0
             except asyncio.CancelledError:
-                if self._cancelling != row.id:
-                    raise
-            except Exception as exc:  # one broken job must not stop the coordinator
-                log.exception("job %s failed unexpectedly", row.id)
-                self._finish(row.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
-            finally:
-                self._running = self._cancelling = None
-                self.inbox.job = None
-                self.inbox.tasks_changed.fire()
+                raise
+            except Exception:  # e.g. the database refused even the patient retries
+                failures += 1
+                log.exception("the job supervisor hit an error; retrying")
+                await asyncio.sleep(min(30.0, 2.0**failures))
+
+    async def _run_next(self) -> None:
+        pending = await self.deps.acall(self._pending)
+        if not pending:
+            await self._queue_changed.wait(5.0)
+            return
+        row = pending[0]
+        runner = JobRunner(
+            row,
+            self.store,
+            self.artifacts,
+            self.presence,
+            self.inbox,
+            self._progress,
+            self._started,
+            allowed_code=self.allowed_code,
+            deps=self.deps,
+        )
+        self._running = row.id
+        self._runner = asyncio.create_task(runner.run(), name=f"fedaas-job-{row.id}")
+        try:
+            status, reason = await self._runner
+        except asyncio.CancelledError:
+            if self._cancelling != row.id:
+                raise
+            return
+        except Exception as exc:  # one broken job must not stop the coordinator
+            log.exception("job %s failed unexpectedly", row.id)
+            status, reason = "failed", f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            self._running = self._cancelling = None
+            self.inbox.job = None
+            self.inbox.tasks_changed.fire()
+        await self.deps.acall(self._finish, row.id, status, reason)
+        self._progress.fire()
+
+    def _pending(self) -> list[Job]:
+        return self.store.jobs(("running",)) or self.store.jobs(("queued",))
 
     def _finish(self, job_id: str, status: str, reason: str | None) -> None:
+        """Record how a job ended (in a worker thread), unless it already ended (cancelled)."""
         job = self.store.job(job_id)
         if job is not None and job.status not in TERMINAL:
             self.store.update_job(job_id, status=status, reason=reason, finished_at=time.time())
-        self._progress.fire()
 
     # jobs --------------------------------------------------------------------------------
     def submit(self, spec_data: dict[str, Any], source: str | None) -> JobStatus:
@@ -139,14 +184,14 @@ class Coordinator:
             spec = parse_spec(spec_data)
         except SpecError as exc:
             raise InvalidSpec("; ".join(exc.problems)) from None
-        size = parameter_count(spec.model, spec.data)
-        if size is not None and size > MAX_PARAMETERS:
-            raise InvalidSpec(
-                f"the model has {size:,} parameters; this coordinator accepts at most "
-                f"{MAX_PARAMETERS:,}"
-            )
         try:
-            module = build_model(spec.model, spec.data, seed=spec.job.seed)
+            module = build_model(
+                spec.model,
+                spec.data,
+                seed=spec.job.seed,
+                allowed_code=self.allowed_code,
+                max_parameters=MAX_PARAMETERS,
+            )
         except ModelError as exc:
             raise InvalidSpec(str(exc)) from None
         except (RuntimeError, MemoryError) as exc:
@@ -187,6 +232,22 @@ class Coordinator:
         self._progress.fire()
         return self.describe(job_id)
 
+    def resume(self, job_id: str) -> JobStatus:
+        """Continue a failed job from its last committed round, as after a crash.
+
+        The interrupted round reruns; rounds already committed (their models,
+        metrics and privacy ledger) are kept, so every round counts once.
+        """
+        job = self._job(job_id)
+        if job.status != "failed":
+            raise Conflict(f"job {job_id} is {job.status}; only a failed job can be resumed")
+        if not self.artifacts.restore(self.artifacts.model_path(job_id, job.round)):
+            raise Conflict(f"job {job_id} has no model of round {job.round} to continue from")
+        self.store.update_job(job_id, status="queued", reason=None, finished_at=None)
+        log.info("job %s resumed after round %d", job_id, job.round)
+        self._queue_changed.fire()
+        return self.describe(job_id)
+
     def jobs(self) -> list[JobSummary]:
         return [
             JobSummary(
@@ -202,11 +263,12 @@ class Coordinator:
         current = None
         if active is not None and active.id == job_id and active.round is not None:
             state = active.round
+            hidden = active.privacy.disclosure.hides_counts  # client-level DP: no counts
             current = RoundProgress(
                 round=state.number,
                 stage=state.stage.value,
-                sampled=len(state.sampled),
-                reported=len(state.reported),
+                sampled=None if hidden else len(state.sampled),
+                reported=None if hidden else len(state.reported),
             )
         return JobStatus(
             id=job.id,
@@ -223,6 +285,10 @@ class Coordinator:
             spec=spec,
             source=job.source,
             rounds=[RoundRecord.model_validate(r) for r in self.store.rounds(job_id)],
+            waiting_for=[
+                Waiting(dependency=o.dependency, since=o.since, error=o.error)
+                for o in (self.deps.outages() if job.status == "running" else [])
+            ],
         )
 
     async def wait_progress(self, job_id: str, after_round: int, timeout: float) -> JobStatus:
@@ -244,8 +310,10 @@ class Coordinator:
     def model_file(self, job_id: str, number: int | None) -> tuple[Path, int]:
         """The global model after round ``number`` (default: the latest committed one).
 
-        Only the latest committed model is kept, plus, while a round is being
-        evaluated, the freshly aggregated one.
+        Only committed rounds are served: a model written but not yet
+        committed (its round may still crash and rerun with fresh noise) is
+        never released, so each release has its ledger entry (issue 10).
+        Only the latest committed model is kept.
         """
         active = self.inbox.job
         if active is not None and active.id == job_id:  # the hot path: no database query
@@ -253,6 +321,8 @@ class Coordinator:
         else:
             latest = self._job(job_id).round
         number = latest if number is None else number
+        if number > latest:
+            raise NotFound(f"job {job_id} has no committed model for round {number} yet")
         path = self.artifacts.model_path(job_id, number)
         if not path.exists():
             raise NotFound(f"job {job_id} has no model for round {number} (latest: {latest})")

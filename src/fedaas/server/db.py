@@ -156,7 +156,11 @@ class Store:
 
     def __init__(self, url: str) -> None:
         try:
-            self.engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+            # a lost server is noticed in seconds, not after the OS's TCP timeout
+            connect = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+            self.engine = create_engine(
+                url, pool_pre_ping=not url.startswith("sqlite"), connect_args=connect
+            )
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             upgrade_schema(self.engine)
@@ -166,6 +170,11 @@ class Store:
                 f"cannot open the database {redacted(url)}: {one_line(cause)}"
             ) from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer a trivial query now."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -247,6 +256,16 @@ class Store:
         with self.session() as s:
             return self._extra(s, job_id).get("privacy")
 
+    def save_privacy_state(self, job_id: str, privacy_state: dict[str, Any]) -> None:
+        """Store the job's privacy state now (a round's ledger entry, before its release)."""
+        with self.session() as s:
+            extra = self._extra(s, job_id)
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(extra=json.dumps({**extra, "privacy": privacy_state}))
+            )
+
     def discard_updates_after(self, job_id: str, number: int) -> None:
         """Forget receipts of rounds after ``number`` (an interrupted round reruns)."""
         with self.session() as s:
@@ -270,8 +289,15 @@ class Store:
         updates: list[dict[str, Any]],
         privacy_state: dict[str, Any] | None = None,
     ) -> None:
-        """Record a finished round, its updates and the job's privacy state, in one transaction."""
+        """Record a finished round, its updates and the job's privacy state, in one transaction.
+
+        Idempotent: a retry after a commit whose answer was lost finds the round
+        recorded and changes nothing.
+        """
         with self.session() as s:  # Core inserts: this runs once per round, on the hot path
+            done = select(Round.id).where(Round.job_id == job_id, Round.number == number)
+            if s.scalar(done) is not None:
+                return
             if updates:
                 s.execute(insert(Update), updates)
             s.execute(
@@ -288,6 +314,19 @@ class Store:
                 extra = self._extra(s, job_id)
                 values["extra"] = json.dumps({**extra, "privacy": privacy_state})
             s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+    def add_round_metrics(
+        self, job_id: str, number: int, metrics: dict[str, Any], **defaults: Any
+    ) -> None:
+        """Add metrics measured after round ``number`` was committed (federated evaluation);
+        ``defaults`` fill keys that are still ``None``."""
+        with self.session() as s:
+            row = s.scalar(select(Round).where(Round.job_id == job_id, Round.number == number))
+            if row is None:
+                return
+            merged = {**json.loads(row.metrics), **metrics}
+            merged.update({k: v for k, v in defaults.items() if merged.get(k) is None})
+            row.metrics = json.dumps(merged)
 
     def rounds(self, job_id: str) -> list[dict[str, Any]]:
         with self.session() as s:

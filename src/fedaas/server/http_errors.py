@@ -7,9 +7,14 @@ the same body.
 
 from __future__ import annotations
 
+import logging
+import time
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedaas.protocol import ErrorBody
@@ -24,6 +29,10 @@ from fedaas.server.errors import (
     Unauthenticated,
     Unavailable,
 )
+from fedaas.server.outages import Dependencies, DependencyUnavailable, is_transient
+from fedaas.storage import StorageError, one_line
+
+log = logging.getLogger("fedaas.coordinator")
 
 STATUS: dict[type[CoordinatorError], int] = {
     InvalidRequest: 400,
@@ -44,6 +53,7 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    408: "timeout",
     413: "too_large",
     422: "invalid",
 }
@@ -63,16 +73,60 @@ def status_of(exc: CoordinatorError) -> int:
     return 500
 
 
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+RETRY_AFTER_S = 5
+"""What a 503 tells clients to wait before they try again."""
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     body = ErrorBody(error=code, detail=detail).model_dump()
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _outage_response(request: Request, exc: Exception) -> JSONResponse:
+    """503 while a dependency is down: one log line per incident, not one per request."""
+    deps: Dependencies | None = getattr(request.app.state, "dependencies", None)
+    if deps is None:
+        detail = one_line(exc)
+    else:
+        outage = deps.blame(exc, deps.database).failed(exc)
+        detail = (
+            f"the coordinator's {outage.dependency} is unavailable "
+            f"(since {time.strftime('%H:%M:%S', time.localtime(outage.since))}: {outage.error})"
+        )
+    return error_response(
+        503, "unavailable", f"{detail}; retry later", {"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(CoordinatorError)
     async def _domain(_: Request, exc: CoordinatorError) -> JSONResponse:
         return error_response(status_of(exc), exc.code, exc.detail)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(StorageError)
+    @app.exception_handler(DependencyUnavailable)
+    async def _outage(request: Request, exc: Exception) -> JSONResponse:
+        return _outage_response(request, exc)
+
+    @app.exception_handler(OSError)
+    async def _os(request: Request, exc: OSError) -> JSONResponse:
+        if is_transient(exc):  # a full disk: wait it out like any outage
+            return _outage_response(request, exc)
+        log.error("I/O error: %s", one_line(exc))
+        return error_response(500, "internal", "the coordinator hit an I/O error")
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return _outage_response(request, exc)
+        log.error("database error: %s", one_line(exc))
+        return error_response(500, "internal", "the coordinator hit a database error")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,8 +2,11 @@
 
 Tasks (long-polled), updates, evaluation reports and declines arrive here.
 The inbox checks each against the open round's stage (a closed round, an
-unsampled member or a second upload is refused with a domain error), folds
-accepted updates into the round's running sum, and wakes the round loop
+unsampled member or a second upload is refused with a domain error; so is a
+second upload of a member while its first is still being received, and,
+under client-level DP, an update whose norm exceeds the round's clip norm),
+keeps accepted updates in the round's spill (:mod:`fedaas.server.spill`:
+aggregated when the round closes), and wakes the round loop
 (:mod:`fedaas.server.runner`) when every expected answer is in. It holds no
 state of its own beyond a bounded replay cache of receipts, so that a
 retried upload (same ``Idempotency-Key``) is answered, never counted twice.
@@ -13,18 +16,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedaas.protocol import Receipt, Task
+from fedaas.server.aggregation import dp_norm_limit
 from fedaas.server.db import Store
-from fedaas.server.errors import Conflict, Forbidden, NotFound
+from fedaas.server.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from fedaas.server.presence import Presence
 from fedaas.server.rounds import ActiveJob, RoundState, Stage
 from fedaas.server.signals import Signal
-from fedaas.server.uploads import fold_update, validate_update
+from fedaas.server.spill import update_norm
+from fedaas.server.uploads import validate_update
 
 log = logging.getLogger("fedaas.coordinator")
 
@@ -140,6 +147,26 @@ class Inbox:
         job, _ = self._open_round(job_id, number, Stage.TRAINING, member_id)
         return job.max_upload, None
 
+    @contextmanager
+    def receiving(self, job_id: str, number: int, member_id: int) -> Iterator[None]:
+        """Hold the member's one upload slot of the round while its body is received.
+
+        A second upload of the same member for the same round while the
+        first is in flight is refused (409 ``upload_in_progress``), so one
+        member cannot fill the spool with stalled uploads.
+        """
+        _, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
+        if member_id in state.uploading:
+            raise Conflict(
+                f"an upload of this member for round {number} is already in progress",
+                "upload_in_progress",
+            )
+        state.uploading.add(member_id)
+        try:
+            yield
+        finally:
+            state.uploading.discard(member_id)
+
     def accept_update(
         self,
         job_id: str,
@@ -149,31 +176,43 @@ class Inbox:
         nbytes: int,
         key: str | None = None,
     ) -> Receipt:
-        """Validate an update completely, then fold it (large, spooled ones in a worker thread).
+        """Validate an update completely, then keep it (large, spooled ones in a worker thread).
 
-        A rejected update changes nothing: it is checked in full before a
-        single number reaches the running sum.
+        A rejected update changes nothing: it is checked in full (structure,
+        finite values, under client-level DP its norm) before it joins the
+        round's spill.
         """
-        job, _ = self._open_round(job_id, number, Stage.TRAINING, member_id)
+        job, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
         update, meta = validate_update(body, job.manifest)
+        norm = update_norm(update)
+        limit = dp_norm_limit(state.privacy, sum(map(math.prod, job.manifest.values())))
+        if limit is not None and norm > limit:
+            raise InvalidRequest(
+                f"update norm {norm:.6g} exceeds what this round's privacy allows "
+                f"({limit:.6g}: the clip norm plus the member's own noise)",
+                "invalid_update",
+            )
+        job.privacy.disclosure.check_update(meta)  # under DP: only what the accountant covers
         with job.lock:  # the round may have closed while the body was checked
             job, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
-            assert state.acc is not None
-            fold_update(update, state.acc, job.privacy.weight(meta.num_examples))
-            state.unclipped += meta.unclipped
-            state.reported[member_id] = meta.num_examples
-            state.train_metrics.append((meta.num_examples, meta.metrics))
-            state.receipts.append(
-                {
-                    "job_id": job_id,
-                    "round": number,
-                    "member_id": member_id,
-                    "num_examples": meta.num_examples,
-                    "nbytes": nbytes,
-                    "metrics": json.dumps(meta.metrics),
-                    "received_at": time.time(),
-                }
-            )
+            assert state.spill is not None
+            state.spill.keep(member_id, body, meta.num_examples or 1, norm)
+            state.member_metrics[member_id] = meta.metrics
+            state.unclipped += bool(meta.unclipped)
+            state.reported[member_id] = meta.num_examples or 0
+            state.train_metrics.append((meta.num_examples or 1, meta.metrics))
+            if job.privacy.disclosure.keeps_receipts:  # no per-member record under DP
+                state.receipts.append(
+                    {
+                        "job_id": job_id,
+                        "round": number,
+                        "member_id": member_id,
+                        "num_examples": meta.num_examples,
+                        "nbytes": nbytes,
+                        "metrics": json.dumps(meta.metrics),
+                        "received_at": time.time(),
+                    }
+                )
             state.bytes_up += nbytes
             receipt = Receipt(job_id=job_id, round=number, num_examples=meta.num_examples)
             if key:

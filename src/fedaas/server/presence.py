@@ -35,6 +35,11 @@ class Presence:
             if self._polling.get(member, 0) > 0 or now - seen < ONLINE_WINDOW_S
         }
 
+    def last_seen(self, member_id: int) -> float | None:
+        """Wall-clock time of the member's last request (``None``: not since start-up)."""
+        seen = self._last_seen.get(member_id)
+        return None if seen is None else time.time() - (time.monotonic() - seen)
+
     def seen(self, member_id: int) -> None:
         """The member made a request just now."""
         first = member_id not in self._last_seen

@@ -6,31 +6,31 @@ arXiv:1710.06963): the privacy ledger (epsilon after every round, the
 budget), the current clip norm (adaptive clipping, Andrew et al. 2021,
 arXiv:1905.03871), the instructions each member gets (clip norm, its share of
 the noise), and, for ``central`` placement, the noise added to the sum of
-clipped updates before it is divided by the number of sampled members
+clipped updates before it is divided by the expected number of members ``q*N``
 (Gaussian, or Ornstein-Uhlenbeck noise whose state survives restarts).
+Who is sampled (Poisson over every eligible member under client-level DP,
+:mod:`fedaas.algorithms.sampling`) and what may be published
+(:mod:`fedaas.server.disclosure`) are decided here too.
 Record-level DP (DP-SGD inside each member): the members keep their own
 ledgers and report their epsilons; the job keeps the largest next-round
 epsilon and stops before any member would exceed the budget.
 
-Everything needed to continue after a restart is in :meth:`JobPrivacy.persisted`
-(JSON, stored with every round) and, for central OU noise, an artifact file
-written by :meth:`JobPrivacy.save_ou` before the round is committed.
-
-A round, as the coordinator drives it::
-
-    privacy.open_round(number, sampled, eligible)   # BudgetReached / PrivacyError
-    task.privacy = privacy.instructions(sampled)
-    fold(update, weight=privacy.weight(num_examples))  # per accepted upload
-    noise = privacy.central_noise(manifest, sampled, number)  # add to the sum
-    mean = take_mean(denominator=privacy.denominator(sampled))
-    metrics |= privacy.close_round(number, unclipped=..., reported=..., sampled=...,
-                                   member_metrics=...)
-    privacy.save_ou(path); store(privacy.persisted())
+Restart safety (:meth:`JobPrivacy.record_release`): the round's privacy
+event is stored before any byte of the round's model exists, so a round that
+crashed after its model was written (locally or in the object-store mirror)
+and reruns with fresh noise is counted twice, never once. Under DP the sample
+comes from the cryptographic source, not the job seed, so the rerun draws a
+fresh sample; nothing of the interrupted one was published (no participants
+under DP; models are served only once their round is committed). The rest of
+the state is :meth:`JobPrivacy.persisted` (JSON, stored with every round)
+and the central OU state file (:meth:`JobPrivacy.save_ou`). The order of
+calls is in ``docs/architecture.md`` ("One round, as the code runs it").
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import numpy as np
 from fedaas import protocol, tensors
 from fedaas.algorithms.accounting import accounted_sampling_rate
 from fedaas.algorithms.ledger import PrivacyEvent, PrivacyLedger
+from fedaas.algorithms.noise import ReproducibleNoise
 from fedaas.algorithms.privacy import (
     NoiseSource,
     OUNoise,
@@ -51,11 +52,19 @@ from fedaas.algorithms.privacy import (
     reproducible_noise_source,
     secure_noise_source,
 )
+from fedaas.algorithms.sampling import (
+    amplification_note,
+    expected_count,
+    poisson_sample,
+    sampling_rate,
+    seeded_sample,
+)
+from fedaas.server.disclosure import Disclosure
+from fedaas.server.record_budget import BudgetReached as BudgetReached
+from fedaas.server.record_budget import RecordBudget
 from fedaas.spec import JobSpec, PrivacyGaussian, PrivacyOU, PrivacyRecord
 
-
-class BudgetReached(Exception):
-    """The next round would exceed the job's privacy budget: stop the job cleanly."""
+_SAMPLING_STREAM = 1 << 40  # reproducible runs: the sampling stream, apart from the noise ones
 
 
 class PrivacyError(ValueError):
@@ -71,12 +80,13 @@ class JobPrivacy:
     """
 
     def __init__(self, spec: JobSpec, saved: dict[str, Any] | None, ou_path: Path | None) -> None:
+        self.spec = spec
         self.cfg = spec.privacy
         self.seed = spec.job.seed
-        self.quorum = spec.federation.min_clients
         self.client_level = isinstance(self.cfg, PrivacyGaussian | PrivacyOU)
         self.record_level = isinstance(self.cfg, PrivacyRecord)
         self.active = self.client_level or self.record_level
+        self.disclosure = Disclosure(self.cfg)
         saved = saved or {}
         self.ledger: PrivacyLedger | None = None
         self.clip_norm: float | None = None
@@ -91,45 +101,62 @@ class JobPrivacy:
                     private=not self.cfg.reproducible,
                 )
             self.clip_norm = float(saved.get("clip_norm", self.cfg.clip_norm))
-        # record level: the largest epsilon a member would reach with one more round
-        self.record_epsilon_next = float(saved.get("record_epsilon_next", 0.0))
+        self.record: RecordBudget | None = None
+        if isinstance(self.cfg, PrivacyRecord):
+            self.record = RecordBudget(self.cfg, saved.get("record_epsilon_next", 0.0))
         self._event: PrivacyEvent | None = None
+        self._released = False
+        self.rate = 1.0  # the round's Poisson rate over ...
+        self.population = 0  # ... this many eligible members (client level)
         self._ou: OUNoise | None = None
         if ou_path is not None and ou_path.exists():
             arrays, meta = tensors.load_state(ou_path)
             self._ou = OUNoise.from_state(arrays, meta)
 
-    # opening the round ----------------------------------------------------------
+    # sampling and opening the round ---------------------------------------------
     def check_budget(self, number: int) -> None:
-        """Raise :class:`BudgetReached` if a member's record-level epsilon would exceed the budget.
+        """Record level: raise :class:`BudgetReached` if a member would exceed the budget
+        (needs no sampling: the coordinator calls it before waiting for members)."""
+        if self.record is not None:
+            self.record.check(number)
 
-        Needs no sampling, so the coordinator may call it before waiting for
-        members; :meth:`open_round` calls it too.
+    def sample(self, number: int, eligible: Sequence[int], online: Sequence[int]) -> list[int]:
+        """Who is asked to train in round ``number`` (member ids, sorted).
+
+        Client-level DP: Poisson over *every* eligible member (online or not)
+        at rate ``q = wanted / N`` from the cryptographic source, so that the
+        accountant's rate holds whoever is online and nobody can predict the
+        sample (:mod:`fedaas.algorithms.sampling`); a reproducible run draws
+        it from the seed (and is marked not private). Otherwise the seeded,
+        reproducible draw among the online members.
         """
-        if not isinstance(self.cfg, PrivacyRecord):
-            return
-        budget = self.cfg.epsilon_budget
-        if budget is not None and self.record_epsilon_next > budget:
-            raise BudgetReached(
-                f"privacy budget reached: after round {number - 1}, one more round of DP-SGD "
-                f"would bring a member's record-level epsilon to {self.record_epsilon_next:.3f} "
-                f"> {budget:g}"
-            )
+        if not self.client_level:
+            count = min(self.spec.clients_for_round(len(eligible)), len(online))
+            return seeded_sample(online, count, self.seed, number)
+        self.population = len(eligible)
+        self.rate = sampling_rate(self.spec.clients_for_round(len(eligible)), len(eligible))
+        assert isinstance(self.cfg, PrivacyGaussian | PrivacyOU)
+        if self.cfg.reproducible:
+            seeded = ReproducibleNoise(self.seed, _SAMPLING_STREAM + number)
+            return poisson_sample(eligible, self.rate, seeded.uniform)
+        return poisson_sample(eligible, self.rate)
 
-    def open_round(self, number: int, sampled: int, eligible: int) -> None:
-        """Check that round ``number`` may run with ``sampled`` of ``eligible`` members.
+    def open_round(self, number: int, eligible: int) -> None:
+        """Check that round ``number`` may run, sampled from ``eligible`` members.
 
         Raises :class:`BudgetReached` when the round would take epsilon past
-        the budget (client level: the ledger with this round's event; record
-        level: a member's next epsilon), :class:`PrivacyError` when the round
-        cannot be private (OU noise needs every member). Remembers the
-        round's event for :meth:`close_round`.
+        the budget, :class:`PrivacyError` when it cannot be private (OU noise
+        needs every member). Remembers the event for :meth:`record_release`.
         """
         self._event = None
+        self._released = False
         self.check_budget(number)
         if self.ledger is None:
             return
-        event = self._round_event(sampled, eligible)
+        if self.population != eligible:  # not sampled through :meth:`sample`
+            self.population = eligible
+            self.rate = sampling_rate(self.spec.clients_for_round(eligible), eligible)
+        event = self._round_event()
         if self.ledger.would_exceed(event):
             raise BudgetReached(
                 f"privacy budget reached: epsilon {self.ledger.epsilon():.3f} after round "
@@ -138,30 +165,36 @@ class JobPrivacy:
             )
         self._event = event
 
-    def _round_event(self, sampled: int, eligible: int) -> PrivacyEvent:
-        """This round's release for the accountant."""
+    def _round_event(self) -> PrivacyEvent:
+        """This round's release for the accountant: Poisson rate ``q`` over the eligible."""
         cfg = self.cfg
         assert isinstance(cfg, PrivacyGaussian | PrivacyOU)
-        q = accounted_sampling_rate(cfg.placement, sampled / max(eligible, 1))
+        q = accounted_sampling_rate(cfg.placement, self.rate)
         if isinstance(cfg, PrivacyOU):
             if q < 1:
                 raise PrivacyError(
-                    f"OU noise needs every member in every round, but {sampled} of {eligible} "
-                    "were sampled: drop clients_per_round/fraction for this job"
+                    f"OU noise needs every member in every round, but the sampling rate is "
+                    f"{self.rate:.3g} over {self.population} eligible members: drop "
+                    "clients_per_round/fraction for this job"
                 )
             return PrivacyEvent(cfg.noise_multiplier, q, "ou", cfg.theta)
         return PrivacyEvent(cfg.noise_multiplier, q)
 
-    def _update_multiplier(self, sampled: int) -> float:
+    @property
+    def expected(self) -> float:
+        """``q * N``: how many members a client-level round expects (the fixed denominator)."""
+        return expected_count(self.rate, max(self.population, 1))
+
+    def _update_multiplier(self) -> float:
         """The multiplier the update noise is drawn with (lowered under adaptive clipping)."""
         assert isinstance(self.cfg, PrivacyGaussian | PrivacyOU)
         z = self.cfg.noise_multiplier
         if isinstance(self.cfg, PrivacyGaussian) and self.cfg.adaptive_clipping:
-            return adjusted_noise_multiplier(z, count_noise_std(sampled))
+            return adjusted_noise_multiplier(z, count_noise_std(self.expected))
         return z
 
-    def instructions(self, sampled: int) -> protocol.PrivacyInstructions:
-        """What each of the ``sampled`` members must do to its update this round."""
+    def instructions(self) -> protocol.PrivacyInstructions:
+        """What each sampled member must do to its update this round."""
         cfg = self.cfg
         if isinstance(cfg, PrivacyRecord):
             return protocol.RecordPrivacy(
@@ -177,47 +210,61 @@ class JobPrivacy:
             return protocol.NoPrivacy()
         assert self.clip_norm is not None
         member_std = 0.0
-        if cfg.placement != "central":
-            member_std = noise_std(
-                self._update_multiplier(sampled),
-                self.clip_norm,
-                cfg.placement,
-                min(sampled, self.quorum),  # the sum of any quorum of shares is fully noised
-            )
+        if cfg.placement != "central":  # "local" (the spec refuses "distributed" for now)
+            member_std = noise_std(self._update_multiplier(), self.clip_norm, cfg.placement)
         return protocol.ClientPrivacy(
             mechanism=cfg.mechanism,
             placement=cfg.placement,
             clip_norm=self.clip_norm,
             noise_std=member_std,
             theta=cfg.theta if isinstance(cfg, PrivacyOU) else None,
+            adaptive_clipping=isinstance(cfg, PrivacyGaussian) and cfg.adaptive_clipping,
             reproducible=cfg.reproducible,
             seed=self.seed,
         )
 
     # aggregating -----------------------------------------------------------------
-    def weight(self, num_examples: int) -> float:
-        """FedAvg weight of one upload: 1 under client-level DP (fixed denominator), else n_k."""
-        return 1.0 if self.client_level else float(num_examples)
+    def weight(self, num_examples: int | None) -> float:
+        """FedAvg weight of one upload: 1 under DP (members send no example count), else n_k."""
+        if self.active or num_examples is None:
+            return 1.0
+        return float(num_examples)
 
-    def denominator(self, sampled: int) -> int | None:
-        """Divide the sum by this (client-level DP: the sampled count); ``None``: weighted mean."""
-        return sampled if self.client_level else None
+    def denominator(self, reported: int) -> float | None:
+        """Divide the sum by ``q*N`` (client level), by the reports (record level: a
+        plain mean), or ``None``: FedAvg's example-weighted mean."""
+        if self.client_level:
+            return self.expected
+        return float(max(reported, 1)) if self.record_level else None
+
+    def record_release(self, number: int) -> None:
+        """Record round ``number``'s event in the ledger, before anything of the round exists.
+
+        The coordinator stores :meth:`persisted` right after, before it draws
+        the noise and writes the model: a crash after that point counts the
+        round even if it reruns (see the module docstring). Idempotent.
+        """
+        if self.ledger is None or self._released:
+            return
+        if self._event is None:
+            raise RuntimeError(f"round {number} was released without open_round")
+        self.ledger.record(self._event)
+        self._released = True
 
     def _source(self, number: int) -> NoiseSource:
-        assert isinstance(self.cfg, PrivacyGaussian | PrivacyOU)
-        if self.cfg.reproducible:
+        if self.cfg.reproducible:  # type: ignore[union-attr]
             return reproducible_noise_source(self.seed, stream=number)
         return secure_noise_source()
 
     def central_noise(
-        self, manifest: tensors.Manifest, sampled: int, number: int
+        self, manifest: tensors.Manifest, number: int
     ) -> dict[str, np.ndarray] | None:
-        """Noise for the coordinator to add to the sum (``central`` placement only)."""
+        """Noise for the coordinator to add to round ``number``'s sum (``central`` only)."""
         cfg = self.cfg
         if not isinstance(cfg, PrivacyGaussian | PrivacyOU) or cfg.placement != "central":
             return None
         assert self.clip_norm is not None
-        std = noise_std(self._update_multiplier(sampled), self.clip_norm, "central")
+        std = noise_std(self._update_multiplier(), self.clip_norm, "central")
         if isinstance(cfg, PrivacyOU):
             if self._ou is None:
                 self._ou = OUNoise(manifest, std, cfg.theta)
@@ -233,68 +280,56 @@ class JobPrivacy:
         *,
         unclipped: int,
         reported: int,
-        sampled: int,
         member_metrics: list[tuple[int, dict[str, float]]],
     ) -> dict[str, Any]:
         """Account for the closed round; returns the privacy metrics of its round record.
 
-        Client level: adapts the clip norm, records the round's event in the
-        ledger and returns ``epsilon`` (``None`` if infinite), ``delta``,
-        ``clip_norm``, ``private``. Record level: the guarantee is the
-        weakest member's, so ``record_epsilon`` is the largest any member
-        reported (with ``delta``), and ``record_epsilon_next`` the largest
-        next-round epsilon, whose running maximum :meth:`check_budget`
-        watches. Apply the result after the members' mean metrics.
+        Client level: makes sure the round's event is in the ledger, adapts
+        the clip norm (the noised count of unclipped updates over ``q*N``)
+        and returns :meth:`metrics`. Record level: :meth:`RecordBudget.close`.
         """
-        if isinstance(self.cfg, PrivacyRecord):
-            return self._close_record_round(member_metrics)
+        if self.record is not None:
+            return self.record.close(member_metrics)
         if self.ledger is None:
             return {}
-        if self._event is None:
-            raise RuntimeError(f"round {number} was closed without open_round")
-        self._adapt_clip_norm(unclipped, reported, sampled, number)
-        self.ledger.record(self._event)
-        self._event = None
+        self.record_release(number)
+        self._adapt_clip_norm(unclipped, reported, number)
+        self._event, self._released = None, False
         return self.metrics()
 
-    def _adapt_clip_norm(self, unclipped: int, reported: int, sampled: int, number: int) -> None:
+    def _adapt_clip_norm(self, unclipped: int, reported: int, number: int) -> None:
         cfg = self.cfg
         if not (isinstance(cfg, PrivacyGaussian) and cfg.adaptive_clipping):
             return
         assert self.clip_norm is not None
+        expected = self.expected
         b = noised_unclipped_fraction(
-            unclipped, reported, sampled, count_noise_std(sampled), self._source(2 * number + 1)
+            unclipped, reported, expected, count_noise_std(expected), self._source(2 * number + 1)
         )
         self.clip_norm = next_clip_norm(self.clip_norm, b, cfg.target_quantile, cfg.clip_lr)
 
-    def _close_record_round(
-        self, member_metrics: list[tuple[int, dict[str, float]]]
-    ) -> dict[str, Any]:
-        assert isinstance(self.cfg, PrivacyRecord)
-        metrics: dict[str, Any] = {}
-        spent = [m["record_epsilon"] for _, m in member_metrics if "record_epsilon" in m]
-        if spent:
-            metrics.update(record_epsilon=max(spent), delta=self.cfg.delta)
-        upcoming = [
-            m["record_epsilon_next"] for _, m in member_metrics if "record_epsilon_next" in m
-        ]
-        if upcoming:  # a member's epsilon only grows: the running maximum is the one to watch
-            self.record_epsilon_next = max(self.record_epsilon_next, *upcoming)
-            metrics["record_epsilon_next"] = max(upcoming)
-        return metrics
-
     def metrics(self) -> dict[str, Any]:
-        """Client-level privacy so far: ``epsilon``, ``delta``, ``clip_norm``, ``private``."""
+        """Client-level privacy so far: ``epsilon``, ``delta``, ``clip_norm``, ``private``,
+        and the sampling that epsilon assumes: ``sampling_rate`` (the accounted ``q``),
+        ``population`` (``N``), ``amplification``, and ``amplification_note`` when none
+        is claimed."""
         if self.ledger is None:
             return {}
         assert isinstance(self.cfg, PrivacyGaussian | PrivacyOU)
         eps = self.ledger.epsilon()
-        return {
+        note = amplification_note(self.rate, self.population, self.cfg.placement)
+        out: dict[str, Any] = {
             "epsilon": eps if math.isfinite(eps) else None,
             "delta": self.cfg.delta,
             "clip_norm": self.clip_norm,
             "private": self.ledger.private,
+            "sampling_rate": accounted_sampling_rate(self.cfg.placement, self.rate),
+            "population": self.population,
+            "amplification": note is None,
         }
+        if note is not None:
+            out["amplification_note"] = note
+        return out
 
     # persistence -------------------------------------------------------------------
     def save_ou(self, path: Path) -> bool:
@@ -310,6 +345,6 @@ class JobPrivacy:
         state: dict[str, Any] = {}
         if self.ledger is not None:
             state.update(ledger=self.ledger.to_dict(), clip_norm=self.clip_norm)
-        if self.record_level:
-            state["record_epsilon_next"] = self.record_epsilon_next
+        if self.record is not None:
+            state["record_epsilon_next"] = self.record.epsilon_next
         return state

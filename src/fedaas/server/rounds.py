@@ -25,11 +25,11 @@ from functools import cached_property
 from typing import Any
 
 from fedaas import tensors
-from fedaas.algorithms.aggregate import WeightedSum
 from fedaas.algorithms.server_optimizers import ServerOptimizer
 from fedaas.data.dataset import ArrayDataset
 from fedaas.protocol import NoPrivacy, PrivacyInstructions
 from fedaas.server.privacy import JobPrivacy
+from fedaas.server.spill import RoundSpill
 from fedaas.spec import JobSpec
 
 
@@ -43,17 +43,20 @@ class Stage(StrEnum):
 
 @dataclass
 class RoundState:
-    """One open round: who was sampled, who answered, and the running sum."""
+    """One open round: who was sampled, who answered, and their spilled updates."""
 
     number: int
     deadline: float
     stage: Stage = Stage.WAITING
     sampled: dict[int, str] = field(default_factory=dict)
-    acc: WeightedSum | None = None
+    spill: RoundSpill | None = None
+    uploading: set[int] = field(default_factory=set)
+    """Members whose upload for this round is being received (one at a time each)."""
     privacy: PrivacyInstructions = field(default_factory=NoPrivacy)
     opened_at: float = field(default_factory=time.monotonic)
     reported: dict[int, int] = field(default_factory=dict)
     train_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    member_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     evaluators: dict[int, str] = field(default_factory=dict)
     evaluated: dict[int, tuple[int, float, float]] = field(default_factory=dict)
     receipts: list[dict[str, Any]] = field(default_factory=list)
@@ -87,6 +90,10 @@ class ActiveJob:
     privacy: JobPrivacy
     optimizer: ServerOptimizer
     declined: dict[int, str] = field(default_factory=dict)
+    missed: dict[int, int] = field(default_factory=dict)
+    """Member id -> training deadlines it missed in a row (cleared when it reports)."""
+    benched_until: dict[int, int] = field(default_factory=dict)
+    """Member id -> the first round it may be sampled in again after missing a deadline."""
     round: RoundState | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held while an upload is folded and while the round leaves TRAINING."""
@@ -96,14 +103,3 @@ class ActiveJob:
     @cached_property
     def spec_dict(self) -> dict[str, Any]:
         return self.spec.to_dict()
-
-
-def weighted_means(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Example-weighted mean of each metric reported by members."""
-    totals: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for n, metrics in items:
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + n * value
-            weights[key] = weights.get(key, 0.0) + n
-    return {key: totals[key] / weights[key] for key in totals if weights[key] > 0}

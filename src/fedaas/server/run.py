@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -15,6 +16,8 @@ import uvicorn
 
 from fedaas.server.app import create_app
 from fedaas.server.auth import load_admin_token
+from fedaas.server.connections import MAX_CONNECTIONS, guarded
+from fedaas.server.tls_identity import CertificateProtocol
 
 ENDPOINT_FILE = "endpoint.json"
 log = logging.getLogger("fedaas.server")
@@ -55,6 +58,24 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback interface (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+PLAIN_HTTP_WARNING = (
+    "WARNING: the coordinator listens on %s over PLAIN HTTP: tokens, models and updates "
+    "cross the network unencrypted and anyone on the path can read or replace them. "
+    "Serve HTTPS (--tls-cert/--tls-key, and --tls-client-ca for mutual TLS) or bind to "
+    "127.0.0.1 behind a TLS-terminating proxy."
+)
+
+
 def serve(
     state: Path,
     host: str = "127.0.0.1",
@@ -65,6 +86,7 @@ def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     tls_client_ca: Path | None = None,
+    allow_code: list[str] | tuple[str, ...] = (),
 ) -> None:
     """Run the coordinator until interrupted.
 
@@ -79,7 +101,8 @@ def serve(
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     token, token_source = load_admin_token(state)
     db_url = db_url or f"sqlite:///{state / 'fedaas.db'}"
-    app = create_app(state, db_url, token, artifacts_url, storage_options)
+    app = create_app(state, db_url, token, artifacts_url, storage_options, tuple(allow_code))
+    app.state.bind_certificates = tls_client_ca is not None  # a member's cert must name it
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,13 +120,17 @@ def serve(
         token_source,
         ", client certificates required" if tls_client_ca is not None else "",
     )
+    if context is None and not is_loopback(host):
+        log.warning(PLAIN_HTTP_WARNING, url)
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         loop="uvloop",
-        http="httptools",
-        timeout_keep_alive=75,
+        # header deadline and connection cap (server/connections.py); bodies: server/limits.py
+        http=guarded(CertificateProtocol) if tls_client_ca is not None else guarded(),
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=20,
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=2,

@@ -10,33 +10,39 @@ ledger are committed in one database transaction.
 
 A coordinator that dies mid-round restarts from the last committed round;
 updates already received for the interrupted round are discarded and the
-round reruns with the same sample (sampling derives from the job seed and
-the round number, so there is no generator state to lose).
+round reruns. Without DP it reruns with the same sample (sampling derives
+from the job seed and the round number); under client-level DP with a fresh
+Poisson sample from the cryptographic source, and a round that died after
+its privacy event was stored (just before its noise and model) is counted
+again when it reruns. A round's model is served only once the round is
+committed; federated evaluation runs on the committed model and its metrics
+are added to the round's record afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
 
-import numpy as np
-
 from fedaas import tensors
-from fedaas.algorithms.aggregate import WeightedSum
-from fedaas.algorithms.server_optimizers import ServerOptimizer
-from fedaas.data.dataset import DataError
-from fedaas.data.source import open_dataset
-from fedaas.models import build_model, set_state
+from fedaas.models import set_state
+from fedaas.server.activation import activate
+from fedaas.server.aggregation import add_base, aggregate, bounding_metrics
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store
+from fedaas.server.eligibility import candidates, note_misses
 from fedaas.server.errors import JobFailed
 from fedaas.server.inbox import Inbox
+from fedaas.server.member_reports import capped_evaluations, decline_over_budget, member_means
+from fedaas.server.outages import Dependencies, DependencyUnavailable, deadline_for
 from fedaas.server.presence import Presence
-from fedaas.server.privacy import BudgetReached, JobPrivacy, PrivacyError
-from fedaas.server.rounds import ActiveJob, RoundState, Stage, weighted_means
+from fedaas.server.privacy import BudgetReached, PrivacyError
+from fedaas.server.rounds import ActiveJob, RoundState, Stage
 from fedaas.server.signals import Signal
+from fedaas.server.spill import RoundSpill
 from fedaas.train import evaluate
 
 log = logging.getLogger("fedaas.coordinator")
@@ -58,7 +64,12 @@ class JobRunner:
         inbox: Inbox,
         progress: Signal,
         started_at: float,
+        *,
+        allowed_code: tuple[str, ...] = (),
+        deps: Dependencies | None = None,
     ) -> None:
+        self.allowed_code = allowed_code  # --allow-code: what model factories may run here
+        self.deps = deps or Dependencies()  # database/artifact-store outages are waited out
         self.row = row
         self.spec = row.job_spec()
         self.store = store
@@ -70,17 +81,19 @@ class JobRunner:
 
     async def run(self) -> tuple[str, str | None]:
         try:
-            job = await asyncio.to_thread(self._activate)
-        except JobFailed as exc:
+            job = await self.deps.acall(
+                activate, self.row, self.spec, self.store, self.artifacts, self.allowed_code
+            )
+        except (JobFailed, DependencyUnavailable) as exc:
             return "failed", str(exc)
-        stored = self.store.job(job.id)
+        stored = await self.deps.acall(self.store.job, job.id)
         if stored is None or stored.status != "running":  # cancelled while activating
             return "cancelled", None
         self.inbox.job = job
         try:
             for number in range(job.completed_round + 1, self.spec.job.rounds + 1):
                 await self._run_round(job, number)
-        except JobFailed as exc:
+        except (JobFailed, DependencyUnavailable) as exc:
             log.warning("job %s failed: %s", job.id, exc)
             return "failed", str(exc)
         except BudgetReached as exc:
@@ -89,82 +102,34 @@ class JobRunner:
             self.inbox.job = None
         return "completed", None
 
-    # activation ------------------------------------------------------------------------
-    def _activate(self) -> ActiveJob:
-        row, spec = self.row, self.spec
-        if row.status == "running":  # the interrupted round reruns from scratch
-            self.store.discard_updates_after(row.id, row.round)
-            log.info("resuming job %s after round %d", row.id, row.round)
-        if not self.store.start_job(row.id, time.time()):
-            raise JobFailed("the job ended before it started")
-        path = self.artifacts.model_path(row.id, row.round)
-        if not self.artifacts.restore(path):
-            raise JobFailed(f"the model of round {row.round} is missing from the artifact store")
-        ou_path = self.artifacts.ou_path(row.id, row.round)
-        self.artifacts.restore(ou_path)
-        manifest = tensors.SafetensorsFile(path).manifest
-        ids = {m.name: m.id for m in self.store.members()}
-        declined = self.store.declined(row.id)
-        job = ActiveJob(
-            id=row.id,
-            spec=spec,
-            manifest=manifest,
-            max_upload=tensors.max_payload_bytes(manifest),
-            completed_round=row.round,
-            privacy=JobPrivacy(spec, self.store.privacy_state(row.id), ou_path),
-            optimizer=self._optimizer(manifest),
-            declined={ids[name]: reason for name, reason in declined.items() if name in ids},
-        )
-        if spec.evaluation.holdout:
-            try:
-                job.holdout = open_dataset(spec.evaluation.holdout, spec.data)
-            except DataError as exc:
-                raise JobFailed(f"held-out data: {exc}") from None
-            job.module = build_model(spec.model, spec.data)
-        return job
-
-    def _optimizer(self, manifest: tensors.Manifest) -> ServerOptimizer:
-        """The job's server optimizer, with its state after the last committed round."""
-        cfg, row = self.spec.strategy, self.row
-        fresh = ServerOptimizer(cfg.name, manifest, cfg.lr, cfg.beta1, cfg.beta2, cfg.tau)
-        if not fresh.stateful or row.round == 0:
-            return fresh
-        path = self.artifacts.optimizer_path(row.id, row.round)
-        if not self.artifacts.restore(path):
-            raise JobFailed(f"the server optimizer state of round {row.round} is missing")
-        arrays, meta = tensors.load_state(path)
-        try:
-            return ServerOptimizer.from_state(manifest, arrays, meta)
-        except ValueError as exc:
-            raise JobFailed(f"round {row.round}: {exc}") from None
-
     # one round -------------------------------------------------------------------------
     async def _await_members(self, job: ActiveJob) -> tuple[list[int], dict[int, str]]:
         """Wait until enough eligible members are online: ``(online ids, eligible id -> name)``.
 
-        Eligible: enrolled, not revoked, and not declined this job. After
-        ``round_timeout`` the round starts with whoever is online if that meets
-        ``min_clients``. A coordinator that has just (re)started knows nobody
-        is online yet, so it does not declare the quorum lost before members
-        have had :data:`RECONNECT_GRACE_S` to come back from their backoff.
+        Eligible: enrolled, not revoked, not declined, not benched for a missed
+        deadline (:mod:`fedaas.server.eligibility`; unless the quorum needs it).
+        After ``round_timeout`` the round starts with whoever is online if that
+        meets ``min_clients``; a coordinator that has just (re)started gives
+        members :data:`RECONNECT_GRACE_S` to come back from their backoff first.
         """
         fed = self.spec.federation
         deadline = time.monotonic() + fed.round_timeout
+        number = job.round.number if job.round is not None else job.completed_round + 1
         while True:
-            eligible = {
-                m.id: m.name
-                for m in self.store.members()
-                if m.revoked_at is None and m.id not in job.declined
-            }
+            members = await self.deps.acall(self.store.members)
+            everyone, eligible = candidates(members, job, number)
             need = min(self.spec.clients_for_round(len(eligible)), max(len(eligible), 1))
             online = sorted(self.presence.online() & set(eligible))
-            if len(online) >= need and online:
+            if len(online) >= max(need, fed.min_clients) and online:
                 return online, eligible
             now = time.monotonic()
             if now >= deadline:
                 if len(online) >= fed.min_clients:
                     return online, eligible
-                reconnecting = len(eligible) >= fed.min_clients and (
+                online = sorted(self.presence.online() & set(everyone))  # benched ones too
+                if len(online) >= fed.min_clients:
+                    return online, everyone
+                reconnecting = len(everyone) >= fed.min_clients and (
                     now < self.started_at + RECONNECT_GRACE_S
                 )
                 if not reconnecting:
@@ -190,53 +155,56 @@ class JobRunner:
         job.round = state
         privacy.check_budget(number)
         online, names = await self._await_members(job)
-        count = min(spec.clients_for_round(len(names)), len(online))
-        rng = np.random.default_rng([spec.job.seed, number])
-        chosen = sorted(int(m) for m in rng.choice(online, size=count, replace=False))
+        # client-level DP: Poisson over every eligible member (online or not), from the
+        # cryptographic source; otherwise a seeded draw among the online (JobPrivacy.sample)
+        chosen = privacy.sample(number, sorted(names), online)
         try:
-            privacy.open_round(number, sampled=count, eligible=len(names))
+            privacy.open_round(number, eligible=len(names))
         except PrivacyError as exc:
             raise JobFailed(str(exc)) from None
         state.sampled = {m: names[m] for m in chosen}
         state.deadline = time.monotonic() + spec.federation.round_timeout
-        state.acc = WeightedSum(job.manifest)
-        state.privacy = privacy.instructions(count)
+        state.spill = RoundSpill(self.artifacts.spool, job.id, number, job.manifest)
+        state.privacy = privacy.instructions()
         state.stage = Stage.TRAINING
         self.inbox.tasks_changed.fire()
         await self._until_done(state, job)
         with job.lock:
             state.stage = Stage.AGGREGATING
+        note_misses(job, state)
         if len(state.reported) < spec.federation.min_clients:
+            state.spill.discard()
+            counts = (  # under client-level DP the counts are not published
+                ""
+                if privacy.disclosure.hides_counts
+                else f": {len(state.reported)} of {len(state.sampled)} sampled member(s) reported"
+            )
             raise JobFailed(
-                f"quorum not met in round {number}: {len(state.reported)} of {len(state.sampled)} "
-                f"sampled member(s) reported by the deadline, min_clients is "
+                f"quorum not met in round {number}{counts} by the deadline, min_clients is "
                 f"{spec.federation.min_clients}{self._declined_note(job)}"
             )
-        metrics = await asyncio.to_thread(self._aggregate, job, state)
-        state.acc = None
-        if spec.evaluation.validation_split > 0:
-            state.evaluators = {m: state.sampled[m] for m in state.reported}
-            state.deadline = time.monotonic() + spec.federation.round_timeout
-            state.done = asyncio.Event()
-            state.stage = Stage.EVALUATING
-            self.inbox.tasks_changed.fire()
-            await self._until_done(state, job)
-            if state.evaluated:
-                metrics.update(_federated_metrics(state))
-                metrics.setdefault("accuracy", metrics["federated_accuracy"])
-                metrics.setdefault("loss", metrics["federated_loss"])
-        metrics.update(weighted_means(state.train_metrics))
+        # the round's privacy event is stored before its noise is drawn or its model written:
+        # a crash after this point counts the round even though it reruns (never once for two)
+        privacy.record_release(number)
+        if privacy.active:
+            await self.deps.acall(self.store.save_privacy_state, job.id, privacy.persisted())
+        try:
+            metrics = await asyncio.to_thread(self._aggregate, job, state)
+        finally:
+            state.spill.discard()
+        metrics.update(member_means(state.train_metrics))  # "members.<key>": never ours
         metrics.update(
             privacy.close_round(
                 number,
                 unclipped=state.unclipped,
                 reported=len(state.reported),
-                sampled=len(state.sampled),
-                member_metrics=state.train_metrics,
+                member_metrics=decline_over_budget(self.spec, job, state, self.store),
             )
         )
         if privacy.save_ou(self.artifacts.ou_path(job.id, number)):
-            self.artifacts.publish(self.artifacts.ou_path(job.id, number))
+            await self.deps.acall(
+                self.artifacts.publish, self.artifacts.ou_path(job.id, number), on="artifacts"
+            )
         metrics.update(
             clients=len(state.reported),
             seconds=time.monotonic() - state.opened_at,
@@ -245,17 +213,46 @@ class JobRunner:
         )
         metrics.setdefault("accuracy", None)
         metrics.setdefault("loss", None)
-        participants = sorted(state.sampled[m] for m in state.reported)
-        saved = privacy.persisted() if privacy.active else None
-        self.store.close_round(job.id, number, metrics, participants, state.receipts, saved)
-        # off the critical path; pruning only ever removes rounds older than ``number``
-        asyncio.get_running_loop().run_in_executor(
-            None, self.artifacts.prune_models, job.id, number
+        # under DP: no participants, receipts or per-member values (server/disclosure.py)
+        participants = privacy.disclosure.participants(
+            sorted(state.sampled[m] for m in state.reported)
         )
-        job.completed_round = number
+        metrics = privacy.disclosure.published(metrics)
+        saved = privacy.persisted() if privacy.active else None
+        await self.deps.acall(
+            self.store.close_round, job.id, number, metrics, participants, state.receipts, saved
+        )
+        job.completed_round = number  # committed: from now on its model may be served
+        if spec.evaluation.validation_split > 0:  # federated evaluation of the committed model
+            state.evaluators = {m: state.sampled[m] for m in state.reported}
+            state.deadline = time.monotonic() + spec.federation.round_timeout
+            state.done = asyncio.Event()
+            state.stage = Stage.EVALUATING
+            self.inbox.tasks_changed.fire()
+            await self._until_done(state, job)
+            if state.evaluated:
+                federated = capped_evaluations(state.evaluated)
+                record = functools.partial(
+                    self.store.add_round_metrics,
+                    job.id,
+                    number,
+                    federated,
+                    accuracy=federated["federated_accuracy"],
+                    loss=federated["federated_loss"],
+                )
+                await self.deps.acall(record)
+        # off the critical path; pruning only ever removes rounds older than ``number``
+        asyncio.get_running_loop().run_in_executor(None, self._prune, job.id, number)
         state.stage = Stage.CLOSED
         job.round = None
         self.progress.fire()
+
+    def _prune(self, job_id: str, keep: int) -> None:
+        """Drop older rounds' files; a failure here costs disk space, never the job."""
+        try:
+            self.artifacts.prune_models(job_id, keep)
+        except OSError as exc:
+            log.warning("could not prune old artifacts of job %s: %s", job_id, exc)
 
     async def _until_done(self, state: RoundState, job: ActiveJob) -> None:
         state.check_done(set(job.declined))
@@ -267,38 +264,34 @@ class JobRunner:
             pass
 
     def _aggregate(self, job: ActiveJob, state: RoundState) -> dict[str, Any]:
-        """Mean update -> server optimizer -> new model, persisted; held-out metrics."""
-        assert state.acc is not None
-        sampled = len(state.sampled)
-        noise = job.privacy.central_noise(job.manifest, sampled, state.number)
-        for name, values in (noise or {}).items():  # DP-FedAvg: noise on the sum
-            state.acc.add_chunk(name, 0, values.reshape(-1), 1.0)
-        model = state.acc.take_mean(denominator=job.privacy.denominator(sampled))
+        """Bounded, combined updates -> server optimizer -> new model, persisted; metrics."""
+        assert state.spill is not None
+        noise = job.privacy.central_noise(job.manifest, state.number)
+        denominator = job.privacy.denominator(len(state.reported))
+        model, bounded = aggregate(
+            state.spill, self.spec, job.privacy, state.number, noise, denominator
+        )
         job.optimizer.step(model)  # the mean delta becomes the server optimizer's step
+        base = tensors.SafetensorsFile(self.artifacts.model_path(job.id, state.number - 1))
+        add_base(model, base, state.spill, state.sampled)  # JobFailed on NaN or Inf
         if job.optimizer.stateful:
             path = self.artifacts.optimizer_path(job.id, state.number)
             tensors.save_state(path, *job.optimizer.state_dict())
-            self.artifacts.publish(path)
-        base = tensors.SafetensorsFile(self.artifacts.model_path(job.id, state.number - 1))
-        for name, values in model.items():
-            flat = values.reshape(-1)
-            for offset, chunk in base.chunks(name):
-                flat[offset : offset + chunk.size] += chunk
-        self.artifacts.save_model(
-            job.id, state.number, model, {"job": job.id, "round": str(state.number)}
+            self.deps.call(self.artifacts.publish, path, on="artifacts")
+        meta = {"job": job.id, "round": str(state.number)}
+        deadline = deadline_for(tensors.manifest_bytes(job.manifest))
+        self.deps.call(
+            self.artifacts.save_model,
+            job.id,
+            state.number,
+            model,
+            meta,
+            on="artifacts",
+            deadline_s=deadline,
         )
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = bounding_metrics(bounded)
         if job.holdout is not None:
             set_state(job.module, model)
             result = evaluate(job.module, job.holdout)
             metrics.update(accuracy=result.accuracy, loss=result.loss)
         return metrics
-
-
-def _federated_metrics(state: RoundState) -> dict[str, float]:
-    total = sum(n for n, _, _ in state.evaluated.values())
-    return {
-        "federated_loss": sum(n * loss for n, loss, _ in state.evaluated.values()) / total,
-        "federated_accuracy": sum(n * acc for n, _, acc in state.evaluated.values()) / total,
-        "federated_examples": total,
-    }

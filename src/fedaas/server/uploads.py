@@ -1,10 +1,9 @@
-"""Receiving a member's update: spool, validate, fold.
+"""Receiving a member's update: spool and validate.
 
 The body is streamed to a spool file under a size cap derived from the job's
 model, then validated completely (safetensors structure, tensor names,
-shapes, dtype, finite values, metadata) before a single number is added to
-the round's running sum. A rejected upload therefore changes nothing; an
-accepted one is folded chunk by chunk, and the spool file is deleted.
+shapes, dtype, finite values, metadata) before the round keeps it
+(:mod:`fedaas.server.spill`). A rejected upload therefore changes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import BinaryIO
 
 from starlette.requests import ClientDisconnect, Request
 
-from fedaas.algorithms.aggregate import WeightedSum
 from fedaas.protocol import UpdateMetadata
 from fedaas.server.errors import InvalidRequest, TooLarge
 from fedaas.tensors import Manifest, SafetensorsFile, TensorError
@@ -77,11 +75,3 @@ def validate_update(
     except (TensorError, ValueError) as exc:
         raise InvalidRequest(str(exc), "invalid_update") from None
     return update, meta
-
-
-def fold_update(update: SafetensorsFile, acc: WeightedSum, weight: float) -> None:
-    """Add ``weight * update`` into the running sum, one bounded chunk at a time."""
-    for name in update.manifest:
-        for offset, values in update.chunks(name):
-            acc.add_chunk(name, offset, values, weight)
-    acc.commit(weight)

@@ -1,0 +1,169 @@
+"""The command line without surprises, tried as a new operator would, against a real coordinator.
+
+- ``fedaas --version``; the same connection options on every command that
+  talks to a coordinator; ``--json`` on every listing and status command;
+  ``member`` is the command's name and ``client`` still works;
+- ``enroll`` against a wrong URL fails in seconds; a member started on a
+  missing file says so within seconds, before going online;
+- the unedited example (``examples/digits.toml``, min_clients 10) submitted
+  to three members is flagged before it runs, and ``--strict`` refuses it;
+  a job without evaluation says so; ``--mlflow`` sets its tracking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from fedaas.cli import app
+from fedaas.sim.cluster import LocalCluster
+from fixtures.specs import make_spec
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits.toml"
+CONNECTION = {"--server", "--token", "--ca-cert", "--client-cert", "--client-key"}
+LISTINGS = {"members", "job list", "job status"}
+
+
+def fedaas(
+    *args: str, token: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDAAS_")}
+    if token:
+        env["FEDAAS_ADMIN_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "fedaas", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("cli")) as cluster:
+        cluster.start_server()
+        for name in ("ana", "bo", "cy"):
+            cluster.admin.enroll(name)
+        yield cluster
+
+
+def _commands() -> dict[str, object]:
+    root = typer.main.get_command(app)
+    found: dict[str, object] = {}
+    for name, command in root.commands.items():  # type: ignore[attr-defined]
+        subs = getattr(command, "commands", None)
+        if subs:
+            found.update({f"{name} {sub}": c for sub, c in subs.items()})
+        else:
+            found[name] = command
+    return found
+
+
+def _options(command: object) -> set[str]:
+    return {opt for p in command.params for opt in p.opts}  # type: ignore[attr-defined]
+
+
+def test_version_and_one_set_of_connection_options_everywhere() -> None:
+    shown = fedaas("--version")
+    assert shown.returncode == 0 and shown.stdout.strip() == "fedaas 0.1.0"
+    commands = _commands()
+    talking = {name for name, c in commands.items() if "--server" in _options(c)}
+    assert talking >= {"enroll", "member", "members", "revoke"} | {
+        f"job {n}" for n in ("submit", "list", "status", "cancel", "download")
+    }
+    for name in talking:
+        assert _options(commands[name]) >= CONNECTION, name
+    for name in LISTINGS | {"job submit", "job cancel"}:
+        assert "--json" in _options(commands[name]), name
+    assert commands["client"].hidden and not commands["member"].hidden  # type: ignore[attr-defined]
+
+
+def test_wrong_url_and_missing_data_fail_in_seconds(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    started = time.monotonic()
+    enrolled = fedaas("enroll", "ana", "--server", closed, token="t")
+    assert enrolled.returncode == 2, enrolled.stderr
+    assert time.monotonic() - started < 10
+    assert enrolled.stderr.strip().splitlines()[-1].startswith("error: cannot reach")
+    for command in ("member", "client"):
+        started = time.monotonic()
+        missing = str(tmp_path / "nowhere" / "train.npz")
+        member = fedaas(command, "--data", missing, "--token", "t", "--server", closed)
+        assert member.returncode == 2, member.stderr
+        assert time.monotonic() - started < 15
+        assert "no such file or folder" in member.stderr and "Traceback" not in member.stderr
+
+
+def test_listings_answer_json(cluster: LocalCluster, tmp_path: Path) -> None:
+    token, url = cluster.admin_token, cluster.url
+    members = json.loads(fedaas("members", "--server", url, "--json", token=token).stdout)
+    assert sorted(m["name"] for m in members) == ["ana", "bo", "cy"]
+    spec = tmp_path / "job.toml"
+    spec.write_text(_toml(make_spec("listed", min_clients=1)))
+    submitted = fedaas("job", "submit", str(spec), "--server", url, "--json", token=token)
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    listed = json.loads(fedaas("job", "list", "--server", url, "--json", token=token).stdout)
+    assert job["id"] in [j["id"] for j in listed]
+    status = fedaas("job", "status", job["id"], "--server", url, "--json", token=token)
+    assert json.loads(status.stdout)["spec"]["job"]["name"] == "listed"
+    cancelled = fedaas("job", "cancel", job["id"], "--server", url, "--json", token=token)
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+
+
+def test_the_unedited_example_is_flagged_before_it_runs(cluster: LocalCluster) -> None:
+    token, url = cluster.admin_token, cluster.url
+    before = len(cluster.admin.jobs())
+    strict = fedaas("job", "submit", str(EXAMPLE), "--server", url, "--strict", token=token)
+    assert strict.returncode == 2
+    assert "min_clients is 10 but only 3 member(s) are enrolled" in strict.stderr
+    assert "not submitted (--strict)" in strict.stderr
+    assert len(cluster.admin.jobs()) == before  # nothing reached the queue
+    plain = fedaas("job", "submit", str(EXAMPLE), "--server", url, token=token)
+    assert plain.returncode == 0, plain.stderr
+    assert "warning: federation.min_clients is 10" in plain.stderr
+    assert "no evaluation" in plain.stderr  # the example has no [evaluation] either
+    cluster.admin.cancel(plain.stdout.strip().splitlines()[-1])
+
+
+def test_mlflow_option_sets_the_jobs_tracking(cluster: LocalCluster, tmp_path: Path) -> None:
+    token, url = cluster.admin_token, cluster.url
+    spec = tmp_path / "job.toml"
+    spec.write_text(
+        _toml(make_spec("tracked", min_clients=1, evaluation={"validation_split": 0.2}))
+    )
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = fedaas("job", "submit", str(spec), "--server", url, "--mlflow", store, token=token)
+    assert done.returncode == 0, done.stderr
+    assert "note:" not in done.stderr  # it has an evaluation, and enough members
+    job_id = done.stdout.strip().splitlines()[-1]
+    job = cluster.admin.job(job_id)
+    assert job.spec.tracking is not None and job.spec.tracking.mlflow == store
+    cluster.admin.cancel(job_id)
+    bad = fedaas(
+        "job", "submit", str(spec), "--server", url, "--mlflow", "http://u:pw@h", token=token
+    )
+    assert bad.returncode == 2 and "credentials do not belong in the URI" in bad.stderr
+
+
+def _toml(spec: dict[str, object]) -> str:
+    lines = []
+    for section, values in spec.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():  # type: ignore[attr-defined]
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,91 @@
+"""The dashboard is behind the admin token, refuses forged forms, and streams a job live.
+
+In-process (FastAPI's test client over a real coordinator app and SQLite):
+pages redirect to the login page until the admin token is given; a member's
+token is not enough; the session cookie is HttpOnly and SameSite=Strict; a
+form without its CSRF token changes nothing; an unauthenticated form body is
+capped small; a job's page streams its state as server-sent events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fedaas.server.app import create_app
+from fixtures.specs import make_spec
+
+ADMIN = "fda_" + "a" * 40
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", ADMIN)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def _login(client: TestClient, token: str = ADMIN) -> None:
+    answer = client.post("/ui/login", data={"token": token}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+
+
+def test_pages_need_the_admin_token(client: TestClient) -> None:
+    for path in ("/ui/jobs", "/ui/members", "/ui/submit", "/ui/jobs/job-1/events"):
+        answer = client.get(path, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/ui/login", path
+    member = client.post(
+        "/v1/members", json={"name": "ana"}, headers={"Authorization": f"Bearer {ADMIN}"}
+    ).json()["token"]
+    for token in ("wrong", member):
+        refused = client.post("/ui/login", data={"token": token}, follow_redirects=False)
+        assert refused.status_code == 401 and "not this coordinator" in refused.text
+    assert client.post("/ui/login", content=b"token=" + b"x" * 8000).status_code == 413
+    answer = client.post("/ui/login", data={"token": ADMIN}, follow_redirects=False)
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+    assert ADMIN not in answer.headers["set-cookie"]
+    assert client.get("/ui/jobs").status_code == 200
+
+
+def test_a_form_without_its_csrf_token_changes_nothing(client: TestClient) -> None:
+    _login(client)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    job = client.post("/v1/jobs", json={"spec": make_spec("queued")}, headers=headers).json()
+    forged = client.post(f"/ui/jobs/{job['id']}/cancel", data={}, follow_redirects=False)
+    assert forged.status_code == 303 and forged.headers["location"] == "/ui/login"
+    assert client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["status"] != "cancelled"
+    page = client.get(f"/ui/jobs/{job['id']}").text
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    done = client.post(f"/ui/jobs/{job['id']}/cancel", data={"csrf": csrf})
+    assert done.status_code == 200
+    assert client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["status"] == "cancelled"
+
+
+def test_a_jobs_page_streams_its_state(client: TestClient) -> None:
+    _login(client)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    job = client.post("/v1/jobs", json={"spec": make_spec("streamed")}, headers=headers).json()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    with client.stream("GET", f"/ui/jobs/{job['id']}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in stream.iter_lines() if line]
+    assert lines[0] == "event: job"
+    view = json.loads(lines[1].removeprefix("data: "))
+    assert view["id"] == job["id"] and view["status"] == "cancelled"
+    assert view["reason"] == "cancelled by the operator"
+
+
+def test_the_api_docs_page_works_offline(client: TestClient) -> None:
+    """``/docs`` loads Swagger UI from the package, not from a CDN (blank offline otherwise)."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = [part for part in page.text.split('"') if part.endswith((".js", ".css", ".svg"))]
+    assert assets and all(a.startswith("/ui/static/") for a in assets), assets
+    assert "cdn" not in page.text.lower() and "fastapi.tiangolo.com" not in page.text
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
