@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from fedaas.protocol import TASK_BUNDLE, TASK_HEADER
@@ -66,21 +64,6 @@ class SpoilingTransport(RecordingTransport):
         else:
             headers, body = {"content-type": "application/json"}, broken.encode()
         return httpx.Response(200, headers=headers, content=body, request=response.request)
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> str:
-    rng = np.random.default_rng(0)
-    y = np.arange(40) % 3
-    np.savez(tmp_path / "m.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=y)
-    return str(tmp_path / "m.npz")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path / "cluster") as cluster:
-        cluster.start_server()
-        yield cluster
 
 
 def _unknown_privacy(task: dict[str, Any]) -> None:

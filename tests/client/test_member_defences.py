@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -81,21 +81,6 @@ class AttackerTransport(RecordingTransport):
             content=text.encode(),
             request=response.request,
         )
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> str:
-    rng = np.random.default_rng(0)
-    y = np.arange(40) % 3
-    np.savez(tmp_path / "m.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=y)
-    return str(tmp_path / "m.npz")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path / "cluster") as cluster:
-        cluster.start_server()
-        yield cluster
 
 
 def attacked(tamper: Tamper, first: int = 1) -> Any:

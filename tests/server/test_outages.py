@@ -268,3 +268,42 @@ def test_a_full_state_disk_pauses_the_job_until_space_returns(
     _assert_every_round_once(job, ROUNDS)
     assert "unavailable" in log and "available again" in log, log[-3000:]
     _assert_same_model(model, undisturbed(spec))
+
+
+def test_a_stopped_artifact_store_is_waited_for(
+    tmp_path: Path, member_data: list[Path], make_spec: MakeSpec
+) -> None:
+    """The S3 emulator killed for 30 s mid-job: connections refused, then a fresh one comes back."""
+    spec = make_spec("store-stopped", ROUNDS, clients=2, min_clients=2, timeout=300)
+    try:
+        s3 = emulators.start_s3()
+    except emulators.EmulatorError as exc:
+        pytest.skip(f"no S3 emulator: {exc}")
+    port = int(s3.endpoint.rsplit(":", 1)[1])
+    again: list[emulators.Emulator] = []
+
+    def stop(cluster: LocalCluster, job_id: str) -> None:
+        s3.stop()
+        stopped = time.monotonic()
+        time.sleep(30)
+        assert time.monotonic() - stopped >= 30
+        back = emulators.start_s3(port=port)  # moto keeps nothing: its bucket is made anew
+        back.make_bucket("fedaas-artifacts")
+        again.append(back)
+
+    try:
+        s3.make_bucket("fedaas-artifacts")
+        with LocalCluster(tmp_path / "cluster") as cluster:
+            cluster.start_server(
+                extra_args=["--artifacts", "s3://fedaas-artifacts/outage"], env=s3.env
+            )
+            job, _ = _run(cluster, spec, member_data[:2], stop)
+            log = _server_log(cluster)
+    finally:
+        s3.stop()
+        for emulator in again:
+            emulator.stop()
+    _assert_every_round_once(job, ROUNDS)
+    assert log.count("artifact store unavailable") == 1, log[-3000:]
+    assert "artifact store available again" in log
+    assert "Traceback" not in log, log[-3000:]

@@ -161,9 +161,13 @@ def _workdir(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"fedaas-{kind}-emulator-"))
 
 
-def start_s3(auth: bool = False, timeout: float = 30.0) -> Emulator:
-    """Start moto_server; with ``auth`` every request must be signed by the IAM key it makes."""
-    port, workdir = free_port(), _workdir("s3")
+def start_s3(auth: bool = False, timeout: float = 30.0, port: int | None = None) -> Emulator:
+    """Start moto_server; with ``auth`` every request must be signed by the IAM key it makes.
+
+    ``port``: a given port (to bring a stopped emulator back where clients expect it; its
+    buckets are gone, moto keeps them in memory).
+    """
+    port, workdir = port or free_port(), _workdir("s3")
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if auth else {}
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     emu = _launch("s3", argv, port, workdir, env)
