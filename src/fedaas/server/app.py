@@ -132,7 +132,6 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.coordinator = coordinator
-    app.state.dependencies = coordinator.deps  # outages: 503 answers, one log line per incident
     app.state.auth = auth
     app.state.bind_certificates = False  # serve() sets it under mutual TLS
     install_handlers(app)

@@ -88,7 +88,8 @@ def error_response(
 
 def _outage_response(request: Request, exc: Exception) -> JSONResponse:
     """503 while a dependency is down: one log line per incident, not one per request."""
-    deps: Dependencies | None = getattr(request.app.state, "dependencies", None)
+    coordinator = getattr(request.app.state, "coordinator", None)
+    deps: Dependencies | None = None if coordinator is None else coordinator.deps
     if deps is None:
         detail = one_line(exc)
     else:

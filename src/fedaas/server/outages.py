@@ -161,7 +161,7 @@ class Dependencies:
             return self.database
         if isinstance(exc, StorageError):
             return self.artifacts
-        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+        if isinstance(exc, OSError):
             return self.disk
         return default
 
@@ -177,32 +177,6 @@ class Dependencies:
 
     def _timed_out(self, on: Dependency, deadline: float) -> CallTimedOut:
         return CallTimedOut(f"the {on.name} did not answer within {deadline:.0f} s")
-
-    def call(
-        self,
-        fn: Callable[..., T],
-        *args: object,
-        on: str = "database",
-        deadline_s: float | None = None,
-    ) -> T:
-        """Run ``fn(*args)`` (blocking, for worker threads), waiting out transient failures."""
-        default = self._named(on)
-        deadline = deadline_s or self.deadline_s
-        attempt = 0
-        while True:
-            future = self._pool.submit(fn, *args)
-            try:
-                result = future.result(timeout=deadline)
-            except concurrent.futures.TimeoutError:
-                time.sleep(self._failed(self._timed_out(default, deadline), default, attempt))
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                time.sleep(self._failed(exc, default, attempt))
-            else:
-                self._recovered()
-                return result
-            attempt += 1
 
     async def acall(
         self,

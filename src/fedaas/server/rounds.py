@@ -21,7 +21,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 from typing import Any
 
 from fedaas import tensors
@@ -99,7 +98,3 @@ class ActiveJob:
     """Held while an upload is folded and while the round leaves TRAINING."""
     holdout: ArrayDataset | None = None
     module: Any = None
-
-    @cached_property
-    def spec_dict(self) -> dict[str, Any]:
-        return self.spec.to_dict()

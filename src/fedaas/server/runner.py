@@ -27,6 +27,8 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from fedaas import tensors
 from fedaas.models import set_state
 from fedaas.server.activation import activate
@@ -189,9 +191,17 @@ class JobRunner:
         if privacy.active:
             await self.deps.acall(self.store.save_privacy_state, job.id, privacy.persisted())
         try:
-            metrics = await asyncio.to_thread(self._aggregate, job, state)
+            model, metrics = await asyncio.to_thread(self._aggregate, job, state)
         finally:
             state.spill.discard()
+        await self.deps.acall(  # the store's outages are waited out, the model written once
+            self._persist,
+            job,
+            number,
+            model,
+            on="artifacts",
+            deadline_s=deadline_for(tensors.manifest_bytes(job.manifest)),
+        )
         metrics.update(member_means(state.train_metrics))  # "members.<key>": never ours
         metrics.update(
             privacy.close_round(
@@ -263,8 +273,10 @@ class JobRunner:
         except TimeoutError:
             pass
 
-    def _aggregate(self, job: ActiveJob, state: RoundState) -> dict[str, Any]:
-        """Bounded, combined updates -> server optimizer -> new model, persisted; metrics."""
+    def _aggregate(
+        self, job: ActiveJob, state: RoundState
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Bounded, combined updates -> server optimizer -> the new model and its metrics."""
         assert state.spill is not None
         noise = job.privacy.central_noise(job.manifest, state.number)
         denominator = job.privacy.denominator(len(state.reported))
@@ -274,24 +286,17 @@ class JobRunner:
         job.optimizer.step(model)  # the mean delta becomes the server optimizer's step
         base = tensors.SafetensorsFile(self.artifacts.model_path(job.id, state.number - 1))
         add_base(model, base, state.spill, state.sampled)  # JobFailed on NaN or Inf
-        if job.optimizer.stateful:
-            path = self.artifacts.optimizer_path(job.id, state.number)
-            tensors.save_state(path, *job.optimizer.state_dict())
-            self.deps.call(self.artifacts.publish, path, on="artifacts")
-        meta = {"job": job.id, "round": str(state.number)}
-        deadline = deadline_for(tensors.manifest_bytes(job.manifest))
-        self.deps.call(
-            self.artifacts.save_model,
-            job.id,
-            state.number,
-            model,
-            meta,
-            on="artifacts",
-            deadline_s=deadline,
-        )
         metrics: dict[str, Any] = bounding_metrics(bounded)
         if job.holdout is not None:
             set_state(job.module, model)
             result = evaluate(job.module, job.holdout)
             metrics.update(accuracy=result.accuracy, loss=result.loss)
-        return metrics
+        return model, metrics
+
+    def _persist(self, job: ActiveJob, number: int, model: dict[str, np.ndarray]) -> None:
+        """Write (and mirror) round ``number``'s model and optimizer state; safe to repeat."""
+        if job.optimizer.stateful:
+            path = self.artifacts.optimizer_path(job.id, number)
+            tensors.save_state(path, *job.optimizer.state_dict())
+            self.artifacts.publish(path)
+        self.artifacts.save_model(job.id, number, model, {"job": job.id, "round": str(number)})
