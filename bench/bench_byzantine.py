@@ -14,9 +14,14 @@ member agents in this process whose transport rewrites each upload (or, for
 label flipping, whose data is flipped). Each federation runs one job per
 rule: FedAvg (``mean``, with the coordinator's default norm and count
 bounds), coordinate-wise ``median``, ``trimmed_mean`` (beta 0.2), ``krum``
-(f = 2), Multi-Krum (f = 2, m = n - f = 8) and the mean with ``norm_bound = 1``.
-Prints the final held-out accuracy of each rule under each attack next to
-the clean FedAvg run, and the best rule's gap to it.
+(f = 2), Multi-Krum (f = 2, m = n - f = 8), the mean with ``norm_bound = 1``
+and ``screened_mean`` (f = 2: Krum-score and cosine screening, then FedAvg;
+:mod:`fedaas.algorithms.screening`). Prints the final held-out accuracy of
+each rule under each attack next to the clean FedAvg run, and the best
+rule's gap to it. Two references: the clean federation with the screen on
+(its cost when nobody attacks), and FedAvg over only the 8 members that
+stay honest, without the attackers' members at all: what a perfect filter
+could reach on this split.
 
 With ``--memory``, instead: coordinator memory for one round of a ~10M-parameter
 model (``bench/bench_memory.py``'s MLP 1000-3000-2300-10) with 10 and 50
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +63,10 @@ RULES: dict[str, dict[str, Any]] = {
     "krum": {"aggregator": "krum", "byzantine": 2},
     "multi_krum": {"aggregator": "krum", "byzantine": 2, "krum_select": 8},
     "norm_bound_1": {"norm_bound": 1.0},
+    "screened": {"aggregator": "screened_mean", "byzantine": 2},
 }
+CLEAN_RULES = ["fedavg", "screened"]
+"""Without attackers: FedAvg, and what the screen costs when nobody attacks."""
 ATTACKS = ("sign_flip", "scaled", "large_norm", "label_flip")
 
 
@@ -92,8 +101,14 @@ class AttackTransport(Transport):
 
 
 @contextmanager
-def federation(workdir: Path, attack: str | None) -> Iterator[tuple[LocalCluster, Path]]:
-    """8 honest member processes and 2 attackers (in threads), or 10 honest ones."""
+def federation(
+    workdir: Path, attack: str | None, members: int = MEMBERS
+) -> Iterator[tuple[LocalCluster, Path]]:
+    """8 honest member processes and 2 attackers (in threads), or ``members`` honest ones.
+
+    The data are always the 10-member split; ``members = 8`` leaves out the
+    attackers' partitions (the last two) entirely.
+    """
     parts, (x_test, y_test) = digits_federation(MEMBERS, 0.5, 0)
     data = workdir / "data"
     for i, (x, y) in enumerate(parts):
@@ -104,17 +119,17 @@ def federation(workdir: Path, attack: str | None) -> Iterator[tuple[LocalCluster
     threads: list[threading.Thread] = []
     with LocalCluster(workdir / "cluster") as cluster:
         cluster.start_server()
-        honest = MEMBERS if attack is None else MEMBERS - ATTACKERS
+        honest = members if attack is None else MEMBERS - ATTACKERS
         for i in range(honest):
             cluster.start_client(f"m{i}", str(data / f"client_{i}.npz"))
-        for i in range(honest, MEMBERS):
+        for i in range(honest, MEMBERS if attack is not None else honest):
             transport = AttackTransport(cluster.url, cluster.admin.enroll(f"m{i}").token, attack)
             agent = Agent(transport, str(data / f"client_{i}.npz"), state_dir=workdir / f"a{i}")
             agent.poll_s = 1.0
             agents.append(agent)
             threads.append(threading.Thread(target=agent.run, daemon=True))
             threads[-1].start()
-        cluster.wait_online(MEMBERS, timeout=600)
+        cluster.wait_online(honest if attack is None else MEMBERS, timeout=600)
         try:
             yield cluster, data / "test.npz"
         finally:
@@ -124,18 +139,22 @@ def federation(workdir: Path, attack: str | None) -> Iterator[tuple[LocalCluster
                 thread.join(timeout=30)
 
 
-def run_rules(cluster: LocalCluster, holdout: Path, rounds: int, rules: list[str]) -> dict:
+def run_rules(
+    cluster: LocalCluster, holdout: Path, rounds: int, rules: list[str], members: int = MEMBERS
+) -> dict:
     results = {}
     for rule in rules:
-        _, spec = demo_spec(EXAMPLE_SPEC, MEMBERS, rounds, holdout)
+        _, spec = demo_spec(EXAMPLE_SPEC, members, rounds, holdout)
         spec["strategy"] = {"name": "fedavg", **RULES[rule]}
+        started = time.monotonic()
         job = cluster.admin.wait(cluster.admin.submit(spec).id).model_dump()
         if job["status"] != "completed":
             results[rule] = float("nan")
             print(f"  {rule}: job {job['status']}: {job.get('reason')}", flush=True)
             continue
         results[rule] = job["rounds"][-1]["accuracy"]
-        print(f"  {rule:<14} final accuracy {results[rule]:.4f}", flush=True)
+        took = time.monotonic() - started
+        print(f"  {rule:<14} final accuracy {results[rule]:.4f} ({took:.0f} s)", flush=True)
     return results
 
 
@@ -173,15 +192,23 @@ def main() -> None:
         memory(args.members, args.memory_rules, args.workers)
         return
     table: dict[str, dict[str, float]] = {}
+    print("without the attackers' members (8 honest members only):", flush=True)
+    with tempfile.TemporaryDirectory() as tmp, federation(Path(tmp), None, 8) as (cl, test):
+        ceiling = run_rules(cl, test, args.rounds, ["fedavg"], members=8)["fedavg"]
     for attack in (None, *args.attacks):
         label = attack or "clean"
         print(f"{label}:", flush=True)
-        rules = ["fedavg"] if attack is None else args.rules
+        rules = ["fedavg", *(r for r in CLEAN_RULES[1:] if r in args.rules)]
+        rules = rules if attack is None else args.rules
         with tempfile.TemporaryDirectory() as tmp, federation(Path(tmp), attack) as (cl, test):
             table[label] = run_rules(cl, test, args.rounds, rules)
     clean = table["clean"]["fedavg"]
     print()
     print(f"clean FedAvg, 10 honest members: {clean:.4f}")
+    for rule, value in table["clean"].items():
+        if rule != "fedavg":
+            print(f"clean {rule}, 10 honest members (cost of the rule): {value:.4f}")
+    print(f"FedAvg over the 8 honest members only (perfect-filter ceiling): {ceiling:.4f}")
     print(
         f"{'attack (2 of 10)':<18}"
         + "".join(f"{r:>14}" for r in args.rules)

@@ -79,8 +79,8 @@ def test_privacy_section_accepts_gaussian_ou_and_adaptive_settings():
         ({"mechanism": "ou", "noise_multiplier": 1.0}, "privacy.theta: required key is missing"),
         (
             {"mechanism": "gaussian", "noise_multiplier": 1.0, "placement": "distributed"},
-            "privacy.placement: placement 'distributed' is refused: without secure "
-            "aggregation the coordinator sees each upload on its own",
+            "privacy: placement 'distributed' needs [secure_aggregation] enabled = true: "
+            "without it the coordinator sees each upload on its own",
         ),
         (
             {"mechanism": "ou", "noise_multiplier": 1.0, "theta": 0.5, "placement": "distributed"},

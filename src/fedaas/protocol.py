@@ -9,7 +9,8 @@ payloads are safetensors (:mod:`fedaas.tensors`); their string metadata is
 :class:`UpdateMetadata`.
 
 This module sits at the bottom of the house with :mod:`fedaas.spec` and
-:mod:`fedaas.tensors`: it imports nothing else of ours. It is long because it is
+:mod:`fedaas.tensors`: it imports nothing else of ours (but secure aggregation's
+messages, :mod:`fedaas.protocol_secagg`). It is long because it is
 the whole wire contract in one place, which both sides must agree on.
 """
 
@@ -21,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fedaas.protocol_secagg import SecureSession
 from fedaas.spec import JobSpec
 
 TASK_BUNDLE = "application/vnd.fedaas.task+safetensors"
@@ -121,6 +123,11 @@ class Task(Message):
     max_upload_bytes: Annotated[int, Field(ge=1)]
     spec: JobSpec
     privacy: PrivacyInstructions = Field(default_factory=NoPrivacy)
+    secure: SecureSession | None = None
+    """A secure round's session (``fedaas.protocol_secagg``); ``None`` for a plain round."""
+    member: Name | None = None
+    """The name the coordinator knows this member by: with the job seed it seeds the member's
+    training (``fedaas.algorithms.seeds``), as ``fedaas simulate`` seeds a virtual member."""
 
 
 def _finite_metrics(value: dict[str, float]) -> dict[str, float]:
@@ -221,12 +228,38 @@ class Receipt(Message):
     num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
 
 
+MAX_STATE_VALUES = 1_000_000
+"""Numbers in one evaluation report's metric states (a 100,000-class confusion: 400,000)."""
+
+
+def _finite_states(value: dict[str, list[float]]) -> dict[str, list[float]]:
+    if len(value) > 8 or any(len(k) > 32 for k in value):
+        raise ValueError("at most 8 metric states with short names")
+    if sum(len(v) for v in value.values()) > MAX_STATE_VALUES:
+        raise ValueError(f"at most {MAX_STATE_VALUES} numbers in metric states")
+    if not all(math.isfinite(x) for v in value.values() for x in v):
+        raise ValueError("metric states must be finite numbers")
+    return value
+
+
 class EvaluationReport(Message):
-    """A member's loss and accuracy of a round's model on its local validation split."""
+    """A member's evaluation of a round's model on its local validation split.
+
+    ``states``: the metric states of the job's metrics
+    (:mod:`fedaas.train.metrics`), which the coordinator checks and sums
+    across members; ``loss``/``accuracy`` are the member's own values
+    (``accuracy`` absent for a regression); ``metrics``: what the job's
+    ``eval_step`` returned (published as ``members.<key>``).
+    """
 
     num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
     loss: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    states: dict[str, list[float]] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    _check_states = field_validator("states")(_finite_states)
+    _check_metrics = field_validator("metrics")(_finite_metrics)
 
 
 class EvaluationAccepted(Message):

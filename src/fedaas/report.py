@@ -58,16 +58,20 @@ def metrics_document(job: JobStatus, baselines: dict[str, Any] | None = None) ->
 
 
 def plot_accuracy(
-    path: Path, rounds: list[dict[str, Any]], baselines: dict[str, Any] | None, title: str
+    path: Path,
+    rounds: list[dict[str, Any]],
+    baselines: dict[str, Any] | None,
+    title: str,
+    metric: str = "accuracy",
 ) -> None:
-    """Federated accuracy per round, with the local-only band and centralized line."""
+    """Federated ``metric`` per round, with the local-only band and centralized line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r["round"] for r in rounds if r.get("accuracy") is not None]
-    ys = [r["accuracy"] for r in rounds if r.get("accuracy") is not None]
+    xs = [r["round"] for r in rounds if r.get(metric) is not None]
+    ys = [r[metric] for r in rounds if r.get(metric) is not None]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.plot(xs, ys, marker="o", markersize=3, color="tab:blue", label="federated (FedAvg)")
     if baselines:
@@ -87,19 +91,20 @@ def plot_accuracy(
                 label=f"local-only mean {local['mean']:.3f}",
             )
         central = baselines.get("centralized")
-        if central:
+        if central and central.get(metric) is not None:
             ax.axhline(
-                central["accuracy"],
+                central[metric],
                 color="tab:green",
                 linestyle=":",
-                label=f"centralized {central['accuracy']:.3f}",
+                label=f"centralized {central[metric]:.3f}",
             )
     ax.set_xlabel("round")
-    ax.set_ylabel("accuracy (held-out)")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(f"{metric} (held-out)")
+    if metric not in ("loss", "rmse", "mae", "r2"):  # rates: the whole 0..1 scale
+        ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -110,8 +115,12 @@ def write_run_folder(
     job: JobStatus,
     model: bytes | None,
     baselines: dict[str, Any] | None = None,
+    metric: str = "accuracy",
 ) -> Path:
-    """Write the run folder of DESIGN.md for a job description from the API."""
+    """Write the run folder of DESIGN.md for a job description from the API.
+
+    ``metric``: what the plot shows per round (``accuracy.png``), e.g. ``auroc`` or ``rmse``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     doc = metrics_document(job, baselines)
     (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -124,6 +133,7 @@ def write_run_folder(
         out / "accuracy.png",
         doc["rounds"],
         baselines,
-        f"{job.name}: accuracy per round",
+        f"{job.name}: {metric} per round",
+        metric,
     )
     return out

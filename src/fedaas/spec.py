@@ -20,9 +20,19 @@ from fedaas.spec_privacy import PrivacyGaussian as PrivacyGaussian
 from fedaas.spec_privacy import PrivacyNone, PrivacySection, privacy_problem
 from fedaas.spec_privacy import PrivacyOU as PrivacyOU
 from fedaas.spec_privacy import PrivacyRecord as PrivacyRecord
+from fedaas.spec_secagg import SecureAggregationSection, secure_aggregation_fits
+
+# [strategy] has its own module; its name is ours too
+from fedaas.spec_strategy import StrategySection as StrategySection
+from fedaas.spec_strategy import robust_rules_fit
+
+# [train] and [evaluation] have their own module; their names are ours too
+from fedaas.spec_train import EvaluationSection as EvaluationSection
+from fedaas.spec_train import TrainSection as TrainSection
+from fedaas.spec_train import train_problems
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-BUILTIN_MODELS = ("logreg", "mlp")
+BUILTIN_MODELS = ("logreg", "mlp", "cnn")
 
 
 class SpecError(ValueError):
@@ -50,7 +60,8 @@ class JobSection(_Section):
 class ModelSection(_Section):
     """Which ``torch.nn.Module`` to train.
 
-    ``name`` is a built-in (``logreg``, ``mlp``) or ``package.module:factory``,
+    ``name`` is a built-in (``logreg``, ``mlp``, ``cnn`` for images: ``hidden``
+    = its channels, default ``[16, 32]``) or ``package.module:factory``,
     a callable that takes ``features=``, ``classes=`` and ``**options`` and
     returns a module. Input and output sizes always come from ``[data]``.
     """
@@ -93,7 +104,8 @@ class DataSection(_Section):
     """
 
     features: Annotated[int, Field(ge=1, le=10_000_000)]
-    classes: Annotated[int, Field(ge=2, le=100_000)]
+    classes: Annotated[int, Field(ge=2, le=100_000)] | None = None
+    """Classes of a classification (binary: 2); omitted for a regression (real labels)."""
     format: Literal["auto", "npz", "parquet", "csv", "images"] = "auto"
     feature_columns: list[_Name] | _Name | None = None
     label_column: _Name = "y"
@@ -111,18 +123,6 @@ class DataSection(_Section):
                 f"features is {self.features}"
             )
         return self
-
-
-class TrainSection(_Section):
-    """Local training on each member (the same for every member)."""
-
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: Annotated[float, Field(gt=0, le=10)] = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 1
-    mu: Annotated[float, Field(ge=0, le=100)] = 0.0
-    """FedProx proximal weight (Li et al. 2020); 0 is plain FedAvg local training."""
 
 
 class FederationSection(_Section):
@@ -152,70 +152,6 @@ class FederationSection(_Section):
                 f"({self.clients_per_round})"
             )
         return self
-
-
-class StrategySection(_Section):
-    """How the coordinator turns the members' mean update into the next global model.
-
-    ``fedavg`` (McMahan et al. 2017; ``server_lr`` other than 1 makes it server
-    SGD), ``fedavgm`` (server momentum ``beta1``), ``fedadagrad``,
-    ``fedadam``, ``fedyogi`` (adaptive server optimizers, Reddi et al. ICLR
-    2021, with ``beta1``, ``beta2``, ``tau``). ``server_lr`` defaults to 1
-    for ``fedavg``/``fedavgm`` and 0.01 for the adaptive ones. The robust
-    ``aggregator`` options replace the weighted mean that the optimizer steps on.
-    """
-
-    name: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
-    server_lr: Annotated[float, Field(gt=0, le=100)] | None = None
-    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
-    tau: Annotated[float, Field(gt=0, le=10)] = 1e-3
-    aggregator: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
-    """How the round's updates become the mean delta (:mod:`fedaas.algorithms.robust`): the
-    weighted ``mean`` (FedAvg), coordinate-wise ``median``, ``trimmed_mean`` (``trim`` at each
-    end) or ``krum`` (``byzantine`` = f, ``krum_select`` = m > 1 for Multi-Krum)."""
-    trim: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
-    byzantine: Annotated[int, Field(ge=0, le=10_000)] = 1
-    krum_select: Annotated[int, Field(ge=1, le=100_000)] = 1
-    norm_bound: Annotated[float, Field(gt=0, le=1e12)] | None = None
-    """Clip every update to this L2 norm (Sun et al. 2019); unset: 10x the round's median."""
-
-    @model_validator(mode="after")
-    def _meaningful(self) -> StrategySection:
-        unused = {"fedavg": ("beta1", "beta2", "tau"), "fedavgm": ("beta2", "tau")}
-        only = {"trim": "trimmed_mean", "byzantine": "krum", "krum_select": "krum"}
-        fields = type(self).model_fields
-        given = [k for k in unused.get(self.name, ()) if getattr(self, k) != fields[k].default]
-        if given:
-            raise ValueError(f"strategy '{self.name}' does not use {', '.join(given)}")
-        stray = [
-            k
-            for k, rule in only.items()
-            if rule != self.aggregator and getattr(self, k) != fields[k].default
-        ]
-        if stray:
-            raise ValueError(f"aggregator '{self.aggregator}' does not use {', '.join(stray)}")
-        return self
-
-    @property
-    def lr(self) -> float:
-        if self.server_lr is not None:
-            return self.server_lr
-        return 1.0 if self.name in ("fedavg", "fedavgm") else 0.01
-
-
-class EvaluationSection(_Section):
-    """How the global model is evaluated after every round.
-
-    ``holdout``: a dataset on the coordinator (path or URL) for centralized
-    evaluation. ``validation_split``: the share of each member's data kept
-    aside for federated evaluation; members report loss and accuracy of each
-    new global model on it and the coordinator averages them by examples.
-    0 disables federated evaluation (all local data is used for training).
-    """
-
-    holdout: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
-    validation_split: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class TrackingSection(_Section):
@@ -253,25 +189,17 @@ class JobSpec(_Section):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     privacy: PrivacySection = Field(default_factory=PrivacyNone)
     tracking: TrackingSection | None = None
+    secure_aggregation: SecureAggregationSection = Field(default_factory=SecureAggregationSection)
+    _secure_fits = model_validator(mode="after")(secure_aggregation_fits)
 
     @model_validator(mode="after")
-    def _robust_rules_fit(self) -> JobSpec:
-        rule, fed = self.strategy, self.federation
-        if rule.aggregator == "krum" and fed.min_clients < 2 * rule.byzantine + 3:
-            raise ValueError(
-                f"strategy: krum with byzantine = {rule.byzantine} needs more than "
-                f"{2 * rule.byzantine + 2} updates per round: set federation.min_clients >= "
-                f"{2 * rule.byzantine + 3}"
-            )
-        placement = getattr(self.privacy, "placement", "local")
-        client_level = isinstance(self.privacy, PrivacyGaussian | PrivacyOU)
-        if rule.aggregator != "mean" and client_level and placement != "local":
-            raise ValueError(
-                f"strategy: aggregator '{rule.aggregator}' combines the updates one by one, but "
-                f"privacy placement '{placement}' makes only their sum private: use placement "
-                "'local' (each update private on its own) or aggregator 'mean'"
-            )
+    def _train_fits(self) -> JobSpec:
+        problems = train_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    _robust_fits = model_validator(mode="after")(robust_rules_fit)
 
     @model_validator(mode="after")
     def _no_federated_evaluation_under_dp(self) -> JobSpec:

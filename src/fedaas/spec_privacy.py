@@ -81,8 +81,9 @@ class PrivacyGaussian(_Noised):
     Each member clips its update to ``clip_norm`` and noise of std
     ``noise_multiplier * clip_norm`` protects the sum. ``placement``: who adds
     it, the coordinator (``central``) or each member all of it (``local``);
-    ``distributed`` (each member a share) is refused until secure aggregation
-    exists, because without it the coordinator sees every under-noised share.
+    ``distributed`` (each member a share) only with ``[secure_aggregation]``
+    (:mod:`fedaas.spec_secagg`): otherwise the coordinator sees every
+    under-noised share.
     ``adaptive_clipping`` (central only) moves the clip norm towards the
     ``target_quantile`` of update norms at rate ``clip_lr`` (Andrew et al.
     2021, arXiv:1905.03871).
@@ -94,19 +95,6 @@ class PrivacyGaussian(_Noised):
     adaptive_clipping: bool = False
     target_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.5
     clip_lr: Annotated[float, Field(gt=0, le=10)] = 0.2
-
-    @field_validator("placement")
-    @classmethod
-    def _not_distributed(cls, value: str) -> str:
-        if value == "distributed":
-            raise ValueError(
-                "placement 'distributed' is refused: without secure aggregation the coordinator "
-                "sees each upload on its own, carrying only 1/sqrt(quorum) of the noise, so the "
-                "reported epsilon would not hold against it; use 'central' (trusts the "
-                "coordinator) or 'local' (each member adds all the noise) until secure "
-                "aggregation is available"
-            )
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> PrivacyGaussian:

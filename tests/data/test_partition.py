@@ -1,9 +1,11 @@
-"""Dirichlet label-skew partitioning and the built-in digits split."""
+"""Dirichlet label-skew partitioning (with its minimum-size repair) and the digits split."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedaas.data.digits import CLASSES, FEATURES, digits_federation, digits_split
 from fedaas.data.partition import dirichlet_per_class
@@ -83,6 +85,10 @@ def test_smaller_alpha_means_more_label_skew() -> None:
         ({"alpha": 0.0}, "alpha must be positive"),
         ({"alpha": -1.0}, "alpha must be positive"),
         ({"clients": 101}, "cannot split 100 examples across 101 clients"),
+        ({"alpha": float("nan")}, "alpha must be positive"),
+        ({"min_size": -1}, "min_size must be at least 0"),
+        ({"max_tries": 0}, "max_tries must be at least 1"),
+        ({"labels": np.zeros((10, 2))}, "labels must be one-dimensional"),
     ],
 )
 def test_bad_arguments(kwargs: dict, message: str) -> None:
@@ -91,10 +97,86 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
         dirichlet_per_class(**args)
 
 
-def test_impossible_min_size_gives_up_with_a_reason() -> None:
+def test_unreachable_minimum_is_repaired_not_refused() -> None:
+    # the plain retry rule gives up here: every draw leaves some members short
     labels = _labels(n=100)
-    with pytest.raises(ValueError, match=r"raise alpha or lower clients"):
-        dirichlet_per_class(labels, 10, 0.001, seed=0, min_size=10, max_tries=5)
+    parts = dirichlet_per_class(labels, 10, 0.001, seed=0, min_size=10, max_tries=5)
+    assert [p.size for p in parts] == [10] * 10
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(100))
+
+
+def test_a_draw_that_passes_is_returned_unrepaired() -> None:
+    # with a reachable minimum, the first passing draw is the split, whatever max_tries allows
+    labels = _labels(n=2000)
+    a = dirichlet_per_class(labels, 5, 1.0, seed=4, min_size=10, max_tries=1)
+    b = dirichlet_per_class(labels, 5, 1.0, seed=4, min_size=10, max_tries=1000)
+    assert min(p.size for p in a) >= 10
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_repair_tops_up_from_the_largest_and_keeps_receivers_skewed() -> None:
+    labels = _labels(n=3000)
+    raw = dirichlet_per_class(labels, 100, 0.05, seed=1, min_size=0, max_tries=1)
+    fixed = dirichlet_per_class(labels, 100, 0.05, seed=1, min_size=20, max_tries=1)
+    assert min(p.size for p in raw) < 20 <= min(p.size for p in fixed)
+    raw_sizes = np.array([p.size for p in raw])
+    fixed_sizes = np.array([p.size for p in fixed])
+    gained = fixed_sizes > raw_sizes
+    assert (raw_sizes[gained] < 20).all() and (fixed_sizes[gained] == 20).all()
+    # donors are the large members: nobody who was at or under 2x the minimum gave anything
+    assert (fixed_sizes[raw_sizes <= 40] >= raw_sizes[raw_sizes <= 40]).all()
+    # members that were short received a few classes, not an IID sample
+    entropies = [
+        _mean_label_entropy(labels, [p], 10) for p, g in zip(fixed, gained, strict=True) if g
+    ]
+    assert np.mean(entropies) < 0.5 * np.log(10)
+
+
+def test_a_hundred_member_digits_split_exists() -> None:
+    members, _ = digits_federation(clients=100, alpha=0.5, seed=0)
+    assert len(members) == 100
+    assert sum(y.size for _, y in members) == 1437
+    assert min(y.size for _, y in members) >= 10
+
+
+@pytest.mark.parametrize("clients", [100, 1000])
+def test_label_skew_still_follows_alpha_with_many_members(clients: int) -> None:
+    labels = _labels(n=20 * clients)
+    entropy = [
+        _mean_label_entropy(labels, dirichlet_per_class(labels, clients, alpha, 0, 10, 3), 10)
+        for alpha in (0.05, 0.5, 5.0, 100.0)
+    ]
+    assert entropy == sorted(entropy) and entropy[0] < entropy[-1] - 0.5
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    clients=st.integers(2, 1000),
+    per_member=st.integers(1, 30),
+    classes=st.integers(2, 20),
+    alpha=st.sampled_from([0.01, 0.1, 0.5, 1.0, 10.0, 1000.0]),
+    min_size=st.integers(0, 30),
+    seed=st.integers(0, 2**32 - 1),
+    max_tries=st.integers(1, 3),
+)
+def test_any_member_count_gets_a_valid_split(
+    clients: int,
+    per_member: int,
+    classes: int,
+    alpha: float,
+    min_size: int,
+    seed: int,
+    max_tries: int,
+) -> None:
+    n = clients * per_member + seed % clients
+    labels = np.random.default_rng(seed).integers(0, classes, size=n)
+    parts = dirichlet_per_class(labels, clients, alpha, seed, min_size, max_tries)
+    assert len(parts) == clients
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n))
+    floor = min_size if min_size <= n // clients else max(1, n // (2 * clients))
+    assert min(p.size for p in parts) >= floor
+    again = dirichlet_per_class(labels, clients, alpha, seed, min_size, max_tries)
+    assert all(np.array_equal(x, y) for x, y in zip(parts, again, strict=True))
 
 
 def test_digits_split_shapes_and_ranges() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedaas import tensors
+from fedaas.algorithms.screening import ScreenedMean
 from fedaas.server.aggregation import aggregate, bound_updates
 from fedaas.server.privacy import JobPrivacy
 from fedaas.server.spill import RoundSpill, update_norm
@@ -42,10 +43,12 @@ def _setup(tmp_path: Path, strategy: dict[str, Any], n: int = 7) -> tuple[Any, .
     return _spill(tmp_path, rows, claims), spec, np.stack([_flat(r) for r in rows]), claims
 
 
-@pytest.mark.parametrize("rule", ["mean", "median", "trimmed_mean", "krum"])
+@pytest.mark.parametrize("rule", ["mean", "median", "trimmed_mean", "krum", "screened_mean"])
 def test_bounded_aggregate_matches_float64(tmp_path: Path, rule: str, monkeypatch) -> None:
     monkeypatch.setattr("fedaas.server.spill.BLOCK_BYTES", 7 * 8 * 1000)  # many blocks
     strategy = {} if rule == "mean" else {"aggregator": rule}
+    if rule == "screened_mean":
+        strategy["byzantine"] = 2
     spill, spec, rows, claims = _setup(tmp_path, strategy)
     privacy = JobPrivacy(spec, None, None)
     delta, bounded = aggregate(spill, spec, privacy, 1)
@@ -58,10 +61,15 @@ def test_bounded_aggregate_matches_float64(tmp_path: Path, rule: str, monkeypatc
         want = np.median(scaled, axis=0)
     elif rule == "trimmed_mean":
         want = np.sort(scaled, axis=0)[1:-1].mean(axis=0)
-    else:
+    elif rule == "krum":
         d = ((scaled[:, None] - scaled[None]) ** 2).sum(-1)
         scores = [np.sort(np.delete(d[i], i))[: 7 - 1 - 2].sum() for i in range(7)]
         want = scaled[int(np.argmin(scores))]
+    else:  # the screen on the bounded rows (its formula: tests/algorithms/test_screening.py)
+        w = np.minimum(claims, 3 * sorted(claims)[3]).astype(float)
+        kept = ScreenedMean(2).screen(scaled @ scaled.T, list(w)).kept
+        assert 6 not in kept and len(kept) == 5  # the -1e30 update is screened out
+        want = (w[kept, None] * scaled[kept]).sum(0) / w[kept].sum()
     np.testing.assert_allclose(_flat(delta), want, rtol=1e-5, atol=1e-7)
     assert bounded.clipped == [7]
     spill.discard()

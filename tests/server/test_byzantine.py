@@ -6,7 +6,8 @@ claiming 10^12 examples, values of 1e30, or a norm far above the DP clip).
 The round's model is then fetched and compared with a float64 reference of
 what each defence promises: norms clipped to 10x the round's median,
 example counts capped at 3x the median claim, and the robust rules of
-``[strategy] aggregator`` (coordinate-wise median, trimmed mean, Krum). Each
+``[strategy] aggregator`` (coordinate-wise median, trimmed mean, Krum, the
+screened mean). Each
 test also checks that plain FedAvg would have been ruined by the same upload,
 so the test fails if the defence goes.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from fedaas import tensors
+from fedaas.algorithms.screening import ScreenedMean
 from fixtures.federation import Federation, StartFederation
 from fixtures.specs import make_spec
 
@@ -79,6 +81,12 @@ def reference(rows: np.ndarray, claims: list[int], rule: str) -> tuple[np.ndarra
         return np.median(scaled, axis=0), clipped
     if rule == "trimmed_mean":  # beta 0.2 of 5: one dropped at each end
         return np.sort(scaled, axis=0)[1:-1].mean(axis=0), clipped
+    if rule == "screened_mean":  # f = 1: mallory's update is the one screened out
+        cap = RATIO * sorted(claims)[(len(claims) - 1) // 2]
+        w = np.minimum(np.asarray(claims, np.float64), cap)
+        kept = ScreenedMean(1).screen(scaled @ scaled.T, list(w)).kept
+        assert kept == list(range(len(rows) - 1))
+        return (w[kept, None] * scaled[kept]).sum(axis=0) / w[kept].sum(), clipped
     n, f = len(rows), 1  # krum
     d = ((scaled[:, None, :] - scaled[None, :, :]) ** 2).sum(axis=2)
     scores = [np.sort(np.delete(d[i], i))[: n - f - 2].sum() for i in range(n)]
@@ -91,11 +99,11 @@ def spec(name: str, **strategy: Any) -> dict[str, Any]:
     )
 
 
-@pytest.mark.parametrize("rule", ["mean", "median", "trimmed_mean", "krum"])
+@pytest.mark.parametrize("rule", ["mean", "median", "trimmed_mean", "krum", "screened_mean"])
 def test_one_member_claiming_1e12_examples_with_minus_50x_the_model(
     start_federation: StartFederation, rule: str
 ) -> None:
-    strategy = {} if rule == "mean" else {"aggregator": rule}
+    strategy: dict[str, Any] = {} if rule == "mean" else {"aggregator": rule}
     with start_federation(spec(f"byz-{rule}", **strategy), members=MEMBERS, online=MEMBERS) as fed:
         names = list(fed.manifest)
         poison = {k: -50.0 * v for k, v in fed.base.items()}

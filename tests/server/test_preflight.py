@@ -22,7 +22,10 @@ def test_too_few_enrolled_members_block_the_job(spec_data: dict) -> None:
         "federation.min_clients is 10 but only 3 member(s) are enrolled: no round can reach "
         "its quorum (enroll more members or lower min_clients)"
     ]
-    assert any("no evaluation" in note for note in found.notes)
+    assert not any("no evaluation" in note for note in found.notes)  # it evaluates (issue 11)
+    del spec_data["evaluation"]
+    bare = preflight(parse_spec(spec_data), _members(3))
+    assert any("no evaluation" in note for note in bare.notes)
 
 
 def test_revoked_members_do_not_count_and_offline_ones_are_named() -> None:

@@ -32,9 +32,9 @@ def noise_std(privacy: JobPrivacy, sampled: int) -> float:
     return instructions.noise_std
 
 
-def test_distributed_placement_is_refused_until_secure_aggregation_exists() -> None:
+def test_distributed_placement_is_refused_without_secure_aggregation() -> None:
     """Each share carries z/sqrt(quorum) of the noise and the coordinator sees it alone."""
-    with pytest.raises(SpecError, match="placement 'distributed' is refused: without secure"):
+    with pytest.raises(SpecError, match=r"'distributed' needs \[secure_aggregation\] enabled"):
         job_privacy(7, mechanism="gaussian", placement="distributed")
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedaas import __version__
-from fedaas.cli import datasets, demo, jobs, members, nodes
+from fedaas.cli import datasets, demo, jobs, members, nodes, simulate
 from fedaas.cli.common import LOG_FORMAT
 from fedaas.cli.logs import FORMAT_ENV, FORMATS
 from fedaas.cli.privacy import privacy
@@ -38,6 +38,7 @@ app.command("client", hidden=True, help="Alias of `fedaas member`.")(nodes.clien
 app.add_typer(jobs.app, name="job")
 app.add_typer(datasets.app, name="datasets")
 app.command("demo")(demo.demo)
+app.command("simulate")(simulate.simulate)
 app.command("privacy")(privacy)
 app.command("members")(members.members)
 app.command("revoke")(members.revoke)

@@ -1,4 +1,4 @@
-"""``fedaas demo``: the one-command demonstration."""
+"""``fedaas demo``: the one-command demonstration (``--example NAME`` picks ``examples/NAME.toml``)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,49 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from fedaas.cli.common import console
 
+EXAMPLES = ("digits", "digits_images", "breast_cancer", "diabetes")
+err = Console(stderr=True, soft_wrap=True)
+
 
 def demo(
+    example: Annotated[
+        str,
+        typer.Option(
+            "--example",
+            help="The example to run: digits (MLP), digits_images (a CNN on PNG folders), "
+            "breast_cancer (binary: AUROC, sensitivity), diabetes (regression: RMSE, R2).",
+        ),
+    ] = "digits",
     clients: Annotated[
-        int,
-        typer.Option("--members", "--clients", min=2, max=200, help="Number of member processes."),
-    ] = 10,
-    rounds: Annotated[int, typer.Option(min=1, max=10_000, help="Federated rounds.")] = 30,
-    alpha: Annotated[float, typer.Option(min=1e-3, help="Dirichlet skew of the partition.")] = 0.5,
+        int | None,
+        typer.Option(
+            "--members",
+            "--clients",
+            min=2,
+            max=200,
+            help="Number of member processes (default: the example's: 10, 3 hospitals, 4 clinics).",
+            show_default=False,
+        ),
+    ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=10_000, help="Federated rounds (default: the example's).", show_default=False
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            min=1e-3,
+            help="Dirichlet skew of the partition (default: the example's; digits 0.5).",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Run folder (replaced if it exists).")] = Path(
         "runs/demo"
     ),
@@ -46,10 +78,16 @@ def demo(
     epsilon_budget: Annotated[
         float | None, typer.Option(min=0, help="Stop before epsilon would exceed this.")
     ] = None,
+    secure_aggregation: Annotated[
+        bool, typer.Option(help="Mask the updates: the coordinator sees only their sum (SecAgg).")
+    ] = False,
 ) -> None:
-    """Federated vs local-only vs centralized training on digits, as real processes over HTTP."""
+    """Federated vs local-only vs centralized training of an example, as real processes over HTTP."""
+    from fedaas.sim.cluster import ClusterError
     from fedaas.sim.demo import run_demo
 
+    if example not in EXAMPLES:
+        raise typer.BadParameter(f"use one of {', '.join(EXAMPLES)}", param_hint="--example")
     if storage not in ("local", "cloud"):
         raise typer.BadParameter("use local or cloud", param_hint="--storage")
     settings: dict[str, object] | None = None
@@ -65,12 +103,18 @@ def demo(
             settings["theta"] = theta
         if epsilon_budget is not None:
             settings["epsilon_budget"] = epsilon_budget
-    run_demo(
-        clients=clients,
-        rounds=rounds,
-        alpha=alpha,
-        out=out,
-        console=console,
-        privacy=settings,
-        storage=storage,
-    )
+    try:
+        run_demo(
+            clients=clients,
+            rounds=rounds,
+            alpha=alpha,
+            out=out,
+            console=console,
+            privacy=settings,
+            storage=storage,
+            example=example,
+            secure=secure_aggregation,
+        )
+    except (ClusterError, RuntimeError, ValueError) as exc:  # one line, not a traceback
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None

@@ -1,4 +1,11 @@
-"""``fedaas job``: submit, watch, inspect, cancel and download jobs."""
+"""``fedaas job``: submit, watch, inspect, cancel and download jobs.
+
+Submitting, following and downloading go through the Python API
+(:mod:`fedaas.api`: :class:`~fedaas.api.Coordinator`, :class:`~fedaas.api.Job`),
+so the command and a script behave alike. ``status`` and ``download`` also
+take a member's token (``--token`` or ``$FEDAAS_TOKEN``) for the jobs that
+member took part in; the coordinator answers 403 for any other job.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedaas.api import Coordinator, Job
 from fedaas.cli.common import (
     DEFAULT_SERVER,
     AdminTokenOpt,
@@ -25,22 +33,35 @@ from fedaas.cli.common import (
     print_json,
 )
 from fedaas.client.admin import AdminClient
-from fedaas.protocol import JobStatus
-from fedaas.report import format_round, write_run_folder
+from fedaas.protocol import JobStatus, RoundRecord
+from fedaas.report import format_round
 from fedaas.server.preflight import preflight
 from fedaas.spec import SpecError, load_spec
 
 app = typer.Typer(help="Submit and manage jobs.", no_args_is_help=True)
 err = Console(stderr=True, soft_wrap=True)
 
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=["FEDAAS_ADMIN_TOKEN", "FEDAAS_TOKEN"],
+        help="The admin token, or a member's token for a job that member took part in "
+        "(default: $FEDAAS_ADMIN_TOKEN, else $FEDAAS_TOKEN).",
+        show_default=False,
+    ),
+]
+
+
+def print_rounds(job: JobStatus, fresh: list[RoundRecord]) -> None:
+    """One line per round as it closes (a :data:`fedaas.api.Progress` callback)."""
+    for r in fresh:
+        console.print(format_round(r, job.rounds_total), highlight=False)
+
 
 def watch(admin: AdminClient, job_id: str) -> JobStatus:
     """Print each round as it completes; returns the job's final state."""
-    job: JobStatus | None = None
-    for job, fresh in admin.follow(job_id):
-        for r in fresh:
-            console.print(format_round(r, job.rounds_total), highlight=False)
-    assert job is not None
+    job = Job(job_id, admin).wait(progress=print_rounds)
     colour = "green" if job.status == "completed" else "red"
     console.print(
         f"job {job_id} [{colour}]{job.status}[/]"
@@ -50,12 +71,7 @@ def watch(admin: AdminClient, job_id: str) -> JobStatus:
 
 
 def download_run(admin: AdminClient, job_id: str, out: Path) -> Path:
-    job = admin.job(job_id)
-    model_path = out / "model.safetensors"
-    out.mkdir(parents=True, exist_ok=True)
-    admin.download_model(job_id, model_path)
-    write_run_folder(out, job, model_path.read_bytes())
-    return out
+    return Job(job_id, admin).download(out)
 
 
 @app.command("submit")
@@ -114,7 +130,7 @@ def submit(
     if strict and found.blocking:
         err.print("[red]error:[/] not submitted (--strict): the job cannot start", highlight=False)
         raise typer.Exit(2)
-    job = admin.submit(data, source)
+    job = Coordinator(admin).submit(data, source).last
     if as_json:
         print_json(job)
     else:
@@ -154,7 +170,7 @@ def list_jobs(
 def status(
     job_id: str,
     server: ServerOpt = DEFAULT_SERVER,
-    token: AdminTokenOpt = None,
+    token: TokenOpt = None,
     ca_cert: CaCertOpt = None,
     client_cert: ClientCertOpt = None,
     client_key: ClientKeyOpt = None,
@@ -235,7 +251,7 @@ def download(
     job_id: str,
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     server: ServerOpt = DEFAULT_SERVER,
-    token: AdminTokenOpt = None,
+    token: TokenOpt = None,
     ca_cert: CaCertOpt = None,
     client_cert: ClientCertOpt = None,
     client_key: ClientKeyOpt = None,

@@ -30,7 +30,8 @@ AllowCodeOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--allow-code",
-        help="A package (or module) whose model factories a job spec may name, e.g. "
+        help="A package (or module) whose model factories (and train_step/eval_step) a job spec "
+        "may name, e.g. "
         "--allow-code mypkg for 'mypkg.nets:small'; repeatable. Built-in models are always "
         "allowed; nothing else is imported.",
         show_default=False,

@@ -28,7 +28,6 @@ import logging
 import threading
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from fedaas import storage, tensors
+from fedaas.algorithms.seeds import member_seed
+from fedaas.client.finished import FinishedJobs, upload_wait
 from fedaas.client.pinning import Pins, departures, spec_digest
 from fedaas.client.policy import DEFAULT_POLICY, MemberPolicy
 from fedaas.client.privacy import BudgetSpent, MemberPrivacy
+from fedaas.client.secagg import secure_train  # SecAgg+
 from fedaas.client.statepaths import UnsafeName, check_id, is_safe_id
-from fedaas.client.training import train_round
+from fedaas.client.training import evaluation_report, train_round
 from fedaas.client.transport import ApiClientError, Transport
 from fedaas.data.dataset import DataError, Dataset
 from fedaas.data.fingerprint import data_fingerprint
@@ -54,13 +56,11 @@ from fedaas.protocol import (
     TASK_BUNDLE,
     TASK_HEADER,
     DeclineReport,
-    EvaluationReport,
     Task,
     UpdateMetadata,
 )
 from fedaas.spec import JobSpec
 from fedaas.storage import StorageError
-from fedaas.train import evaluate
 
 log = logging.getLogger("fedaas.agent")
 
@@ -96,6 +96,7 @@ class Agent:
         policy: MemberPolicy | None = None,
     ) -> None:
         self.t = transport
+        self.identity = transport.identity  # seeds training: the member, never its data's path
         self.state_dir = state_dir or Path("fedaas-member-state")
         self.data_url = data_url
         self.storage_options = storage_options or {}
@@ -103,6 +104,7 @@ class Agent:
         self.policy = policy or DEFAULT_POLICY
         self.privacy = MemberPrivacy(self.state_dir, data_url)
         self.pins = Pins(self.state_dir)
+        self.finished = FinishedJobs(self.state_dir, transport)  # final models kept
         self._jobs: dict[str, _JobContext] = {}
         self._declined: dict[str, str] = {}  # job id -> why this member takes no part
         self._model_cache: tuple[str, bytes] | None = None  # ETag, safetensors bytes
@@ -113,12 +115,9 @@ class Agent:
         task: Task | None = None
         while not self.stop.is_set():
             if task is None:  # a poll that fails after the transport's retries ends the agent
-                response = self.t.request(
-                    "GET",
-                    "/v1/tasks/next",
-                    params={"timeout": self.poll_s, "bundle": "true"},
-                    timeout=self.poll_s,
-                )
+                poll = self.finished.collect_then_poll(self.poll_s)  # keep finished jobs' models
+                params = {"timeout": poll, "bundle": "true"}
+                response = self.t.request("GET", "/v1/tasks/next", params=params, timeout=poll)
                 if response.status_code == 204:
                     continue
                 task = self._unbundle(response)
@@ -175,7 +174,7 @@ class Agent:
                 f"the privacy instructions of round {task.round} depart from the spec this "
                 f"member accepted: {'; '.join(departed)}"
             )
-        return self._train(task, ctx, state)
+        return secure_train(self, task, ctx, state)  # plain: self._train; SecAgg: masked
 
     def _context(self, job_id: str, spec: JobSpec) -> _JobContext | None:
         if job_id in self._declined:  # asked again (the coordinator restarted): same answer
@@ -201,6 +200,7 @@ class Agent:
             module = build_model(
                 spec.model,
                 spec.data,
+                task=spec.train.task,
                 allowed_code=self.policy.allowed_code,
                 max_parameters=self.policy.models.max_parameters,
             )
@@ -294,7 +294,7 @@ class Agent:
 
     def _train(self, task: Task, ctx: _JobContext, start: dict[str, np.ndarray]) -> Task | None:
         began = time.perf_counter()
-        seed = [ctx.spec.job.seed, task.round, zlib.crc32(self.data_url.encode())]
+        seed = member_seed(ctx.spec.job.seed, task.round, task.member or self.identity)
         instructions = task.privacy
         delta, unclipped, metrics = train_round(
             ctx.module,
@@ -307,6 +307,8 @@ class Agent:
             number=task.round,
             seed=seed,
             max_epsilon=self.policy.privacy.max_epsilon,
+            rounds=ctx.spec.job.rounds,
+            allowed_code=self.policy.allowed_code,
         )
         # under DP only what the accountant covers leaves the member (protocol.UpdateMetadata)
         meta = UpdateMetadata.for_round(instructions, ctx.train.num_examples, metrics, unclipped)
@@ -316,19 +318,20 @@ class Agent:
             "PUT",
             f"/v1/jobs/{task.job_id}/rounds/{task.round}/update",
             content=body,
-            params={"next_timeout": self.poll_s},  # the answer may carry our next task
+            params={"next_timeout": upload_wait(task.round, ctx.spec.job.rounds, self.poll_s)},
             timeout=self.poll_s,
             headers={
                 "Content-Type": "application/octet-stream",
                 "Idempotency-Key": uuid.uuid4().hex,
             },
         )
+        self.finished.took_part(task.job_id, task.round, ctx.spec.job.rounds)
         log.info(
             "round %d: trained on %d examples in %.2f s (loss %.4f), sent %d bytes",
             task.round,
             ctx.train.num_examples,
             trained_s,
-            metrics["train_loss"],
+            metrics.get("train_loss", float("nan")),  # a custom train_step may not say
             len(body),
         )
         if response.headers.get("content-type", "").startswith(TASK_BUNDLE):
@@ -338,9 +341,8 @@ class Agent:
     def _evaluate(self, task: Task, ctx: _JobContext) -> None:
         if ctx.validation is None:
             return
-        result = evaluate(ctx.module, ctx.validation)
-        report = EvaluationReport(
-            num_examples=result.examples, loss=result.loss, accuracy=result.accuracy
+        report = evaluation_report(  # metric states: the coordinator sums them
+            ctx.module, ctx.validation, ctx.spec, task.round, self.policy.allowed_code
         )
         self.t.post_json(
             f"/v1/jobs/{task.job_id}/rounds/{task.round}/evaluation", report.model_dump()

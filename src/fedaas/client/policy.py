@@ -13,7 +13,8 @@ spec against it before it touches a record:
     max_rounds = 200
 
     [code]
-    allow = ["mypkg"]                     # packages whose factories may run (+ --allow-code)
+    allow = ["mypkg"]                     # packages whose factories, train_step and
+                                          # eval_step may run (+ --allow-code)
 
     [privacy]
     required = true                       # no job without differential privacy
@@ -108,6 +109,14 @@ class MemberPolicy(_Section):
                 f"model {name!r} is code this member's operator has not allowed "
                 f"(allowed packages: {', '.join(self.allowed_code) or 'none'}; --allow-code PKG)"
             )
+        for what in ("train_step", "eval_step"):  # the job's own training code
+            step = getattr(spec.train, what)
+            if step is not None and not code_allowed(step, self.allowed_code):
+                found.append(
+                    f"{what} {step!r} is code this member's operator has not allowed "
+                    f"(allowed packages: {', '.join(self.allowed_code) or 'none'}; "
+                    "--allow-code PKG)"
+                )
         accepted = self.models.accept
         if accepted is not None and name not in accepted:
             found.append(f"model {name!r} is not one this member accepts ({', '.join(accepted)})")

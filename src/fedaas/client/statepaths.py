@@ -6,8 +6,9 @@ the coordinator, which the member does not fully trust: an id such as
 ``x/../../../../elsewhere/NAME`` must never name a file outside that folder.
 Every identifier from the wire is checked here against one strict, ASCII-only
 rule (:func:`check_id`), and state paths are built only by
-:func:`state_file`, which checks the parts again and that the result lies
-directly inside the state folder.
+:func:`state_file` (and :func:`state_folder` for a finished job's folder),
+which check the parts again and that the result lies directly inside the
+state folder.
 """
 
 from __future__ import annotations
@@ -48,4 +49,15 @@ def state_file(root: Path, kind: str, ident: str, suffix: str) -> Path:
     path = Path(root) / f"{kind}-{ident}{suffix}"
     if path.parent != Path(root) or path.name in (".", ".."):  # belt and braces
         raise UnsafeName(f"state file {path} would lie outside {root}")
+    return path
+
+
+def state_folder(root: Path, kind: str, ident: str) -> Path:
+    """``root / f"{kind}-{ident}"``: a per-job folder, every part checked; never outside ``root``."""
+    if not _KIND.match(kind):
+        raise ValueError(f"bad state folder kind {kind!r}")
+    check_id(ident, f"{kind} identifier")
+    path = Path(root) / f"{kind}-{ident}"
+    if path.parent != Path(root) or path.name in (".", ".."):  # belt and braces
+        raise UnsafeName(f"state folder {path} would lie outside {root}")
     return path

@@ -14,6 +14,7 @@ verify, or it refuses ours) is raised at once as one clear line.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -168,6 +169,8 @@ class Transport:
     ) -> None:
         self.server = server.rstrip("/")
         self.give_up_after = give_up_after
+        self.identity = hashlib.sha256(token.encode()).hexdigest()
+        """A stable, non-secret name for this member's credential (seeds its training)."""
         if tls is not None and verify is True and self.server.startswith("https://"):
             verify = tls.context()
         self._client_cert = tls is not None and tls.client_cert is not None

@@ -73,6 +73,7 @@ class ValueScan:
     low: float = np.inf
     high: float = -np.inf
     missing_labels: int = 0
+    nonfinite_labels: int = 0
 
     def add(self, x: np.ndarray | None, y: np.ndarray | None, rows: int) -> None:
         """Check one chunk of ``rows`` rows: features (any columns) and raw labels, if given."""
@@ -85,6 +86,9 @@ class ValueScan:
             nan = np.isnan(y)
             self.missing_labels += int(nan.sum())
             y = y[~nan]
+            if self.schema.classes is None:  # a regression's targets: any finite number
+                self.nonfinite_labels += int((~np.isfinite(y)).sum())
+                return
             bad = y[y != np.round(y)]
             if bad.size and len(self.non_integral) < 3:
                 self.non_integral.extend(float(v) for v in bad[: 3 - len(self.non_integral)])
@@ -103,6 +107,10 @@ class ValueScan:
             shown = ", ".join(f"{v:g}" for v in self.non_integral)
             out.append(f"{where}: labels must be integers, got {shown}")
         classes = self.schema.classes
+        if classes is None:  # a regression
+            if self.nonfinite_labels:
+                out.append(f"{where}: {self.nonfinite_labels} targets are infinite")
+            return out
         if self.low < 0 or self.high >= classes:
             bad = int(self.low) if self.low < 0 else int(self.high)
             out.append(

@@ -19,6 +19,11 @@ class DataError(ValueError):
         super().__init__("; ".join(problems))
 
 
+def label_dtype(schema: DataSection) -> type[np.generic]:
+    """Class labels are int64; a regression's (no ``classes``) real-valued targets float32."""
+    return np.int64 if schema.classes is not None else np.float32
+
+
 def schema_problems(x: np.ndarray, y: np.ndarray, schema: DataSection) -> list[str]:
     """Every way ``(x, y)`` fails the job's data schema (empty when it fits)."""
     problems: list[str] = []
@@ -36,6 +41,12 @@ def schema_problems(x: np.ndarray, y: np.ndarray, schema: DataSection) -> list[s
         problems.append(f"features must be real numbers, got dtype {x.dtype}")
     elif not np.isfinite(x).all():
         problems.append("features hold NaN or Inf")
+    if schema.classes is None:  # a regression: any finite real target
+        if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+            problems.append(f"targets must be real numbers, got dtype {y.dtype}")
+        elif not np.isfinite(y).all():
+            problems.append("targets hold NaN or Inf")
+        return problems
     if not np.issubdtype(y.dtype, np.integer):
         if (
             np.issubdtype(y.dtype, np.floating)
@@ -60,7 +71,8 @@ class Dataset(Protocol):
     """What training and evaluation need: a size and a stream of mini-batches.
 
     Implementations may hold everything in memory (:class:`ArrayDataset`) or
-    stream record batches from storage; batches are ``(x float32, y int64)``.
+    stream record batches from storage; batches are ``(x float32, y int64)`` (a
+    regression's ``y``: float32).
     """
 
     @property
@@ -84,7 +96,7 @@ class ArrayDataset:
         problems = schema_problems(np.asarray(x), np.asarray(y), schema)
         if problems:
             raise DataError(problems)
-        return cls(np.asarray(x, dtype=np.float32), np.asarray(y).astype(np.int64))
+        return cls(np.asarray(x, dtype=np.float32), np.asarray(y).astype(label_dtype(schema)))
 
     @property
     def num_examples(self) -> int:

@@ -138,6 +138,8 @@ def open_images(
             if e["type"] == "directory"
         }
     labels_of = _class_labels([n for n in folders if not n.startswith(".")])
+    if schema.classes is None:
+        raise DataError([f"{shown}: image folders hold classes; a regression reads a table or npz"])
     for name, label in sorted(labels_of.items(), key=lambda kv: kv[1]):
         if label >= schema.classes:
             problems.append(

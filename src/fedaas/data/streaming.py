@@ -153,7 +153,7 @@ class StreamingDataset:
     def batches(
         self, batch_size: int, rng: np.random.Generator | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Mini-batches ``(x float32, y int64)``: shuffled through the buffer with ``rng``."""
+        """Mini-batches ``(x float32, y)``: shuffled through the buffer with ``rng``."""
         out = _Rebatcher(batch_size)
         if rng is None:
             for x, y in self._chunks(None):
@@ -162,9 +162,11 @@ class StreamingDataset:
             return
         cap = max(self.buffer_rows, batch_size)
         buf_x = np.empty((cap, self.source.features), dtype=np.float32)
-        buf_y = np.empty(cap, dtype=np.int64)
+        buf_y: np.ndarray | None = None  # the labels' dtype: int64, or a regression's float32
         filled = 0
         for x, y in self._chunks(rng):
+            if buf_y is None:
+                buf_y = np.empty(cap, dtype=y.dtype)
             take = min(cap - filled, len(y))
             buf_x[filled : filled + take], buf_y[filled : filled + take] = x[:take], y[:take]
             filled += take
@@ -178,5 +180,6 @@ class StreamingDataset:
         order = rng.permutation(filled)
         for start in range(0, filled, batch_size):  # drain without copying the whole buffer
             rows = order[start : start + batch_size]
+            assert buf_y is not None
             yield from out.add(buf_x[rows], buf_y[rows])
         yield from out.flush()

@@ -22,7 +22,7 @@ from fsspec.spec import AbstractFileSystem
 
 from fedaas import storage
 from fedaas.data.checks import DEFAULT_LABEL_COLUMN, ValueScan, feature_columns_for
-from fedaas.data.dataset import ArrayDataset, DataError
+from fedaas.data.dataset import ArrayDataset, DataError, label_dtype
 from fedaas.data.streaming import Chunk, MemoryPlan, StreamingDataset
 from fedaas.spec import DataSection
 
@@ -111,6 +111,7 @@ class TableSource:
     ) -> None:
         self.reader, self.paths = reader, paths
         self.feature_cols, self.label_col = feature_cols, label_col
+        self.label_type: type[np.generic] = np.int64  # a regression's: float32
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self.features = len(feature_cols)
         self.num_rows = int(self.offsets[-1])
@@ -125,7 +126,8 @@ class TableSource:
             with storage.errors_as_storage_error(fs.unstrip_protocol(path), fs, path):
                 for rb, pos in self.reader.batches(path, columns, types, rng):
                     x = _to_numpy(rb, self.feature_cols, np.float32)
-                    y = rb.column(self.label_col).to_numpy(zero_copy_only=False).astype(np.int64)
+                    y = rb.column(self.label_col).to_numpy(zero_copy_only=False)
+                    y = y.astype(self.label_type)
                     start = int(self.offsets[i]) + pos
                     yield x, y, np.arange(start, start + len(y), dtype=np.int64)
 
@@ -187,7 +189,7 @@ def open_table(
         else:
             t = arrow_schema.field(label_column).type
             if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
-                problems.append(f"{name}: label column {label_column!r} has type {t}, not integers")
+                problems.append(f"{name}: label column {label_column!r} has type {t}, not numbers")
                 label_ok = False
         plans.append((file, good, label_ok, name))
     keep = not problems  # keep the scanned values while they fit the budget
@@ -220,11 +222,11 @@ def open_table(
         raise DataError([f"{shown}: the dataset is empty"])
     if keep:
         x = np.concatenate([k[0] for k in kept])
-        y = np.concatenate([k[1] for k in kept]).astype(np.int64)
+        y = np.concatenate([k[1] for k in kept]).astype(label_dtype(schema))
         return ArrayDataset(x, y)
-    return StreamingDataset(
-        TableSource(reader, files, rows, feature_cols, label_column), plan.buffer_rows
-    )
+    source = TableSource(reader, files, rows, feature_cols, label_column)
+    source.label_type = label_dtype(schema)
+    return StreamingDataset(source, plan.buffer_rows)
 
 
 # ------------------------------------------------------------------- writers
@@ -261,7 +263,9 @@ def write_table(
         with fs.open(path, "wb") as f:
             try:
                 for x, y in chunks:
-                    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+                    real = np.issubdtype(np.asarray(y).dtype, np.floating)  # regression targets
+                    x = np.asarray(x, dtype=np.float32)
+                    y = np.asarray(y, dtype=np.float64 if real else np.int64)
                     if x.ndim != 2 or y.shape != (x.shape[0],):
                         raise ValueError(f"bad chunk shapes {x.shape} and {y.shape}")
                     names = _column_names(x.shape[1], feature_columns)

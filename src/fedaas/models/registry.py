@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedaas.models.cnn import cnn_parameters, small_cnn
 from fedaas.spec import BUILTIN_MODELS, DataSection, ModelSection
 
 MAX_PARAMETERS = 250_000_000
@@ -66,26 +67,40 @@ def _mlp(features: int, hidden: list[int], classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _factory(name: str, allowed: tuple[str, ...]) -> Callable[..., Any]:
-    """Import the factory ``name`` names, only if its module is allowed (checked first)."""
+def load_code(
+    name: str, allowed: Iterable[str], what: str = "model", noun: str | None = None
+) -> Callable[..., Any]:
+    """The function ``package.module:attr`` names, imported only if its module is allowed.
+
+    The allowlist is checked on the module name first (nothing is imported
+    otherwise), then the function must be defined in an allowed module.
+    ``what`` names it in errors (``model``, ``train_step``, ``eval_step``),
+    ``noun`` (default ``what``) where it is loaded.
+    """
+    allowed, noun = tuple(allowed), noun or what
     if not code_allowed(name, allowed):
         shown = ", ".join(allowed) if allowed else "none"
         raise ModelError(
-            f"model {name!r} is code this node's operator has not allowed "
+            f"{what} {name!r} is code this node's operator has not allowed "
             f"(allowed packages: {shown}; the operator adds one with --allow-code PKG)"
         )
     module_name, _, attr = name.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot load model factory {name!r}: {exc}") from None
+        raise ModelError(f"cannot load {noun} {name!r}: {exc}") from None
     home = getattr(factory, "__module__", None)
     if not callable(factory) or not isinstance(home, str) or not _in_packages(home, allowed):
         raise ModelError(
-            f"model factory {name!r} is not defined in an allowed package "
+            f"{noun} {name!r} is not defined in an allowed package "
             f"(it comes from {home or 'nowhere'}): only code the operator allowed is run"
         )
     return factory
+
+
+def _factory(name: str, allowed: tuple[str, ...]) -> Callable[..., Any]:
+    """Import the factory ``name`` names, only if its module is allowed (checked first)."""
+    return load_code(name, allowed, "model", "model factory")
 
 
 def _factory_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
@@ -130,14 +145,20 @@ def build_model(
     data: DataSection,
     seed: int | None = None,
     *,
+    task: str = "classification",
     allowed_code: Iterable[str] = (),
     max_parameters: int = MAX_PARAMETERS,
 ) -> nn.Module:
     """Instantiate the job's model; with ``seed``, initialization is reproducible.
 
+    The model has ``[data] classes`` outputs for a classification and ONE
+    for ``task`` binary (a logit) or regression (a value); a factory receives
+    that count as ``classes=``.
+
     Raises :class:`ModelError` for code outside ``allowed_code`` (nothing is
     imported then) and for a model over ``max_parameters`` (nothing is allocated).
     """
+    data = data.model_copy(update={"classes": output_size(task, data.classes)})
     size = parameter_count(model, data)
     if size is not None:
         _check_size(size, max_parameters)
@@ -147,6 +168,8 @@ def build_model(
         return nn.Sequential(nn.Linear(data.features, data.classes))
     if model.name == "mlp":
         return _mlp(data.features, model.hidden, data.classes)
+    if model.name == "cnn":  # models/cnn.py: images given as flat pixel rows
+        return small_cnn(data, model.hidden, data.classes)
     factory = _factory(model.name, tuple(allowed_code))
     _factory_options(model.name, factory, dict(model.options))
     try:
@@ -163,13 +186,27 @@ def build_model(
     return built
 
 
-def parameter_count(model: ModelSection, data: DataSection) -> int | None:
+def output_size(task: str, classes: int | None) -> int:
+    """How many outputs the task's model has: one per class, or one (binary, regression)."""
+    if task == "classification":
+        if classes is None:
+            raise ModelError("a classification needs data.classes")
+        return classes
+    return 1
+
+
+def parameter_count(
+    model: ModelSection, data: DataSection, task: str = "classification"
+) -> int | None:
     """Parameters of a built-in model without building it (``None`` for plugins)."""
+    data = data.model_copy(update={"classes": output_size(task, data.classes)})
     if model.name == "logreg":
         return data.features * data.classes + data.classes
     if model.name == "mlp":
         widths = [data.features, *model.hidden, data.classes]
         return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    if model.name == "cnn":
+        return cnn_parameters(data, model.hidden, data.classes)
     return None
 
 

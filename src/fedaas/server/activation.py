@@ -62,7 +62,9 @@ def activate(
         except DataError as exc:
             raise JobFailed(f"held-out data: {exc}") from None
         try:
-            job.module = build_model(spec.model, spec.data, allowed_code=allowed_code)
+            job.module = build_model(
+                spec.model, spec.data, task=spec.train.task, allowed_code=allowed_code
+            )
         except ModelError as exc:
             raise JobFailed(f"model: {exc}") from None
     return job

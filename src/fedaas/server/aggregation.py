@@ -16,8 +16,10 @@ What the coordinator aggregates is bounded before it is combined:
 
 Then ``[strategy] aggregator`` combines them: ``mean`` (FedAvg, summed in
 float64 like :class:`~fedaas.algorithms.aggregate.WeightedSum`, central DP
-noise on the sum), or the unweighted robust rules of
-:mod:`fedaas.algorithms.robust`. Every rule reads the spilled files
+noise on the sum), the unweighted robust rules of
+:mod:`fedaas.algorithms.robust`, or ``screened_mean``
+(:mod:`fedaas.algorithms.screening`: FedAvg of the updates left after ``f``
+are rejected by Krum score and by cosine to the centre). Every rule reads the spilled files
 (:class:`~fedaas.server.spill.RoundSpill`) in column blocks, so the only
 model-sized buffer is the float32 result.
 """
@@ -40,6 +42,7 @@ from fedaas.algorithms.robust import (
     gram_add,
     squared_distances,
 )
+from fedaas.algorithms.screening import ScreenedMean
 from fedaas.protocol import ClientPrivacy, PrivacyInstructions
 from fedaas.server.errors import JobFailed
 from fedaas.server.privacy import JobPrivacy
@@ -116,15 +119,13 @@ def aggregate(
     rule = spec.strategy.aggregator
     if rule == "mean":
         return _mean(spill, bounded, noise, denominator), bounded
+    if rule == "screened_mean":
+        return _screened(spill, bounded, spec.strategy.byzantine, number), bounded
     delta = {name: np.zeros(shape, np.float32) for name, shape in spill.manifest.items()}
     scales = np.asarray(bounded.scales)[:, None]
     if rule == "krum":
         krum = Krum(spec.strategy.byzantine, spec.strategy.krum_select)
-        gram = np.zeros((len(bounded.members),) * 2)
-        for _, _, rows in spill.columns(bounded.members):
-            rows *= scales
-            gram_add(gram, rows)
-        picked = krum.select(squared_distances(gram))
+        picked = krum.select(squared_distances(_gram(spill, bounded)))
         chosen = [bounded.members[i] for i in picked]
         log.info("round %d: krum kept member(s) %s", number, chosen)
         for name, offset, rows in spill.columns(chosen):
@@ -136,6 +137,33 @@ def aggregate(
         rows *= scales
         delta[name].reshape(-1)[offset : offset + rows.shape[1]] = combine.combine(rows)
     return delta, bounded
+
+
+def _gram(spill: RoundSpill, bounded: Bounded) -> np.ndarray:
+    """``G = X X^T`` of the bounded updates, summed over column blocks (``(n, n)`` float64)."""
+    scales = np.asarray(bounded.scales)[:, None]
+    gram = np.zeros((len(bounded.members),) * 2)
+    for _, _, rows in spill.columns(bounded.members):
+        rows *= scales
+        gram_add(gram, rows)
+    return gram
+
+
+def _screened(spill: RoundSpill, bounded: Bounded, f: int, number: int) -> dict[str, np.ndarray]:
+    """:class:`ScreenedMean`: two passes over the spill (the Gram matrix, then the kept mean)."""
+    screened = ScreenedMean(f).screen(_gram(spill, bounded), bounded.weights)
+    names = bounded.members
+    log.info(
+        "round %d: screened_mean rejected member(s) %s by distance, %s by direction",
+        number,
+        [names[i] for i in screened.by_distance],
+        [names[i] for i in screened.by_direction],
+    )
+    coef = screened.coefficients(bounded.weights) * np.asarray(bounded.scales)
+    delta = {name: np.zeros(shape, np.float32) for name, shape in spill.manifest.items()}
+    for name, offset, rows in spill.columns(bounded.members):
+        delta[name].reshape(-1)[offset : offset + rows.shape[1]] = coef @ rows
+    return delta
 
 
 def _mean(
@@ -181,6 +209,8 @@ def add_base(
             with np.errstate(over="ignore", invalid="ignore"):
                 flat[offset : offset + chunk.size] += chunk
         if not np.isfinite(flat).all():
+            if not spill.entries:  # secure aggregation: no update was ever seen on its own
+                raise JobFailed(f"round {spill.number}: the new model would hold NaN or Inf")
             top = max(spill.entries.values(), key=lambda e: e.norm)
             raise JobFailed(
                 f"round {spill.number}: the new model would hold NaN or Inf (tensor {name!r}), "

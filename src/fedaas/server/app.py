@@ -40,8 +40,8 @@ from fedaas.protocol import (
     SubmitRequest,
     Task,
 )
-from fedaas.server import dashboard, operations
-from fedaas.server.access import check_model_access
+from fedaas.server import dashboard, operations, secagg_routes
+from fedaas.server.access import check_job_access, check_model_access, member_view
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.auth import Authenticator
 from fedaas.server.callers import Admin, Anyone, Member
@@ -77,7 +77,7 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": (
             f"the receipt (JSON) or, with `next_timeout`, the member's next task bundle "
-            f"with the receipt in `{RECEIPT_HEADER}`"
+            f"with the receipt in `{RECEIPT_HEADER}` (a secure round: the unmask question)"
         ),
         "content": {TASK_BUNDLE: _BINARY},
     },
@@ -138,6 +138,7 @@ def create_app(
     app.add_middleware(BodyLimit)
     observer = operations.install(app)  # /metrics, /v1/ready
     dashboard.mount(app, observer)  # /ui
+    secagg_routes.mount(app, coordinator)  # secure aggregation's stages, member identities
 
     @app.get("/v1/health", response_model=Health)
     async def health() -> Health:
@@ -178,14 +179,21 @@ def create_app(
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus)
     async def job_detail(
         job_id: str,
-        _: Admin,
+        who: Anyone,
         after_round: Annotated[int | None, Query(ge=0)] = None,
         timeout: Annotated[float, Query(ge=0, le=MAX_POLL_S)] = 25.0,
     ) -> JobStatus:
-        """The job; with ``after_round``, a long-poll that answers once the job passes it."""
-        if after_round is None:
-            return coordinator.describe(job_id)
-        return await coordinator.wait_progress(job_id, after_round, timeout)
+        """The job; with ``after_round``, a long-poll that answers once the job passes it.
+
+        A member may read only a job it takes or took part in, and sees it
+        without other members' details (``server/access.py``).
+        """
+        if after_round is None or who.role == "client":
+            job = coordinator.describe(job_id)  # an unknown job is 404 for everyone
+            check_job_access(coordinator.inbox.job, coordinator.store, job_id, who)
+        if after_round is not None:
+            job = await coordinator.wait_progress(job_id, after_round, timeout)
+        return member_view(job, who)
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus)
     async def cancel(job_id: str, _: Admin) -> JobStatus:
@@ -240,7 +248,7 @@ def create_app(
         with the task in a header: one round trip instead of two.
         """
         assert who.member_id is not None
-        task = await inbox.next_task(who.member_id, timeout, request.is_disconnected)
+        task = await inbox.next_task(who.member_id, timeout, request.is_disconnected, who.name)
         if task is None and coordinator.shutting_down:  # members back off instead of re-polling
             raise Unavailable("the coordinator is shutting down", "shutting_down")
         if task is None:
@@ -295,8 +303,11 @@ def create_app(
                     finally:
                         body.unlink(missing_ok=True)  # kept ones were moved into the spill
             inbox.answered(job_id)
+        held = secagg_routes.unmask_after(inbox, job_id, number, member, next_timeout, receipt)
+        if (asked := await held) is not None:  # SecAgg: the unmask stage's question
+            return asked
         if next_timeout and 0 < limit <= MEMORY_SPOOL_BYTES:  # not on a replay: answer at once
-            task = await inbox.next_task(member, next_timeout, request.is_disconnected)
+            task = await inbox.next_task(member, next_timeout, request.is_disconnected, who.name)
             if task is not None:
                 answer = bundled(task, {RECEIPT_HEADER: receipt.model_dump_json()})
                 if answer is not None:
@@ -309,7 +320,14 @@ def create_app(
     ) -> EvaluationAccepted:
         assert who.member_id is not None
         inbox.accept_evaluation(
-            job_id, number, who.member_id, body.num_examples, body.loss, body.accuracy
+            job_id,
+            number,
+            who.member_id,
+            body.num_examples,
+            body.loss,
+            body.accuracy,
+            body.states,
+            body.metrics,
         )
         return EvaluationAccepted(round=number)
 

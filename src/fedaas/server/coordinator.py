@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedaas.models import build_model, get_state
-from fedaas.models.registry import MAX_PARAMETERS, ModelError
+from fedaas.models.registry import ModelError
 from fedaas.protocol import (
     TERMINAL,
     JobStatus,
@@ -189,8 +189,8 @@ class Coordinator:
                 spec.model,
                 spec.data,
                 seed=spec.job.seed,
-                allowed_code=self.allowed_code,
-                max_parameters=MAX_PARAMETERS,
+                task=spec.train.task,
+                allowed_code=self.allowed_code,  # at most MAX_PARAMETERS (the default)
             )
         except ModelError as exc:
             raise InvalidSpec(str(exc)) from None

@@ -61,6 +61,7 @@ class Member(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    signing_key: Mapped[str | None] = mapped_column(String(64), nullable=True)  # Ed25519, hex
 
 
 class Job(Base):

@@ -27,6 +27,7 @@ from fedaas.protocol import Receipt, Task
 from fedaas.server.aggregation import dp_norm_limit
 from fedaas.server.db import Store
 from fedaas.server.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from fedaas.server.member_reports import evaluation_problems
 from fedaas.server.presence import Presence
 from fedaas.server.rounds import ActiveJob, RoundState, Stage
 from fedaas.server.signals import Signal
@@ -60,6 +61,7 @@ class Inbox:
         member_id: int,
         timeout: float,
         gone: Callable[[], Awaitable[bool]] | None = None,
+        name: str | None = None,
     ) -> Task | None:
         """Long-poll for the member's next task; ``None`` when none came up in ``timeout``.
 
@@ -71,7 +73,7 @@ class Inbox:
         with self.presence.waiting(member_id) as poll:
             while True:
                 self.presence.seen(member_id)
-                task = self.task_for(member_id)
+                task = self.task_for(member_id, name)
                 remaining = end - time.monotonic()
                 if task is not None or remaining <= 0 or self.closing:
                     return task
@@ -84,15 +86,17 @@ class Inbox:
                         poll.hung_up = True
                         return None
 
-    def task_for(self, member_id: int) -> Task | None:
+    def task_for(self, member_id: int, name: str | None = None) -> Task | None:
         job = self.job
         if job is None or job.round is None or member_id in job.declined:
             return None
         state = job.round
+        secure = state.secure.session_for(member_id) if state.secure is not None else None
         if (
             state.stage == Stage.TRAINING
             and member_id in state.sampled
             and member_id not in state.reported
+            and (state.secure is None or secure is not None)  # SecAgg: only before its keys
         ):
             kind, model_round = "train", state.number - 1
         elif (
@@ -113,6 +117,8 @@ class Inbox:
             max_upload_bytes=job.max_upload,
             spec=job.spec,
             privacy=state.privacy,
+            secure=secure if kind == "train" else None,
+            member=name,
         )
 
     # answers ---------------------------------------------------------------------------
@@ -183,6 +189,11 @@ class Inbox:
         round's spill.
         """
         job, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
+        if state.secure is not None:  # a masked vector: added to the sum, never kept
+            receipt = state.secure.accept_masked(member_id, body, nbytes, number)
+            if key:
+                self._receipts[(member_id, key)] = receipt
+            return receipt
         update, meta = validate_update(body, job.manifest)
         norm = update_norm(update)
         limit = dp_norm_limit(state.privacy, sum(map(math.prod, job.manifest.values())))
@@ -228,10 +239,24 @@ class Inbox:
             job.round.check_done(set(job.declined))
 
     def accept_evaluation(
-        self, job_id: str, number: int, member_id: int, examples: int, loss: float, accuracy: float
+        self,
+        job_id: str,
+        number: int,
+        member_id: int,
+        examples: int,
+        loss: float,
+        accuracy: float | None,
+        states: dict[str, list[float]] | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> None:
-        _, state = self._open_round(job_id, number, Stage.EVALUATING, member_id)
+        job, state = self._open_round(job_id, number, Stage.EVALUATING, member_id)
+        problems = evaluation_problems(job.spec, examples, states or {})
+        if problems:  # states that cannot be summed into the federated metrics
+            raise InvalidRequest("the evaluation report: " + "; ".join(problems))
         state.evaluated[member_id] = (examples, loss, accuracy)
+        state.evaluation_states[member_id] = states or {}
+        if metrics:
+            state.evaluation_metrics.append((examples, metrics))
         self.answered(job_id)
 
     def decline(self, job_id: str, member_id: int, name: str, reason: str) -> None:

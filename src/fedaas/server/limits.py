@@ -18,6 +18,11 @@ body:
 3. gives up on a body that stalls: no data for :data:`BODY_IDLE_S` seconds
    answers 408 and closes (a slowloris upload cannot hold a spool file).
 
+A body cut off by 2. or 3. is never read to its end, so its answer always
+carries ``Connection: close``, also when the API's own error handler writes
+it: kept alive, the connection would stay open on the unread rest of the
+body (found by ``tests/server/test_connection_limits.py``).
+
 Wire it in ``create_app``: ``app.add_middleware(BodyLimit)``; it reads the
 authenticator from ``app.state.auth``.
 """
@@ -106,20 +111,22 @@ class BodyLimit:
                 return
         seen = 0
         complete = not has_body
-        started = False
+        started = cut = False
 
         async def limited_receive() -> Message:
-            nonlocal seen, complete
+            nonlocal seen, complete, cut
             if complete:  # the body is in: waiting for a disconnect may take any time
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.idle_s)
             except TimeoutError:
+                cut = True
                 raise _Stalled() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
                 if seen > limit and not streamed:
+                    cut = True
                     raise _TooLarge(limit)
             return message
 
@@ -127,6 +134,9 @@ class BodyLimit:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if cut:  # the rest of the body is never read: close, whoever answers
+                    headers = [h for h in message.get("headers", []) if h[0] != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         try:

@@ -4,9 +4,12 @@ Members' training metrics are averaged into their own namespace,
 ``members.<key>`` (:func:`member_means`), so a member reporting ``accuracy``,
 ``epsilon`` or ``round`` can never replace the coordinator's held-out
 accuracy, its accountant's epsilon or the round number in a round record.
-Federated evaluation (members' loss and accuracy on their validation split)
-weighs each report by its example count, capped like a FedAvg weight
-(:func:`capped_evaluations`). Under record-level DP the members report their
+Federated evaluation: members send the metric STATES of their validation
+split (:mod:`fedaas.train.metrics`), which are checked on arrival
+(:func:`evaluation_problems`) and SUMMED across members before any metric is
+computed (:func:`capped_evaluations`): an AUROC or F1 averaged over members
+is not the pooled data's, and fedaas never publishes one. Each member's
+states count with its example count capped like a FedAvg weight. Under record-level DP the members report their
 own epsilons: :func:`over_budget` finds the members whose report exceeds the
 budget, so that those members are declined instead of the job being stopped
 for everyone.
@@ -21,6 +24,8 @@ from fedaas.server.aggregation import EXAMPLE_RATIO
 from fedaas.server.db import Store
 from fedaas.server.rounds import ActiveJob, RoundState
 from fedaas.spec import JobSpec, PrivacyRecord
+from fedaas.spec_train import job_metrics
+from fedaas.train.metrics import States, check_states, compute_metrics, merge_states
 
 NAMESPACE = "members."
 
@@ -37,17 +42,39 @@ def member_means(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
     return {NAMESPACE + key: totals[key] / sums[key] for key in totals if sums[key] > 0}
 
 
-def capped_evaluations(evaluated: dict[int, tuple[int, float, float]]) -> dict[str, float]:
-    """``federated_loss``/``_accuracy``: the members' reports weighed by capped example counts."""
-    reports = list(evaluated.values())
-    weights = ExampleCap(EXAMPLE_RATIO).weights([n for n, _, _ in reports])
-    total = sum(weights)
-    pairs = list(zip(weights, reports, strict=True))
-    return {
-        "federated_loss": sum(w * loss for w, (_, loss, _) in pairs) / total,
-        "federated_accuracy": sum(w * acc for w, (_, _, acc) in pairs) / total,
-        "federated_examples": sum(n for n, _, _ in reports),
-    }
+def evaluation_problems(spec: JobSpec, examples: int, states: States) -> list[str]:
+    """Why a member's evaluation report cannot be summed (empty: it can)."""
+    return check_states(states, spec.train.task, spec.data.classes, job_metrics(spec), examples)
+
+
+def capped_evaluations(
+    spec: JobSpec,
+    evaluated: dict[int, tuple[int, float, float | None]],
+    states: dict[int, States],
+) -> dict[str, float]:
+    """``federated_<metric>`` of the SUM of the members' metric states (and the loss).
+
+    Each member's states are scaled by ``capped / reported`` examples (a
+    member claiming many more examples than the round's median counts as
+    the cap), then summed; the metrics are computed once from the sum.
+    """
+    members = [m for m in evaluated if m in states]
+    reported = [evaluated[m][0] for m in members]
+    weights = ExampleCap(EXAMPLE_RATIO).weights(reported)
+    parts = [(w / n, states[m]) for w, n, m in zip(weights, reported, members, strict=True)]
+    names = job_metrics(spec)
+    if spec.train.task != "regression" and "accuracy" not in names:
+        names = (*names, "accuracy")
+    values = compute_metrics(merge_states(parts), spec.train.task, spec.data.classes, names)
+    out = {f"federated_{key}": value for key, value in values.items()}
+    out["federated_examples"] = sum(reported)
+    return out
+
+
+def custom_evaluations(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """The members' ``eval_step`` metrics: example-weighted means as ``members.eval.<key>``."""
+    means = member_means([(n, m) for n, m in items if m])
+    return {NAMESPACE + "eval." + k.removeprefix(NAMESPACE): v for k, v in means.items()}
 
 
 def over_budget(spec: JobSpec, reports: dict[int, dict[str, float]]) -> dict[int, str]:

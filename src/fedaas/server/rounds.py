@@ -23,13 +23,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
+import torch
+
 from fedaas import tensors
 from fedaas.algorithms.server_optimizers import ServerOptimizer
 from fedaas.data.dataset import ArrayDataset
+from fedaas.models import set_state
 from fedaas.protocol import NoPrivacy, PrivacyInstructions
+from fedaas.server.aggregation import add_base, aggregate, bounding_metrics
 from fedaas.server.privacy import JobPrivacy
+from fedaas.server.secagg import SecureRound
 from fedaas.server.spill import RoundSpill
 from fedaas.spec import JobSpec
+from fedaas.spec_train import job_metrics
+from fedaas.train import evaluate
 
 
 class Stage(StrEnum):
@@ -49,6 +57,8 @@ class RoundState:
     stage: Stage = Stage.WAITING
     sampled: dict[int, str] = field(default_factory=dict)
     spill: RoundSpill | None = None
+    secure: SecureRound | None = None
+    """A secure round's stages and recovered sum (server/secagg.py); ``None``: plain."""
     uploading: set[int] = field(default_factory=set)
     """Members whose upload for this round is being received (one at a time each)."""
     privacy: PrivacyInstructions = field(default_factory=NoPrivacy)
@@ -57,7 +67,11 @@ class RoundState:
     train_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     member_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     evaluators: dict[int, str] = field(default_factory=dict)
-    evaluated: dict[int, tuple[int, float, float]] = field(default_factory=dict)
+    evaluated: dict[int, tuple[int, float, float | None]] = field(default_factory=dict)
+    evaluation_states: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    """Member id -> the metric states of its evaluation (summed: server/member_reports.py)."""
+    evaluation_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    """What members' ``eval_step`` returned, with their example counts."""
     receipts: list[dict[str, Any]] = field(default_factory=list)
     unclipped: int = 0
     bytes_up: int = 0
@@ -98,3 +112,40 @@ class ActiveJob:
     """Held while an upload is folded and while the round leaves TRAINING."""
     holdout: ArrayDataset | None = None
     module: Any = None
+
+
+def aggregate_round(
+    job: ActiveJob, state: RoundState, base: tensors.SafetensorsFile
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Bounded, combined updates -> server optimizer -> the new model and its metrics.
+
+    ``base`` is the previous round's model. The coordinator's round loop and
+    ``fedaas simulate`` (:mod:`fedaas.sim.simulate`) both close a round here.
+    """
+    assert state.spill is not None
+    noise = job.privacy.central_noise(job.manifest, state.number)
+    denominator = job.privacy.denominator(len(state.reported))
+    if state.secure is not None:  # SecAgg: only the recovered sum exists (server/secagg.py)
+        model, bounded = state.secure.aggregate(noise, denominator)
+    else:
+        model, bounded = aggregate(
+            state.spill, job.spec, job.privacy, state.number, noise, denominator
+        )
+    job.optimizer.step(model)  # the mean delta becomes the server optimizer's step
+    add_base(model, base, state.spill, state.sampled)  # JobFailed on NaN or Inf
+    metrics: dict[str, Any] = bounding_metrics(bounded)
+    if job.holdout is not None:  # on the CPU: the coordinator never needs a GPU
+        set_state(job.module, model)
+        spec = job.spec
+        result = evaluate(
+            job.module,
+            job.holdout,
+            cfg=spec.train,
+            classes=spec.data.classes,
+            metrics=job_metrics(spec),
+            device=torch.device("cpu"),
+        )
+        metrics.update(result.metrics, loss=result.loss)
+        if spec.train.task != "regression":
+            metrics["accuracy"] = result.accuracy
+    return model, metrics

@@ -30,22 +30,25 @@ from typing import Any
 import numpy as np
 
 from fedaas import tensors
-from fedaas.models import set_state
 from fedaas.server.activation import activate
-from fedaas.server.aggregation import add_base, aggregate, bounding_metrics
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store
 from fedaas.server.eligibility import candidates, note_misses
 from fedaas.server.errors import JobFailed
 from fedaas.server.inbox import Inbox
-from fedaas.server.member_reports import capped_evaluations, decline_over_budget, member_means
+from fedaas.server.member_reports import (
+    capped_evaluations,
+    custom_evaluations,
+    decline_over_budget,
+    member_means,
+)
 from fedaas.server.outages import Dependencies, DependencyUnavailable, deadline_for
 from fedaas.server.presence import Presence
 from fedaas.server.privacy import BudgetReached, PrivacyError
-from fedaas.server.rounds import ActiveJob, RoundState, Stage
+from fedaas.server.rounds import ActiveJob, RoundState, Stage, aggregate_round
+from fedaas.server.secagg import open_secure_round
 from fedaas.server.signals import Signal
 from fedaas.server.spill import RoundSpill
-from fedaas.train import evaluate
 
 log = logging.getLogger("fedaas.coordinator")
 
@@ -168,9 +171,13 @@ class JobRunner:
         state.deadline = time.monotonic() + spec.federation.round_timeout
         state.spill = RoundSpill(self.artifacts.spool, job.id, number, job.manifest)
         state.privacy = privacy.instructions()
+        state.secure = open_secure_round(spec, job.id, state, job.manifest, self.store)
         state.stage = Stage.TRAINING
         self.inbox.tasks_changed.fire()
-        await self._until_done(state, job)
+        if state.secure is not None:  # SecAgg+: four stages, only the sum recovered
+            await state.secure.run(state, set(job.declined), spec.federation.min_clients)
+        else:
+            await self._until_done(state, job)
         with job.lock:
             state.stage = Stage.AGGREGATING
         note_misses(job, state)
@@ -240,15 +247,20 @@ class JobRunner:
             state.stage = Stage.EVALUATING
             self.inbox.tasks_changed.fire()
             await self._until_done(state, job)
-            if state.evaluated:
-                federated = capped_evaluations(state.evaluated)
+            if state.evaluated:  # the SUM of the members' metric states, then the metrics
+                federated = capped_evaluations(spec, state.evaluated, state.evaluation_states)
+                federated.update(custom_evaluations(state.evaluation_metrics))
                 record = functools.partial(
                     self.store.add_round_metrics,
                     job.id,
                     number,
                     federated,
-                    accuracy=federated["federated_accuracy"],
-                    loss=federated["federated_loss"],
+                    # without a holdout, the round's own keys show the federated values
+                    **{
+                        k.removeprefix("federated_"): v
+                        for k, v in federated.items()
+                        if k.startswith("federated_") and k != "federated_examples"
+                    },
                 )
                 await self.deps.acall(record)
         # off the critical path; pruning only ever removes rounds older than ``number``
@@ -277,21 +289,8 @@ class JobRunner:
         self, job: ActiveJob, state: RoundState
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Bounded, combined updates -> server optimizer -> the new model and its metrics."""
-        assert state.spill is not None
-        noise = job.privacy.central_noise(job.manifest, state.number)
-        denominator = job.privacy.denominator(len(state.reported))
-        model, bounded = aggregate(
-            state.spill, self.spec, job.privacy, state.number, noise, denominator
-        )
-        job.optimizer.step(model)  # the mean delta becomes the server optimizer's step
         base = tensors.SafetensorsFile(self.artifacts.model_path(job.id, state.number - 1))
-        add_base(model, base, state.spill, state.sampled)  # JobFailed on NaN or Inf
-        metrics: dict[str, Any] = bounding_metrics(bounded)
-        if job.holdout is not None:
-            set_state(job.module, model)
-            result = evaluate(job.module, job.holdout)
-            metrics.update(accuracy=result.accuracy, loss=result.loss)
-        return model, metrics
+        return aggregate_round(job, state, base)
 
     def _persist(self, job: ActiveJob, number: int, model: dict[str, np.ndarray]) -> None:
         """Write (and mirror) round ``number``'s model and optimizer state; safe to repeat."""

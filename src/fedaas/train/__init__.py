@@ -2,7 +2,11 @@
 
 - :mod:`fedaas.train.local`: :func:`train_local`, :func:`evaluate`, :class:`EvalResult`;
 - :mod:`fedaas.train.dp_sgd`: :func:`train_local_dp` (DP-SGD with Opacus);
-- :mod:`fedaas.train.optim`: :func:`make_optimizer`, the optimizer both use.
+- :mod:`fedaas.train.optim`: :func:`make_optimizer`, the optimizer both use;
+- :mod:`fedaas.train.losses`: each task's loss; :mod:`fedaas.train.schedule`:
+  the learning rate of a round; :mod:`fedaas.train.device`: device, mixed precision;
+- :mod:`fedaas.train.metrics`: metric states that members send and the coordinator sums;
+- :mod:`fedaas.train.custom`: a job's own ``train_step``/``eval_step`` (:class:`BatchLoader`).
 
 The DP-SGD names are imported on first use (PEP 562 ``__getattr__``): Opacus
 and dp-accounting take a second each to import, and the coordinator, which
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedaas.train.custom import BatchLoader
 from fedaas.train.local import EvalResult, evaluate, train_local
 from fedaas.train.optim import make_optimizer
 
 __all__ = [
+    "BatchLoader",
     "EvalResult",
     "dp_sgd_schedule",
     "evaluate",

@@ -33,7 +33,11 @@ cryptographic generator whatever it is seeded with. Here instead, with
 repeat exactly, and they are NOT private (the project's ``reproducible`` mode).
 
 FedProx (``cfg.mu > 0``) adds ``mu * (w - w_start)`` to the noised gradient:
-that term does not touch the data, so it is post-processing.
+that term does not touch the data, so it is post-processing. The loop runs on
+the job's device (``[train] device``; the member's data is moved there once,
+the noise is drawn on the CPU and moved), with the task's loss
+(:mod:`fedaas.train.losses`), in float32 (the spec refuses mixed precision
+and ``grad_clip`` under DP-SGD).
 """
 
 from __future__ import annotations
@@ -53,8 +57,11 @@ from torch import nn
 from fedaas.algorithms.accounting import Accountant, dp_sgd_schedule, record_epsilon_after
 from fedaas.algorithms.privacy import SecureNoise
 from fedaas.data.dataset import Dataset
-from fedaas.spec import TrainSection
+from fedaas.spec_train import TrainSection
+from fedaas.train.device import resolve_device
+from fedaas.train.losses import correct, prepare, task_loss
 from fedaas.train.optim import make_optimizer
+from fedaas.train.schedule import round_lr
 
 __all__ = [
     "dp_sgd_schedule",
@@ -160,9 +167,10 @@ def _arrays(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError("DP-SGD needs at least one example")
         x = np.concatenate([p[0] for p in pieces])
         y = np.concatenate([p[1] for p in pieces])
+    labels = np.float32 if np.issubdtype(y.dtype, np.floating) else np.int64  # regression: real
     return (
         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=labels)),
     )
 
 
@@ -183,6 +191,9 @@ def train_local_dp(
     secure: bool = True,
     epochs: int | None = None,
     accountant: Accountant = "rdp",
+    round: int = 1,
+    rounds: int = 1,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """Train ``module`` in place with DP-SGD for ``epochs`` (default ``cfg.epochs``) epochs.
 
@@ -195,7 +206,8 @@ def train_local_dp(
     last epoch's lots (computed on private data, before each step, without
     noise) and ``record_epsilon``: epsilon at ``delta`` of this call's steps
     alone (``inf`` when ``noise_multiplier == 0``); for the cumulative value
-    over rounds use :func:`record_epsilon_after`.
+    over rounds use :func:`record_epsilon_after`. The learning rate is round
+    ``round`` of ``rounds``'s (:func:`fedaas.train.schedule.round_lr`).
     """
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         raise ValueError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier}")
@@ -203,16 +215,19 @@ def train_local_dp(
         raise ValueError(f"max_grad_norm must be finite and > 0, got {max_grad_norm}")
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    device = device or resolve_device(cfg.device)
     x, y = _arrays(data)
     n = int(y.shape[0])
+    x, y = x.to(device), y.to(device)  # once: the lots are gathered on the device
     q, steps = dp_sgd_schedule(n, cfg.batch_size, epochs if epochs is not None else cfg.epochs)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     uniform, normal = _sources(secure, seed)
 
+    module.to(device)
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if cfg.mu > 0 else None
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = task_loss(cfg, device, reduction="sum")
     try:
         hooks = GradSampleHooks(module, batch_first=True, loss_reduction="sum", strict=True)
     except NotImplementedError as exc:
@@ -220,26 +235,26 @@ def train_local_dp(
             f"this model cannot be trained with DP-SGD (per-record gradients): {exc}"
         ) from None
     optimizer = _NoiseDPOptimizer(
-        make_optimizer(module, cfg),
+        make_optimizer(module, cfg, lr=round_lr(round, rounds, cfg)),
         normal=normal,
         noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm),
         expected_batch_size=q * n,
         loss_reduction="mean",  # divide by the expected lot size, as Abadi et al.
     )
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, hits, seen = 0.0, 0, 0
     try:
         with warnings.catch_warnings():
             for message in _HOOK_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
             for step, lot in enumerate(_lots(n, q, steps, uniform)):
                 if step % steps_per_epoch == 0:
-                    loss_sum, correct, seen = 0.0, 0, 0
-                index = torch.from_numpy(lot)
+                    loss_sum, hits, seen = 0.0, 0, 0
+                index = torch.from_numpy(lot).to(device)
                 xb, yb = x[index], y[index]
                 optimizer.zero_grad(set_to_none=True)
-                logits = module(xb)
-                loss = loss_fn(logits, yb)
+                output, target = prepare(cfg.task, module(xb), yb)
+                loss = loss_fn(output, target)
                 loss.backward()
                 if optimizer.pre_step():  # clip, noise, scale
                     if anchor is not None:
@@ -249,7 +264,8 @@ def train_local_dp(
                                     p.grad.add_(p.detach() - p0, alpha=cfg.mu)
                     optimizer.original_optimizer.step()
                 loss_sum += float(loss.detach())
-                correct += int((logits.detach().argmax(1) == yb).sum())
+                right = correct(cfg.task, output.detach(), target)
+                hits += 0 if right is None else int(right)
                 seen += len(yb)
     finally:
         optimizer.zero_grad(set_to_none=True)
@@ -260,8 +276,7 @@ def train_local_dp(
                     delattr(p, attr)
             p.grad = None
     epsilon = record_epsilon_after(1, steps, q, noise_multiplier, delta, accountant=accountant)
-    return {
-        "train_loss": loss_sum / max(seen, 1),
-        "train_accuracy": correct / max(seen, 1),
-        "record_epsilon": epsilon,
-    }
+    out = {"train_loss": loss_sum / max(seen, 1), "record_epsilon": epsilon}
+    if cfg.task != "regression":
+        out["train_accuracy"] = hits / max(seen, 1)
+    return out

@@ -10,11 +10,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedaas.spec import TrainSection
+from fedaas.spec_train import TrainSection
 
 
-def make_optimizer(module: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
-    """``torch.optim`` optimizer over ``module``'s parameters: SGD (with momentum) or Adam."""
+def make_optimizer(
+    module: nn.Module, cfg: TrainSection, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """``torch.optim`` optimizer over ``module``'s parameters: SGD (with momentum) or Adam.
+
+    ``lr``: this round's rate (:func:`fedaas.train.schedule.round_lr`), default ``cfg.lr``;
+    ``cfg.weight_decay`` is the optimizer's L2 decay.
+    """
+    rate = cfg.lr if lr is None else lr
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(module.parameters(), lr=cfg.lr)
-    return torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, foreach=True)
+        return torch.optim.Adam(module.parameters(), lr=rate, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        module.parameters(),
+        lr=rate,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        foreach=True,
+    )

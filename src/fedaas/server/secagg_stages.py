@@ -1,0 +1,144 @@
+"""When the coordinator closes each stage of a secure round, and what it hands on.
+
+:func:`drive` runs the four stages of a :class:`~fedaas.server.secagg.SecureRound`
+(advertise keys, share keys, masked input, unmask; Bonawitz et al. CCS 2017,
+Bell et al. CCS 2020). A stage closes as soon as every member still expected
+has answered or, once a quorum is in (the reconstruction threshold;
+``min_clients`` too for the masked inputs), after a straggler grace of
+:data:`GRACE_FACTOR` times what the quorum took (at least
+:data:`GRACE_MIN_S`); at the round deadline with whoever is in. It never
+waits for every reply, and a stage below its quorum fails the round with the
+reason, releasing nothing. Closing a stage wakes the members' held requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from fedaas.algorithms.secagg import SecAggError, SecAggServer
+from fedaas.protocol_secagg import RosterEntry, SecureRoster, SecureUnmaskRequest, WireShare
+from fedaas.server.errors import JobFailed
+
+if TYPE_CHECKING:
+    from fedaas.server.secagg import SecureRound
+
+log = logging.getLogger("fedaas.coordinator")
+
+GRACE_MIN_S = 0.25
+"""Least straggler grace once a stage has its quorum."""
+GRACE_FACTOR = 0.5
+"""Straggler grace as a share of the time the stage took to reach its quorum."""
+STAGES = ("advertise", "share_keys", "masked_input", "unmask")
+
+
+async def drive(
+    rnd: SecureRound, deadline: float, declined: Iterable[int], min_clients: int
+) -> None:
+    """Run the four stages; :class:`JobFailed` with the reason if the sum can't be recovered."""
+    expected = set(rnd.names) - set(declined)
+    for stage in STAGES:
+        need = max(rnd.threshold, min_clients) if stage == "masked_input" else rnd.threshold
+        began = time.monotonic()
+        await _quorum(rnd, stage, expected, need, deadline)
+        log.debug(
+            "round %d: secure stage %s closes with %d of %d after %.3f s",
+            rnd.context.round,
+            stage,
+            len(rnd.answered[stage]),
+            len(expected),
+            time.monotonic() - began,
+        )
+        try:
+            expected = await _close(rnd, stage)
+        except SecAggError as exc:
+            rnd.failure = str(exc)
+            raise JobFailed(
+                f"secure aggregation failed in round {rnd.context.round} at stage {stage}: "
+                f"{exc}; nothing was released"
+            ) from None
+        finally:
+            rnd.closed[stage].set()
+
+
+async def _quorum(
+    rnd: SecureRound, stage: str, expected: set[int], need: int, deadline: float
+) -> None:
+    start, reached = time.monotonic(), None
+    while True:
+        got = rnd.answered[stage]
+        now = time.monotonic()
+        if expected <= got or now >= deadline:
+            return
+        if len(got) >= need and reached is None:
+            reached = now
+        if reached is not None and now >= reached + max(
+            GRACE_MIN_S, GRACE_FACTOR * (reached - start)
+        ):
+            return
+        wake = (
+            deadline
+            if reached is None
+            else reached + max(GRACE_MIN_S, GRACE_FACTOR * (reached - start))
+        )
+        rnd.changed.clear()
+        try:
+            await asyncio.wait_for(rnd.changed.wait(), timeout=max(0.01, min(wake - now, 1.0)))
+        except TimeoutError:
+            pass
+
+
+async def _close(rnd: SecureRound, stage: str) -> set[int]:
+    """Close ``stage``; the members expected at the next one."""
+    if stage == "advertise":
+        rnd.server = SecAggServer(rnd.context, rnd.params, rnd.identities, rnd.length)
+        for ad in rnd._ads.values():
+            rnd.server.receive_advertisement(ad)
+        ads = rnd.server.close_advertise()
+        rnd.roster = SecureRoster(
+            job_id=rnd.context.job_id,
+            round=rnd.context.round,
+            attempt=rnd.context.attempt,
+            members=[
+                RosterEntry(
+                    member=ad.member_id,
+                    identity=rnd.identities[ad.member_id],
+                    c_public=ad.c_public,
+                    s_public=ad.s_public,
+                    signature=ad.signature,
+                )
+                for ad in sorted(ads, key=lambda a: a.member_id)
+            ],
+        )
+        rnd.stage = "share_keys"
+        return {rnd.ids[ad.member_id] for ad in ads}
+    if stage == "share_keys":
+        assert rnd.server is not None
+        inbound = rnd.server.close_share_keys()
+        rnd.inbound = {
+            name: [
+                WireShare(sender=s.sender, recipient=s.recipient, ciphertext=s.ciphertext)
+                for s in shares
+            ]
+            for name, shares in inbound.items()
+        }
+        rnd.stage = "masked_input"
+        return {rnd.ids[name] for name in rnd.inbound}
+    if stage == "masked_input":
+        assert rnd.server is not None
+        with rnd.lock:
+            request = rnd.server.close_masked_input()
+            rnd.stage = "unmask"
+        rnd.request = SecureUnmaskRequest(
+            survivors=list(request.survivors), dropped=list(request.dropped)
+        )
+        rnd.survivors = sorted(rnd.ids[name] for name in request.survivors)
+        return set(rnd.survivors)
+    assert rnd.server is not None
+    total = await asyncio.to_thread(rnd.server.finish)
+    rnd.weighted_sum, rnd.total_weight = rnd.encoding.decode(total)
+    rnd.stage = "done"
+    return set()

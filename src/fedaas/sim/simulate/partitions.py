@@ -1,0 +1,175 @@
+"""Which virtual members a simulation has and where each one's data lies.
+
+``partitions`` is one of:
+
+- ``dirichlet:digits:N[:ALPHA]``: scikit-learn's digits split over ``N``
+  members per class by Dirichlet(``ALPHA``, default 0.5)
+  (:func:`fedaas.data.digits.digits_federation`), seeded by the job seed;
+- ``synthetic:A,B:N``: the FedProx paper's Synthetic(A, B) over ``N``
+  devices (:func:`fedaas.data.synthetic.synthetic_federation`);
+- a folder (path or ``file://``) or an object-store URL prefix (``s3://``,
+  ``gs://``, ``az://``): one member per entry (a file, or a folder of
+  images), in name order, named after the entry without its suffix;
+- from Python also a list of data URLs (``member-0``, ...), a dict name ->
+  URL, or a list of ``(x, y)`` arrays.
+
+``N`` can be left out of a generator and given as ``members``; with a
+folder, ``members`` takes the first ``N`` entries. Generated and in-memory
+partitions are written once to ``data_dir/member-<i>.npz`` (and the
+generator's held-out split to ``data_dir/test.npz``), so that every worker
+reads a member's data with the service's own reader, when it trains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedaas import storage
+from fedaas.data.source import write_npz
+
+DIRICHLET_ALPHA = 0.5
+
+
+class PartitionError(ValueError):
+    """The partitions cannot be resolved (one line for the command line)."""
+
+
+@dataclass(frozen=True)
+class Partitions:
+    members: list[tuple[str, str]]
+    """``(name, data URL)`` per member, in member order (member ``i`` has id ``i + 1``)."""
+    holdout: str | None = None
+    """A held-out set that came with a generator (used unless the spec names one)."""
+    description: str = ""
+
+
+def _count(text: str | None, members: int | None, what: str) -> int:
+    if text:
+        try:
+            n = int(text)
+        except ValueError:
+            raise PartitionError(f"{what}: the member count {text!r} is not a number") from None
+        if members is not None and members != n:
+            raise PartitionError(f"{what} names {n} members but members is {members}")
+    elif members is None:
+        raise PartitionError(f"{what}: say how many members (e.g. {what}:100, or --members)")
+    else:
+        n = members
+    if n < 1:
+        raise PartitionError(f"{what}: at least one member is needed")
+    return n
+
+
+def _write(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    test: tuple[np.ndarray, np.ndarray] | None,
+    data_dir: Path,
+    description: str,
+) -> Partitions:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    members = []
+    for i, (x, y) in enumerate(parts):
+        path = data_dir / f"member-{i}.npz"
+        write_npz(str(path), np.asarray(x, np.float32), np.asarray(y, np.int64))
+        members.append((f"member-{i}", str(path.resolve())))
+    holdout = None
+    if test is not None:
+        write_npz(str(data_dir / "test.npz"), test[0], test[1])
+        holdout = str((data_dir / "test.npz").resolve())
+    return Partitions(members, holdout, description)
+
+
+def _generated(text: str, members: int | None, seed: int, data_dir: Path) -> Partitions:
+    kind, _, rest = text.partition(":")
+    fields = rest.split(":")
+    if kind == "dirichlet":
+        if fields[0] != "digits":
+            raise PartitionError(f"dirichlet:{fields[0]}: the built-in dataset is 'digits'")
+        if len(fields) > 3:
+            raise PartitionError("use dirichlet:digits:N[:ALPHA]")
+        n = _count(fields[1] if len(fields) > 1 else None, members, "dirichlet:digits")
+        try:
+            alpha = float(fields[2]) if len(fields) > 2 else DIRICHLET_ALPHA
+        except ValueError:
+            raise PartitionError(f"dirichlet:digits: alpha {fields[2]!r} is not a number") from None
+        from fedaas.data.digits import digits_federation
+
+        parts, test = digits_federation(n, alpha, seed)
+        return _write(parts, test, data_dir, f"digits, Dirichlet(alpha={alpha:g}) over {n}")
+    # synthetic:A,B:N
+    if len(fields) > 2 or fields[0].count(",") != 1:
+        raise PartitionError("use synthetic:ALPHA,BETA:N (the FedProx paper's Synthetic(a, b))")
+    try:
+        alpha, beta = (float(v) for v in fields[0].split(","))
+    except ValueError:
+        raise PartitionError(f"synthetic: {fields[0]!r} is not ALPHA,BETA") from None
+    n = _count(fields[1] if len(fields) > 1 else None, members, "synthetic")
+    from fedaas.data.synthetic import synthetic_federation
+
+    parts, test = synthetic_federation(alpha, beta, n, seed)
+    return _write(parts, test, data_dir, f"Synthetic({alpha:g},{beta:g}) over {n}")
+
+
+def _listed(url: str, members: int | None) -> Partitions:
+    """One member per entry of a folder or object-store prefix, in name order."""
+    fs, path = storage.resolve(url)
+    try:
+        entries = sorted(fs.ls(path, detail=False))
+    except FileNotFoundError:
+        raise PartitionError(f"no folder {storage.redact(url)}") from None
+    except OSError as exc:
+        raise PartitionError(f"cannot list {storage.redact(url)}: {exc}") from None
+    base = url.rstrip("/")
+    found: list[tuple[str, str]] = []
+    for entry in entries:
+        leaf = entry.rstrip("/").rsplit("/", 1)[-1]
+        if not leaf or leaf.startswith("."):
+            continue
+        name = leaf.split(".", 1)[0] or leaf
+        found.append((name, f"{base}/{leaf}" if storage.protocol_of(url) != "file" else entry))
+    if members is not None:
+        if len(found) < members:
+            raise PartitionError(f"{storage.redact(url)} has {len(found)} entries, not {members}")
+        found = found[:members]
+    _unique([n for n, _ in found], storage.redact(url))
+    if not found:
+        raise PartitionError(f"{storage.redact(url)} holds no partitions")
+    return Partitions(found, None, f"{len(found)} partitions in {storage.redact(url)}")
+
+
+def _unique(names: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PartitionError(f"two partitions in {where} are both named {name!r}")
+        seen.add(name)
+
+
+def resolve_partitions(
+    partitions: Any, *, members: int | None, seed: int, data_dir: Path
+) -> Partitions:
+    """The members and their data (see the module docstring); :class:`PartitionError` if not."""
+    if isinstance(partitions, Path):
+        partitions = str(partitions)
+    if isinstance(partitions, str):
+        if partitions.startswith(("dirichlet:", "synthetic:")):
+            return _generated(partitions, members, seed, data_dir)
+        return _listed(partitions, members)
+    if isinstance(partitions, Mapping):
+        pairs = [(str(k), str(v)) for k, v in partitions.items()]
+        _unique([n for n, _ in pairs], "the partitions")
+        return Partitions(pairs[:members] if members else pairs, None, f"{len(pairs)} partitions")
+    items = list(partitions)
+    if members is not None:
+        items = items[:members]
+    if not items:
+        raise PartitionError("no partitions given")
+    if all(isinstance(p, str | Path) for p in items):
+        return Partitions([(f"member-{i}", str(p)) for i, p in enumerate(items)], None, "")
+    arrays = [(np.asarray(x), np.asarray(y)) for x, y in items]
+    return _write(arrays, None, data_dir, f"{len(arrays)} in-memory partitions")

@@ -1,0 +1,63 @@
+"""What a long simulation shows while it runs: a rich progress bar (round, accuracy, ETA)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fedaas.protocol import RoundRecord
+
+
+class RoundProgress:
+    """A progress bar over the job's rounds; a no-op when ``enabled`` is false."""
+
+    def __init__(self, total: int, console: Console, *, enabled: bool, title: str) -> None:
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("accuracy {task.fields[accuracy]}"),
+                TextColumn("{task.fields[seconds]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(title, total=total, accuracy="  -   ", seconds="")
+
+    def __enter__(self) -> RoundProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, record: RoundRecord) -> None:
+        """One more round closed."""
+        if self._progress is None or self._task is None:
+            return
+        acc = "  -   " if record.accuracy is None else f"{record.accuracy:.4f}"
+        self._progress.update(
+            self._task, advance=1, accuracy=acc, seconds=f"{record.seconds:.3f} s/round"
+        )
