@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,15 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedaas.protocol import Receipt, Task
-from fedaas.server.aggregation import dp_norm_limit
 from fedaas.server.db import Store
 from fedaas.server.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from fedaas.server.member_reports import evaluation_problems
 from fedaas.server.presence import Presence
-from fedaas.server.rounds import ActiveJob, RoundState, Stage
+from fedaas.server.rounds import ActiveJob, RoundState, Stage, check_update
 from fedaas.server.signals import Signal
-from fedaas.server.spill import update_norm
-from fedaas.server.uploads import validate_update
 
 log = logging.getLogger("fedaas.coordinator")
 
@@ -122,9 +118,8 @@ class Inbox:
         )
 
     # answers ---------------------------------------------------------------------------
-    def _open_round(
-        self, job_id: str, number: int, stage: Stage, member_id: int
-    ) -> tuple[ActiveJob, RoundState]:
+    def running(self, job_id: str) -> ActiveJob:
+        """The running job ``job_id``; :class:`NotFound` or :class:`Conflict` (``round_closed``)."""
         job = self.job
         if job is None or job.id != job_id:
             stored = self.store.job(job_id)
@@ -133,6 +128,12 @@ class Inbox:
             raise Conflict(
                 f"job {job_id} is {stored.status}; it takes no uploads now", "round_closed"
             )
+        return job
+
+    def _open_round(
+        self, job_id: str, number: int, stage: Stage, member_id: int
+    ) -> tuple[ActiveJob, RoundState]:
+        job = self.running(job_id)
         state = job.round
         if state is None or state.number != number or state.stage != stage:
             raise Conflict(f"round {number} of job {job_id} is not open for this", "round_closed")
@@ -194,24 +195,10 @@ class Inbox:
             if key:
                 self._receipts[(member_id, key)] = receipt
             return receipt
-        update, meta = validate_update(body, job.manifest)
-        norm = update_norm(update)
-        limit = dp_norm_limit(state.privacy, sum(map(math.prod, job.manifest.values())))
-        if limit is not None and norm > limit:
-            raise InvalidRequest(
-                f"update norm {norm:.6g} exceeds what this round's privacy allows "
-                f"({limit:.6g}: the clip norm plus the member's own noise)",
-                "invalid_update",
-            )
-        job.privacy.disclosure.check_update(meta)  # under DP: only what the accountant covers
+        meta, norm = check_update(job, state, body)
         with job.lock:  # the round may have closed while the body was checked
             job, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
-            assert state.spill is not None
-            state.spill.keep(member_id, body, meta.num_examples or 1, norm)
-            state.member_metrics[member_id] = meta.metrics
-            state.unclipped += bool(meta.unclipped)
-            state.reported[member_id] = meta.num_examples or 0
-            state.train_metrics.append((meta.num_examples or 1, meta.metrics))
+            state.keep(member_id, body, meta, norm, nbytes)
             if job.privacy.disclosure.keeps_receipts:  # no per-member record under DP
                 state.receipts.append(
                     {
@@ -224,7 +211,6 @@ class Inbox:
                         "received_at": time.time(),
                     }
                 )
-            state.bytes_up += nbytes
             receipt = Receipt(job_id=job_id, round=number, num_examples=meta.num_examples)
             if key:
                 self._receipts[(member_id, key)] = receipt

@@ -17,10 +17,12 @@ round and its ledger entry are committed.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,11 +32,13 @@ from fedaas import tensors
 from fedaas.algorithms.server_optimizers import ServerOptimizer
 from fedaas.data.dataset import ArrayDataset
 from fedaas.models import set_state
-from fedaas.protocol import NoPrivacy, PrivacyInstructions
-from fedaas.server.aggregation import add_base, aggregate, bounding_metrics
+from fedaas.protocol import NoPrivacy, PrivacyInstructions, UpdateMetadata
+from fedaas.server.aggregation import add_base, aggregate, bounding_metrics, dp_norm_limit
+from fedaas.server.errors import InvalidRequest
 from fedaas.server.privacy import JobPrivacy
 from fedaas.server.secagg import SecureRound
-from fedaas.server.spill import RoundSpill
+from fedaas.server.spill import RoundSpill, update_norm
+from fedaas.server.uploads import validate_update
 from fedaas.spec import JobSpec
 from fedaas.spec_train import job_metrics
 from fedaas.train import evaluate
@@ -90,6 +94,19 @@ class RoundState:
         if self.stage in (Stage.TRAINING, Stage.EVALUATING) and not self.expected(declined):
             self.done.set()
 
+    def keep(
+        self, member: int, body: bytes | Path, meta: UpdateMetadata, norm: float, nbytes: int
+    ) -> None:
+        """Count a checked update (:func:`check_update`): spilled for aggregation, its
+        example count and metrics kept for the round's record."""
+        assert self.spill is not None
+        self.spill.keep(member, body, meta.num_examples or 1, norm)
+        self.member_metrics[member] = meta.metrics
+        self.unclipped += bool(meta.unclipped)
+        self.reported[member] = meta.num_examples or 0
+        self.train_metrics.append((meta.num_examples or 1, meta.metrics))
+        self.bytes_up += nbytes
+
 
 @dataclass
 class ActiveJob:
@@ -112,6 +129,29 @@ class ActiveJob:
     """Held while an upload is folded and while the round leaves TRAINING."""
     holdout: ArrayDataset | None = None
     module: Any = None
+
+
+def check_update(
+    job: ActiveJob, state: RoundState, body: bytes | Path
+) -> tuple[UpdateMetadata, float]:
+    """An update checked in full before it may join the round: its metadata and L2 norm.
+
+    Structure and finite values (:func:`validate_update`), under DP its norm
+    against what the round's privacy allows, and only the metadata the
+    accountant covers. Raises :class:`InvalidRequest` and changes nothing. The
+    coordinator's inbox and ``fedaas simulate`` both check uploads here.
+    """
+    update, meta = validate_update(body, job.manifest)
+    norm = update_norm(update)
+    limit = dp_norm_limit(state.privacy, sum(map(math.prod, job.manifest.values())))
+    if limit is not None and norm > limit:
+        raise InvalidRequest(
+            f"update norm {norm:.6g} exceeds what this round's privacy allows "
+            f"({limit:.6g}: the clip norm plus the member's own noise)",
+            "invalid_update",
+        )
+    job.privacy.disclosure.check_update(meta)  # under DP: only what the accountant covers
+    return meta, norm
 
 
 def aggregate_round(

@@ -69,8 +69,15 @@ async def unmask_after(
         asked = None
     if asked is None:
         return Response(receipt.model_dump_json(), media_type="application/json")
-    text = asked.model_dump_json()
-    state.secure.bytes_down += len(text)
+    return _held(asked, state.secure)
+
+
+def _held(answer: Any, secure: SecureRound) -> Response:
+    """A held stage's answer (counted as bytes down), or 204 when the stage is still open."""
+    if answer is None:
+        return Response(status_code=204)
+    text = answer.model_dump_json()
+    secure.bytes_down += len(text)
     return Response(text, media_type="application/json")
 
 
@@ -79,22 +86,10 @@ def mount(app: FastAPI, coordinator: Coordinator) -> None:
     store, inbox = coordinator.store, coordinator.inbox
 
     def secure_round(job_id: str, number: int) -> SecureRound:
-        job = inbox.job
-        if job is None or job.id != job_id:
-            if store.job(job_id) is None:
-                raise NotFound(f"no job {job_id!r}")
-            raise Conflict(f"job {job_id} is not running", "round_closed")
-        state = job.round
+        state = inbox.running(job_id).round
         if state is None or state.number != number or state.secure is None:
             raise Conflict(f"no secure round {number} of job {job_id} is open", "round_closed")
         return state.secure
-
-    def held(answer: Any, secure: SecureRound) -> Response:
-        if answer is None:
-            return Response(status_code=204)
-        text = answer.model_dump_json()
-        secure.bytes_down += len(text)
-        return Response(text, media_type="application/json")
 
     @app.put("/v1/members/me/identity", response_model=IdentityRegistered)
     async def register(body: IdentityRegistration, who: Member) -> IdentityRegistered:
@@ -132,7 +127,7 @@ def mount(app: FastAPI, coordinator: Coordinator) -> None:
         """Stage 1: this member's signed round keys; answered with the roster."""
         assert who.member_id is not None
         secure = secure_round(job_id, number)
-        return held(await secure.advertise(who.member_id, body, wait), secure)
+        return _held(await secure.advertise(who.member_id, body, wait), secure)
 
     @app.post(
         "/v1/jobs/{job_id}/rounds/{number}/secagg/shares",
@@ -145,7 +140,7 @@ def mount(app: FastAPI, coordinator: Coordinator) -> None:
         """Stage 2: encrypted shares for the neighbours; answered with those for this member."""
         assert who.member_id is not None
         secure = secure_round(job_id, number)
-        return held(await secure.share(who.member_id, body, wait), secure)
+        return _held(await secure.share(who.member_id, body, wait), secure)
 
     @app.get(
         "/v1/jobs/{job_id}/rounds/{number}/secagg/unmask",
@@ -156,7 +151,7 @@ def mount(app: FastAPI, coordinator: Coordinator) -> None:
         """Stage 4's question (who survived, who dropped), once the masked inputs are in."""
         assert who.member_id is not None
         secure = secure_round(job_id, number)
-        return held(await secure.unmask_request(who.member_id, wait), secure)
+        return _held(await secure.unmask_request(who.member_id, wait), secure)
 
     @app.post("/v1/jobs/{job_id}/rounds/{number}/secagg/unmask", response_model=UnmaskAccepted)
     async def unmask(job_id: str, number: int, body: UnmaskShares, who: Member) -> UnmaskAccepted:

@@ -4,9 +4,10 @@ Every decision is the service's own code, called in-process instead of over
 HTTP: who is eligible (:func:`fedaas.server.eligibility.candidates`), who is
 sampled and every privacy number (:class:`fedaas.server.privacy.JobPrivacy`:
 sampling, budget, clip norm, central noise, the ledger), the checks an upload
-passes (:func:`fedaas.server.uploads.validate_update`, the DP norm limit, what
-:class:`~fedaas.server.disclosure.Disclosure` lets a member send), the spilled
-updates (:class:`~fedaas.server.spill.RoundSpill`), their bounding, the rule
+passes and how it is kept (:func:`fedaas.server.rounds.check_update`,
+:meth:`~fedaas.server.rounds.RoundState.keep`: structure, the DP norm limit,
+what :class:`~fedaas.server.disclosure.Disclosure` lets a member send; the
+spilled updates), their bounding, the rule
 and the server optimizer (:func:`fedaas.server.rounds.aggregate_round`),
 what a round record publishes, and the member's training
 (:mod:`fedaas.sim.simulate.members`). What differs from the service: every
@@ -34,10 +35,9 @@ from fedaas.data.source import open_dataset
 from fedaas.models import build_model, get_state
 from fedaas.models.registry import MAX_PARAMETERS
 from fedaas.protocol import EvaluationReport, RoundRecord
-from fedaas.server.aggregation import dp_norm_limit
 from fedaas.server.db import Member
 from fedaas.server.eligibility import candidates
-from fedaas.server.errors import JobFailed
+from fedaas.server.errors import InvalidRequest, JobFailed
 from fedaas.server.member_reports import (
     capped_evaluations,
     custom_evaluations,
@@ -46,9 +46,8 @@ from fedaas.server.member_reports import (
     within_budget,
 )
 from fedaas.server.privacy import JobPrivacy, PrivacyError
-from fedaas.server.rounds import ActiveJob, RoundState, Stage, aggregate_round
-from fedaas.server.spill import RoundSpill, update_norm
-from fedaas.server.uploads import validate_update
+from fedaas.server.rounds import ActiveJob, RoundState, Stage, aggregate_round, check_update
+from fedaas.server.spill import RoundSpill
 from fedaas.sim.simulate.wire import pack, unpack
 from fedaas.spec import JobSpec
 
@@ -212,11 +211,12 @@ class RoundLoop:
             )
             for m in order
         ]
-        reports: dict[int, tuple[int, dict[str, float]]] = {}
         try:
-            self.pool.run(frames, lambda i, answer: self._fold(state, order[i], answer, reports))
+            self.pool.run(frames, lambda i, answer: self._fold(state, order[i], answer))
             state.stage = Stage.AGGREGATING
-            state.train_metrics = [reports[m] for m in sorted(reports)]  # member order
+            state.train_metrics = [  # in member order, whatever the order of arrival
+                (state.reported[m] or 1, state.member_metrics[m]) for m in sorted(state.reported)
+            ]
             if len(state.reported) < fed.min_clients:
                 raise JobFailed(
                     f"quorum not met in round {number}: {len(state.reported)} of "
@@ -259,7 +259,6 @@ class RoundLoop:
         state: RoundState,
         member: int,
         answer: bytes,
-        reports: dict[int, tuple[int, dict[str, float]]],
     ) -> None:
         """One member's answer, checked and kept as the coordinator's inbox keeps an upload."""
         header, body = unpack(answer)
@@ -269,19 +268,11 @@ class RoundLoop:
             job.declined[member] = str(reason)
             log.warning("member %s declined job %s: %s", state.sampled[member], job.id, reason)
             return
-        update, meta = validate_update(body, job.manifest)
-        norm = update_norm(update)
-        limit = dp_norm_limit(state.privacy, sum(math.prod(s) for s in job.manifest.values()))
-        if limit is not None and norm > limit:
-            raise JobFailed(f"member {state.sampled[member]}: update norm {norm:.6g} > {limit:.6g}")
-        job.privacy.disclosure.check_update(meta)
-        assert state.spill is not None
-        state.spill.keep(member, body, meta.num_examples or 1, norm)
-        state.member_metrics[member] = meta.metrics
-        state.unclipped += bool(meta.unclipped)
-        state.reported[member] = meta.num_examples or 0
-        reports[member] = (meta.num_examples or 1, meta.metrics)
-        state.bytes_up += len(body)
+        try:
+            meta, norm = check_update(job, state, body)
+        except InvalidRequest as exc:  # a bad update ends the run and names its member
+            raise JobFailed(f"member {state.sampled[member]}: {exc}") from None
+        state.keep(member, body, meta, norm, len(body))
 
     def _evaluate(self, members: list[int], number: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Federated evaluation of the new model, summed as the coordinator sums the reports."""
