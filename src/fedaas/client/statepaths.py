@@ -45,19 +45,19 @@ def state_file(root: Path, kind: str, ident: str, suffix: str) -> Path:
     """``root / f"{kind}-{ident}{suffix}"``, every part checked; never outside ``root``."""
     if not _KIND.match(kind) or not _SUFFIX.match(suffix):
         raise ValueError(f"bad state file kind {kind!r} or suffix {suffix!r}")
-    check_id(ident, f"{kind} identifier")
-    path = Path(root) / f"{kind}-{ident}{suffix}"
-    if path.parent != Path(root) or path.name in (".", ".."):  # belt and braces
-        raise UnsafeName(f"state file {path} would lie outside {root}")
-    return path
+    return _inside(root, kind, ident, suffix, "state file")
 
 
 def state_folder(root: Path, kind: str, ident: str) -> Path:
     """``root / f"{kind}-{ident}"``: a per-job folder, every part checked; never outside ``root``."""
     if not _KIND.match(kind):
         raise ValueError(f"bad state folder kind {kind!r}")
+    return _inside(root, kind, ident, "", "state folder")
+
+
+def _inside(root: Path, kind: str, ident: str, suffix: str, what: str) -> Path:
     check_id(ident, f"{kind} identifier")
-    path = Path(root) / f"{kind}-{ident}"
+    path = Path(root) / f"{kind}-{ident}{suffix}"
     if path.parent != Path(root) or path.name in (".", ".."):  # belt and braces
-        raise UnsafeName(f"state folder {path} would lie outside {root}")
+        raise UnsafeName(f"{what} {path} would lie outside {root}")
     return path
