@@ -3,8 +3,8 @@
 The global model is the federation's shared result, and every member that
 trained for a job gets it when the job completes. The agent notes each job
 it sent an update for (:meth:`FinishedJobs.took_part`); while such a job is
-open it asks the coordinator for the job's state whenever it has no task
-(``GET /v1/jobs/{id}``, the member's view: the coordinator answers only for
+open it asks the coordinator for the job's state before a task poll, at most
+once per poll interval (``GET /v1/jobs/{id}``, the member's view: the coordinator answers only for
 jobs this member took part in). Once the job is ``completed`` it downloads
 the final model (``GET /v1/jobs/{id}/model``, the round the job ended at)
 and keeps it, untouched, with the job's spec in
@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class FinishedJobs:
         self.state_dir = Path(state_dir)
         self.t = transport
         self._open: dict[str, _Open] = {}
+        self._next_check = 0.0
 
     def folder(self, job_id: str) -> Path:
         """Where a finished job's model and spec are kept (``job_id`` checked)."""
@@ -92,9 +94,12 @@ class FinishedJobs:
 
         Briefly (:data:`ENDING_POLL_S`) while a job this member trained the
         last round of is ending, so that its end is noticed at once; else
-        ``poll_s``.
+        ``poll_s``. A job's state (every round's record) is asked for at most
+        once per ``poll_s`` otherwise: a member polling between fast rounds
+        would else fetch a record that grows with every round, every round.
         """
-        if self._open:
+        if self._open and (self.ending or time.monotonic() >= self._next_check):
+            self._next_check = time.monotonic() + poll_s
             self.collect()
         return min(poll_s, ENDING_POLL_S) if self.ending else poll_s
 
