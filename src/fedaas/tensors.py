@@ -62,10 +62,45 @@ def _wire_array(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype="<f4", order="C")
 
 
+def _layout(
+    tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None, ascii: bool
+) -> tuple[dict[str, np.ndarray], bytes]:
+    """The wire arrays by name and the safetensors prefix (8-byte length, padded JSON header).
+
+    The format's layout: names sorted (for one dtype, the order the reference
+    writer uses), contiguous offsets, the header padded with spaces to 8 bytes.
+    ``ascii``: names and metadata escaped to ASCII in the header (else UTF-8).
+    """
+    arrays = {name: _wire_array(a) for name, a in sorted(tensors.items())}
+    quote = json.encoder.encode_basestring_ascii if ascii else json.encoder.encode_basestring
+    parts = []  # what json.dumps(header, separators=(",", ":")) writes, without its overhead
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("safetensors metadata must map strings to strings")
+        pairs = ",".join(f"{quote(k)}:{quote(v)}" for k, v in metadata.items())
+        parts.append(f'"__metadata__":{{{pairs}}}')
+    offset = 0
+    for name, array in arrays.items():
+        shape = ",".join(str(int(d)) for d in array.shape)
+        end = offset + array.nbytes
+        parts.append(
+            f'{quote(name)}:{{"dtype":"{WIRE_DTYPE}","shape":[{shape}],"data_offsets":[{offset},{end}]}}'
+        )
+        offset = end
+    blob = ("{" + ",".join(parts) + "}").encode()
+    blob += b" " * (-len(blob) % 8)
+    return arrays, struct.pack("<Q", len(blob)) + blob
+
+
 def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """Serialize float tensors to safetensors bytes (as little-endian float32)."""
-    arrays = {name: _wire_array(a) for name, a in tensors.items()}
-    return safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
+    """Serialize float tensors to safetensors bytes (as little-endian float32).
+
+    Written here rather than by ``safetensors.numpy.save``, whose per-tensor
+    bookkeeping costs more than the copy for the small updates of
+    ``fedaas simulate``; the reference parser reads it back in the tests.
+    """
+    arrays, prefix = _layout(tensors, metadata, ascii=False)  # as the reference writes it
+    return b"".join([prefix, *(a.tobytes() for a in arrays.values())])
 
 
 def save(
@@ -77,27 +112,12 @@ def save(
 
     ``safetensors.numpy.save_file`` first copies every tensor to ``bytes``;
     for the coordinator's model-sized buffers that doubles peak memory, so the
-    (documented, simple) layout is streamed here instead: 8-byte header
-    length, JSON header with sorted names and contiguous offsets, raw data.
+    (documented, simple) layout is streamed here instead (:func:`_layout`).
     Files written here are read back by the reference parser in the tests.
     """
-    arrays = {name: _wire_array(a) for name, a in sorted(tensors.items())}
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    offset = 0
-    for name, array in arrays.items():
-        header[name] = {
-            "dtype": WIRE_DTYPE,
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
-        }
-        offset += array.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    arrays, prefix = _layout(tensors, metadata, ascii=True)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
+        f.write(prefix)
         for array in arrays.values():
             if array.size:  # memoryview cannot cast a view with a zero in its shape
                 f.write(memoryview(array).cast("B"))

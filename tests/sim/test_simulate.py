@@ -267,3 +267,78 @@ def test_a_worker_cache_counts_what_it_releases(tmp_path: Path, monkeypatch) -> 
         assert validation is not None and len(train.y) + len(validation.y) == 100
     assert 0 < worker._cached_bytes <= virtual.CACHE_BYTES
     assert worker._cached_bytes == sum(size for _, size in worker._cache.values())
+
+
+def test_members_go_out_in_chunks_and_any_chunking_gives_the_same_model(
+    spec, tmp_path: Path
+) -> None:
+    from fedaas.sim.simulate.wire import chunked
+
+    members = list(range(1, 101))
+    chunks = chunked(members, 2)
+    assert [m for c in chunks for m in c] == members  # all of them, in member order
+    sizes = [len(c) for c in chunks]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 25 and sizes[-1] == 1
+    shas, tasks = set(), []
+    for size in (1, 50):  # chunks of several members per frame, or one each
+        pool = InlinePool()
+        pool.size = size
+        out = tmp_path / f"s{size}"
+        result = simulate(spec, "dirichlet:digits:6", backend=pool, out_dir=out, progress=False)
+        shas.add(result.model_sha256)
+        tasks.append(pool.tasks)
+    assert len(shas) == 1 and tasks[0] < tasks[1]
+
+
+def test_a_member_that_fails_inside_a_chunk_declines_alone(spec, tmp_path: Path) -> None:
+    from fedaas.sim.simulate.members import VirtualMembers
+
+    result = simulate(
+        spec, "dirichlet:digits:6", backend=InlinePool(), out_dir=tmp_path / "r", progress=False
+    )
+    worker = VirtualMembers()
+    urls = sorted((tmp_path / "r" / "data").glob("member-*.npz"))
+    worker.handle(
+        pack({"op": "job", "spec": spec.to_dict(), "job_id": "j", "state_root": str(tmp_path)})
+    )
+    worker.handle(pack({"op": "model", "round": 0}, tensors.encode(result.model)))
+    tasks = [
+        {"member": 1, "name": "a", "url": str(urls[0])},
+        {"member": 2, "name": "b", "url": str(tmp_path / "missing.npz")},
+        {"member": 3, "name": "c", "url": str(urls[1])},
+    ]
+    header, body = unpack(
+        worker.handle(
+            pack({"op": "train", "round": 1, "privacy": NoPrivacy().model_dump(), "members": tasks})
+        )
+    )
+    answers = header["answers"]
+    assert [a["member"] for a in answers] == [1, 2, 3]
+    assert "error" in answers[1] and answers[1]["bytes"] == 0
+    assert "error" not in answers[0] and "error" not in answers[2]
+    first = answers[0]["bytes"]
+    assert len(body) == first + answers[2]["bytes"]
+    update, meta = tensors.decode(body[:first])
+    assert set(update) == set(result.model) and int(meta["num_examples"]) > 0
+
+
+def test_a_bad_update_inside_a_chunk_fails_the_run_naming_its_member(spec, tmp_path: Path) -> None:
+    class Corrupting(InlinePool):
+        def run(self, frames, on_answer) -> None:  # type: ignore[no-untyped-def]
+            def corrupt(i: int, answer: bytes) -> None:
+                header, body = unpack(answer)
+                first = header["answers"][0]
+                if len(header["answers"]) > 1:  # the first member's update: NaN everywhere
+                    update, meta = tensors.decode(body[: first["bytes"]])
+                    bad = tensors.encode({k: v * np.nan for k, v in update.items()}, meta)
+                    assert len(bad) == first["bytes"]
+                    answer = pack(header, bad + body[first["bytes"] :])
+                on_answer(i, answer)
+
+            super().run(frames, corrupt)
+
+    result = simulate(
+        spec, "dirichlet:digits:6", backend=Corrupting(), out_dir=tmp_path / "r", progress=False
+    )
+    assert result.job.status == "failed" and result.job.round == 0
+    assert "NaN or Inf" in (result.job.reason or "") and "member-" in (result.job.reason or "")

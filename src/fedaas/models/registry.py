@@ -212,11 +212,14 @@ def parameter_count(
 
 def get_state(module: nn.Module) -> dict[str, np.ndarray]:
     """The module's floating-point state as float32 numpy arrays (copies)."""
-    return {
-        name: value.detach().to(torch.float32).cpu().numpy().copy()
-        for name, value in module.state_dict().items()
-        if value.is_floating_point()
-    }
+    state = {}
+    for name, value in module.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        if value.dtype != torch.float32 or value.device.type != "cpu":
+            value = value.to(torch.float32).cpu()
+        state[name] = value.detach().numpy().copy()
+    return state
 
 
 def set_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
@@ -225,4 +228,4 @@ def set_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
         for name, array in state.items():
             target = current[name]
-            target.copy_(torch.from_numpy(np.asarray(array)).to(target.dtype))
+            target.copy_(torch.from_numpy(np.asarray(array)))  # copy_ casts as .to() does

@@ -6,9 +6,13 @@ any weight is known (:class:`fedaas.algorithms.robust.ExampleCap`). So each
 validated upload stays in the artifact spool as its safetensors file
 (``round-<job>-<round>-m<member>.safetensors``; an upload that was already
 spooled is renamed, a small one in memory is written) and only its norm and
-claim are kept in memory. At the close, :mod:`fedaas.server.aggregation`
-reads the files back in column blocks (:meth:`RoundSpill.columns`), so
-coordinator memory stays O(model) whatever the number of members. The files
+claim are kept in memory. A spill may instead hold updates given as bytes
+in memory up to ``memory_bytes`` in all (``fedaas simulate`` does: thousands
+of small updates a round, where a file each costs more than training them;
+the coordinator's default is 0); beyond that budget they go to files as
+above. At the close, :mod:`fedaas.server.aggregation` reads them back in
+column blocks (:meth:`RoundSpill.columns`), so coordinator memory stays
+O(model) whatever the number of members. The files
 go with the round (:meth:`RoundSpill.discard`); a coordinator that restarts
 clears the spool, and the interrupted round reruns.
 
@@ -53,6 +57,11 @@ class Spilled:
     path: Path
     num_examples: int
     norm: float
+    data: bytes | None = None
+    """The update itself when it is held in memory (then nothing is at ``path``)."""
+
+    def source(self) -> bytes | Path:
+        return self.path if self.data is None else self.data
 
 
 @dataclass
@@ -63,16 +72,31 @@ class RoundSpill:
     job_id: str
     number: int
     manifest: Manifest
+    memory_bytes: int = 0
+    """Updates given as bytes are held in memory while they total at most this much."""
     entries: dict[int, Spilled] = field(default_factory=dict)
+    held: int = 0
+    """Bytes of the updates held in memory."""
 
     def path_for(self, member_id: int) -> Path:
         return self.spool / f"round-{self.job_id}-{self.number}-m{member_id}.safetensors"
 
     def keep(self, member_id: int, body: bytes | Path, num_examples: int, norm: float) -> Spilled:
-        """Keep a validated update (bytes are written, a spool file is renamed)."""
+        """Keep a validated update (bytes are held within the memory budget or written, a
+        spool file is renamed); a member's earlier update for the round is replaced."""
         path = self.path_for(member_id)
+        previous = self.entries.pop(member_id, None)
+        if previous is not None and previous.data is not None:
+            self.held -= len(previous.data)
         if isinstance(body, Path):
             os.replace(body, path)
+        elif self.held + len(body) <= self.memory_bytes:
+            if previous is not None and previous.data is None:
+                path.unlink(missing_ok=True)
+            self.held += len(body)
+            entry = Spilled(member_id, path, num_examples, norm, body)
+            self.entries[member_id] = entry
+            return entry
         else:
             tmp = path.with_name(path.name + ".partial")
             tmp.write_bytes(body)
@@ -91,7 +115,7 @@ class RoundSpill:
         chosen so that a block holds about :data:`BLOCK_BYTES`.
         """
         chosen = self.members() if members is None else members
-        files = [SafetensorsFile(self.entries[m].path, self.manifest) for m in chosen]
+        files = [SafetensorsFile(self.entries[m].source(), self.manifest) for m in chosen]
         n = len(files)
         block = max(1024, BLOCK_BYTES // (8 * max(n, 1)))
         for name, shape in self.manifest.items():
@@ -108,5 +132,7 @@ class RoundSpill:
     def discard(self) -> None:
         """Delete the round's files (after the close, or when the round is abandoned)."""
         for entry in self.entries.values():
-            entry.path.unlink(missing_ok=True)
+            if entry.data is None:
+                entry.path.unlink(missing_ok=True)
         self.entries.clear()
+        self.held = 0

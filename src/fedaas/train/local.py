@@ -46,6 +46,51 @@ def _fast_sgd(cfg: TrainSection, scaler: object) -> bool:
     return cfg.optimizer == "sgd" and cfg.momentum == 0 and cfg.weight_decay == 0 and scaler is None
 
 
+def ready(module: nn.Module, device: torch.device) -> list[nn.Parameter]:
+    """``module.to(device)`` and ``module.train()``, each unless it would change nothing;
+    returns the trainable parameters in ``module.parameters()`` order.
+
+    ``to`` and ``train`` rebuild or reset every submodule even when nothing
+    changes: for a small model trained for one step they cost as much as the
+    step. One walk over the submodules' own tensors and flags tells whether
+    they are needed.
+    """
+    placed, training = True, True
+    params: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for sub in module.modules():
+        training = training and sub.training
+        for p in sub._parameters.values():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            placed = placed and p.device == device
+            if p.requires_grad:
+                params.append(p)
+        placed = placed and all(b is None or b.device == device for b in sub._buffers.values())
+    if not placed:
+        module.to(device)
+        params = [p for p in module.parameters() if p.requires_grad]
+    if not training:
+        module.train()
+    return params
+
+
+_LOSSES: dict[tuple[object, ...], nn.Module] = {}
+
+
+def _loss(cfg: TrainSection, device: torch.device) -> nn.Module:
+    """:func:`task_loss` for this task and device, built once (a loss module holds no state)."""
+    weights = None if cfg.class_weights is None else tuple(cfg.class_weights)
+    key = (cfg.task, cfg.loss, cfg.huber_delta, weights, cfg.pos_weight, str(device))
+    loss = _LOSSES.get(key)
+    if loss is None:
+        if len(_LOSSES) >= 16:
+            _LOSSES.clear()
+        loss = _LOSSES[key] = task_loss(cfg, device)
+    return loss
+
+
 def train_local(
     module: nn.Module,
     data: Dataset,
@@ -69,13 +114,11 @@ def train_local(
     """
     device = device or resolve_device(cfg.device)
     check_precision(cfg, device)
-    module.to(device)
-    module.train()
+    params = ready(module, device)
     lr = round_lr(round, rounds, cfg)
     scaler = grad_scaler(cfg, device)
     optimizer = None if _fast_sgd(cfg, scaler) else make_optimizer(module, cfg, lr=lr)
-    params = [p for p in module.parameters() if p.requires_grad]
-    loss_fn = task_loss(cfg, device)
+    loss_fn = _loss(cfg, device)
     anchor = [p.detach().clone() for p in params] if cfg.mu > 0 else None
     rng = np.random.default_rng(seed)
     zero = torch.zeros((), device=device)
@@ -120,7 +163,8 @@ def train_local(
                     hits += right
             seen += len(target)
     for p in params:
-        p.grad = None
+        if p.grad is not None:
+            p.grad = None
     n = max(seen, 1)
     out = {"train_loss": float(loss_sum) / n}
     if cfg.task != "regression":

@@ -12,7 +12,11 @@ and the server optimizer (:func:`fedaas.server.rounds.aggregate_round`),
 what a round record publishes, and the member's training
 (:mod:`fedaas.sim.simulate.members`). What differs from the service: every
 member is online and answers (no deadlines, so nobody is benched), and
-straggler simulation may shorten or drop a member's round. Updates are
+straggler simulation may shorten or drop a member's round. Members go to
+the workers in chunks (:func:`~fedaas.sim.simulate.wire.chunked`), and their
+updates are kept in memory up to :data:`SPILL_MEMORY_BYTES` rather than a
+file each (both only amortize fixed costs: what is trained and checked is
+the same). Updates are
 aggregated in member order whatever order they arrive in, so the model is
 the same bit for bit on any number of workers and on either backend.
 Secure aggregation is not simulated.
@@ -48,10 +52,13 @@ from fedaas.server.member_reports import (
 from fedaas.server.privacy import JobPrivacy, PrivacyError
 from fedaas.server.rounds import ActiveJob, RoundState, Stage, aggregate_round, check_update
 from fedaas.server.spill import RoundSpill
-from fedaas.sim.simulate.wire import pack, unpack
+from fedaas.sim.simulate.wire import chunked, pack, unpack
 from fedaas.spec import JobSpec
 
 log = logging.getLogger("fedaas.simulate")
+
+SPILL_MEMORY_BYTES = 32 * 1024 * 1024
+"""A round's updates held in memory before they spill to files (a bounded, flat cost)."""
 
 
 class Pool(Protocol):
@@ -190,29 +197,37 @@ class RoundLoop:
         except PrivacyError as exc:
             raise JobFailed(str(exc)) from None
         state.sampled = {m: eligible[m] for m in chosen}
-        state.spill = RoundSpill(self.spool, job.id, number, job.manifest)
+        state.spill = RoundSpill(
+            self.spool, job.id, number, job.manifest, memory_bytes=SPILL_MEMORY_BYTES
+        )
         state.privacy = privacy.instructions()
         state.stage = Stage.TRAINING
         epochs = self._epochs(state.sampled, number)
         order = [m for m in sorted(state.sampled) if epochs[m] > 0]
         self.pool.broadcast(pack({"op": "model", "round": number - 1}, self.model_bytes))
         instructions = state.privacy.model_dump(mode="json")
+        chunks = chunked(order, self.pool.size)
         frames = [
             pack(
                 {
                     "op": "train",
                     "round": number,
-                    "member": m,
-                    "name": state.sampled[m],
-                    "url": self.urls[m],
-                    "epochs": epochs[m],
                     "privacy": instructions,
+                    "members": [
+                        {
+                            "member": m,
+                            "name": state.sampled[m],
+                            "url": self.urls[m],
+                            "epochs": epochs[m],
+                        }
+                        for m in chunk
+                    ],
                 }
             )
-            for m in order
+            for chunk in chunks
         ]
         try:
-            self.pool.run(frames, lambda i, answer: self._fold(state, order[i], answer))
+            self.pool.run(frames, lambda i, answer: self._fold_chunk(state, chunks[i], answer))
             state.stage = Stage.AGGREGATING
             state.train_metrics = [  # in member order, whatever the order of arrival
                 (state.reported[m] or 1, state.member_metrics[m]) for m in sorted(state.reported)
@@ -254,14 +269,24 @@ class RoundLoop:
         job.round = None
         return RoundRecord(round=number, participants=participants, **metrics)
 
-    def _fold(
-        self,
-        state: RoundState,
-        member: int,
-        answer: bytes,
-    ) -> None:
-        """One member's answer, checked and kept as the coordinator's inbox keeps an upload."""
+    def _fold_chunk(self, state: RoundState, members: list[int], answer: bytes) -> None:
+        """A chunk's answer (see :meth:`VirtualMembers._train_all`): each member folded in turn."""
         header, body = unpack(answer)
+        answers = header.get("answers")
+        if not isinstance(answers, list):  # the whole chunk failed: each of its members declines
+            for member in members:
+                self._fold(state, member, header, b"")
+            return
+        if [a.get("member") for a in answers] != members:
+            raise JobFailed(f"a worker answered for members {[a.get('member') for a in answers]}")
+        offset = 0
+        for member, item in zip(members, answers, strict=True):
+            size = int(item.get("bytes", 0))
+            self._fold(state, member, item, body[offset : offset + size])
+            offset += size
+
+    def _fold(self, state: RoundState, member: int, header: dict[str, Any], body: bytes) -> None:
+        """One member's answer, checked and kept as the coordinator's inbox keeps an upload."""
         job = self.job
         reason = header.get("declined") or header.get("error")
         if reason:  # a member that fails or is over its budget declines, as the agent does

@@ -1,7 +1,9 @@
 """Many virtual members in one worker process, each in its turn, running the member's own code.
 
-A worker holds one model and, at any moment, one member's data: for each
-task it opens that member's partition (:func:`fedaas.data.source.open_dataset`,
+A worker holds one model and, at any moment, one member's data. A training
+task names a chunk of members, trained one after another and answered in one
+frame (their updates back to back: one pipe round trip for many small
+members). For each member it opens its partition (:func:`fedaas.data.source.open_dataset`,
 as the agent does; recently used small partitions stay in a bounded cache),
 loads its privacy state from its own folder under the run's state directory
 (:class:`~fedaas.client.privacy.MemberPrivacy`: OU noise state, record-level
@@ -72,8 +74,7 @@ class VirtualMembers:
                 self.model_round = int(header["round"])
                 return pack({"round": self.model_round})
             if op == "train":
-                answer, update = self._train(header)
-                return pack(answer, update)
+                return self._train_all(header)
             if op == "evaluate":
                 return pack(self._evaluate(header))
             raise WireError(f"unknown task {op!r}")
@@ -118,21 +119,46 @@ class VirtualMembers:
                     self._cached_bytes -= released
         return parts
 
-    def _train(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """Round ``round`` of member ``name``: its update as the agent would upload it."""
+    def _train_all(self, header: dict[str, Any]) -> bytes:
+        """A chunk of members (``members``: member, name, url, epochs) trained in turn.
+
+        One answer frame for all: ``answers`` lists each member's answer in
+        task order with the ``bytes`` of its update, and the body is their
+        updates one after another. A member that fails declines (``error``)
+        without stopping the others.
+        """
+        number = int(header["round"])
+        instructions = _INSTRUCTIONS.validate_python(header["privacy"])
+        answers, updates = [], []
+        for task in header["members"]:
+            try:
+                answer, update = self._train(task, number, instructions)
+            except BudgetSpent as exc:
+                answer, update = {"member": task.get("member"), "declined": str(exc)}, b""
+            except Exception as exc:  # reported to the driver with the member's name
+                answer = {"member": task.get("member"), "error": f"{type(exc).__name__}: {exc}"}
+                update = b""
+            answer["bytes"] = len(update)
+            answers.append(answer)
+            updates.append(update)
+        return pack({"answers": answers}, b"".join(updates))
+
+    def _train(
+        self, task: dict[str, Any], number: int, instructions: PrivacyInstructions
+    ) -> tuple[dict[str, Any], bytes]:
+        """Round ``number`` of member ``name``: its update as the agent would upload it."""
         spec, model = self.spec, self.model
         if spec is None or model is None:
             raise WireError("a training task before the job and its model")
-        number, name, index = int(header["round"]), str(header["name"]), int(header["member"])
+        name, index = str(task["name"]), int(task["member"])
         if self.model_round != number - 1:
             raise WireError(f"round {number} needs the model of round {number - 1}")
         began = time.perf_counter()
-        train, _ = self._data(name, str(header["url"]))
+        train, _ = self._data(name, str(task["url"]))
         cfg = spec.train
-        epochs = int(header.get("epochs", cfg.epochs))
+        epochs = int(task.get("epochs", cfg.epochs))
         if epochs != cfg.epochs:  # a straggler: fewer local epochs this round
             cfg = cfg.model_copy(update={"epochs": epochs})
-        instructions = _INSTRUCTIONS.validate_python(header["privacy"])
         set_state(self.module, model)
         privacy = MemberPrivacy(self.state_root / f"m{index}", name)
         update, unclipped, metrics = train_round(

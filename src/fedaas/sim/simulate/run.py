@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from rich.console import Console
 
 from fedaas import tensors
@@ -144,6 +145,10 @@ def simulate(
     status, reason = "completed", None
     created = time.time()
     pool = _pool(backend, workers, address, cpus_per_member, gpus_per_member, out / "workers.log")
+    threads = torch.get_num_threads()
+    # the workers have the cores; the driver's own torch work (the held-out evaluation) is
+    # small, and its idle OpenMP threads would spin on the workers' cores after each use
+    torch.set_num_threads(1)
     try:
         loop = RoundLoop(
             spec,
@@ -174,6 +179,7 @@ def simulate(
                     on_round(record, loop.model_bytes)
         model_bytes = loop.model_path.read_bytes()
     finally:
+        torch.set_num_threads(threads)
         pool.close()
     job = JobStatus(
         id=job_id,

@@ -6,7 +6,9 @@ nothing)::
     [4 bytes: header length, big-endian][header JSON][body]
 
 Over a pipe (the embedded backend), each frame is preceded by its 8-byte
-length. Ray actors take and return a frame as one ``bytes`` value. No
+length. Ray actors take and return a frame as one ``bytes`` value. A training task
+carries a chunk of members (:func:`chunked`) and its answer all their
+updates, one after another in the body. No
 Python object is ever pickled across: a worker can only be told what JSON
 and safetensors can say.
 """
@@ -14,6 +16,7 @@ and safetensors can say.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import IO, Any
 
@@ -44,6 +47,22 @@ def unpack(frame: bytes) -> tuple[dict[str, Any], bytes]:
     if not isinstance(header, dict):
         raise WireError("a frame header must be a JSON object")
     return header, frame[4 + size :]
+
+
+def chunked(members: list[int], workers: int) -> list[list[int]]:
+    """The round's members as tasks for ``workers`` workers, one frame each way per task.
+
+    Guided self-scheduling (Polychronopoulos and Kuck 1987): each task takes
+    ``1 / (2 * workers)`` of the members still left, so the first tasks carry
+    many members (one frame for many small updates) and the last carry one
+    (no worker waits long for another's big task at the end of the round).
+    """
+    chunks, start = [], 0
+    while start < len(members):
+        size = max(1, math.ceil((len(members) - start) / (2 * workers)))
+        chunks.append(members[start : start + size])
+        start += size
+    return chunks
 
 
 def write_frame(stream: IO[bytes], frame: bytes) -> None:
