@@ -17,7 +17,9 @@ per setting: median and mean seconds per round (round 1, with its warm-up,
 left out; a plain round with a dropout waits for its deadline, and the
 member then sits out a few rounds, so the median hides those rounds), bytes up and down per member per round (what the coordinator counted:
 model downloads, uploads and, for secure rounds, the key, share and unmask
-messages), the coordinator's CPU seconds per round, the final accuracy;
+messages), the coordinator's CPU seconds per round, a member's CPU seconds
+per round (member processes only: summed over their processes, divided by
+members and rounds), the final accuracy;
 then secure / plain ratios measured in the same run. ``--hidden 512 512``
 gives the MLP larger hidden layers, so that local training is not negligible.
 
@@ -121,10 +123,13 @@ def run(
             t.start()
         cluster.wait_online(members, timeout=300)
         assert cluster.server is not None
+        pids = [p.pid for p in cluster.clients.values()] if processes else []
         cpu0, t0 = cpu_seconds(cluster.server.pid), time.perf_counter()
+        members0 = sum(cpu_seconds(pid) for pid in pids)
         job = cluster.admin.wait(cluster.admin.submit(spec).id, timeout=3600)
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(cluster.server.pid) - cpu0
+        members_cpu = sum(cpu_seconds(pid) for pid in pids) - members0
         for a in agents:
             a.stop.set()
         for t in threads:
@@ -143,6 +148,7 @@ def run(
         "down_kb": statistics.median((r.bytes_down or 0) / max(r.clients or 1, 1) for r in later)
         / 1e3,
         "cpu_s": cpu / len(job.rounds),
+        "member_cpu_s": members_cpu / len(job.rounds) / members if processes else math.nan,
         "wall_s": wall,
         "accuracy": job.rounds[-1].accuracy or 0.0,
     }
@@ -214,13 +220,14 @@ def main() -> None:
     print(f"members as {kind}, MLP {model}, {args.rounds} rounds")
     print(
         f"{'members':>7} {'mode':>8} {'drop':>5} {'s/round':>8} {'mean s':>7} {'up kB':>7} {'down kB':>8} "
-        f"{'coord CPU s':>11} {'accuracy':>8}"
+        f"{'coord CPU s':>11} {'member CPU s':>12} {'accuracy':>8}"
     )
     for r in results:
         print(
             f"{r['members']:>7} {r['mode']:>8} {r['dropout']:>5.0%} {r['median_s']:>8.3f} "
             f"{r['mean_s']:>7.3f} "
-            f"{r['up_kb']:>7.1f} {r['down_kb']:>8.1f} {r['cpu_s']:>11.3f} {r['accuracy']:>8.4f}"
+            f"{r['up_kb']:>7.1f} {r['down_kb']:>8.1f} {r['cpu_s']:>11.3f} "
+            f"{r['member_cpu_s']:>12.4f} {r['accuracy']:>8.4f}"
         )
     plain = {(r["members"], r["dropout"]): r for r in results if r["mode"] == "plain"}
     print()

@@ -297,6 +297,9 @@ class MemberInfo(Message):
     name: Name
     revoked: bool
     online: bool
+    identity: str | None = None
+    """Fingerprint of the member's registered secure-aggregation signing key (the first 16
+    hex digits of its SHA-256; the member logs the same when it starts), ``None``: none yet."""
 
 
 class Revoked(Message):

@@ -20,7 +20,16 @@ trip, not a poll interval:
    2^32: no bigger than the fp32 update);
 4. unmask: ``GET .../secagg/unmask`` long-polls the
    :class:`SecureUnmaskRequest` (who survived, who dropped), ``POST
-   .../secagg/unmask`` answers it with :class:`UnmaskShares`.
+   .../secagg/unmask`` answers it with :class:`UnmaskShares`; with
+   ``next_timeout`` its answer is held for the member's next task (a task
+   bundle, as an upload's).
+
+Stage 1 of the next round can ride on stage 4: the question names the next
+round's attempt, the answer carries the member's keys for it. When every
+member sampled in that round sent them, its train task carries the roster
+(:attr:`SecureSession.roster`) and the round costs three requests per
+member: shares, masked upload (answered with the unmask question), unmask
+(answered with the next task).
 
 Byte fields travel as base64 strings with exact or capped decoded lengths.
 Like :mod:`fedaas.protocol` this module sits at the bottom: it imports
@@ -86,39 +95,6 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SecureSession(_Message):
-    """In a secure round's train task: what the member binds its keys to, and who it is."""
-
-    attempt: Annotated[int, Field(ge=0, lt=2**63)]
-    """Fresh for every run of the round (a restarted coordinator draws a new one)."""
-    member: MemberRef
-    sampled: Annotated[int, Field(ge=2, le=MAX_MEMBERS)]
-    """Members sampled: the member derives the reconstruction threshold from it and the spec."""
-    bits: Literal[32, 64]
-    """The fixed-point encoding (``FixedPoint``): modulus 2^bits, step 1/scale, L2 clip, weight cap."""
-    scale: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    clip: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    max_weight: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class IdentityRegistration(_Message):
-    """A member's long-term Ed25519 public key, registered once (``PUT /v1/members/me/identity``)."""
-
-    signing_key: PublicKey
-
-
-class IdentityRegistered(_Message):
-    name: MemberRef
-    signing_key: PublicKey
-
-
-class IdentityCleared(_Message):
-    """The operator cleared a member's signing key: it registers a new one on its next round."""
-
-    name: MemberRef
-    cleared: bool = True
-
-
 class SecureKeys(_Message):
     """Stage 1: the member's fresh X25519 keys for this round, signed with its long-term key."""
 
@@ -143,6 +119,42 @@ class SecureRoster(_Message):
     round: Annotated[int, Field(ge=1)]
     attempt: Annotated[int, Field(ge=0, lt=2**63)]
     members: Annotated[list[RosterEntry], Field(min_length=1, max_length=MAX_MEMBERS)]
+
+
+class SecureSession(_Message):
+    """In a secure round's train task: what the member binds its keys to, and who it is."""
+
+    attempt: Annotated[int, Field(ge=0, lt=2**63)]
+    """Fresh for every run of the round (a restarted coordinator draws a new one)."""
+    member: MemberRef
+    sampled: Annotated[int, Field(ge=2, le=MAX_MEMBERS)]
+    """Members sampled: the member derives the reconstruction threshold from it and the spec."""
+    bits: Literal[32, 64]
+    """The fixed-point encoding (``FixedPoint``): modulus 2^bits, step 1/scale, L2 clip, weight cap."""
+    scale: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    clip: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    max_weight: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    roster: SecureRoster | None = None
+    """Stage 1's answer already, when every sampled member advertised its keys for this
+    session ahead (with its last unmask answer): the member skips ``POST .../secagg/keys``."""
+
+
+class IdentityRegistration(_Message):
+    """A member's long-term Ed25519 public key, registered once (``PUT /v1/members/me/identity``)."""
+
+    signing_key: PublicKey
+
+
+class IdentityRegistered(_Message):
+    name: MemberRef
+    signing_key: PublicKey
+
+
+class IdentityCleared(_Message):
+    """The operator cleared a member's signing key: it registers a new one on its next round."""
+
+    name: MemberRef
+    cleared: bool = True
 
 
 class WireShare(_Message):
@@ -170,6 +182,9 @@ class SecureUnmaskRequest(_Message):
 
     survivors: Annotated[list[MemberRef], Field(max_length=MAX_MEMBERS)]
     dropped: Annotated[list[MemberRef], Field(max_length=MAX_MEMBERS)]
+    next_attempt: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+    """The attempt the coordinator drew for the next round (``None`` on the job's last):
+    a member may advertise that round's keys with its answer (``UnmaskShares.next_keys``)."""
 
 
 class MemberShare(_Message):
@@ -183,6 +198,8 @@ class UnmaskShares(_Message):
 
     seed_shares: Annotated[list[MemberShare], Field(max_length=MAX_MEMBERS)]
     key_shares: Annotated[list[MemberShare], Field(max_length=MAX_MEMBERS)]
+    next_keys: SecureKeys | None = None
+    """Fresh keys for the next round, signed for its ``next_attempt`` (stage 1 ahead of time)."""
 
 
 class UnmaskAccepted(_Message):

@@ -88,7 +88,7 @@ def test_a_task_with_an_unknown_privacy_kind_is_declined_naming_the_field(
         job_id = cluster.admin.submit(SPEC).id
         job = cluster.admin.wait(job_id, timeout=120)
         assert all(t.is_alive() for t in team.threads)  # refused, not crashed
-    sent = _member(team).sent
+    sent = _member(team).after_start
     assert job.status == "failed" and job.rounds == [], job
     (reason,) = job.declined.values()
     assert set(job.declined) == {"m"}
@@ -115,8 +115,8 @@ def test_a_task_whose_job_id_is_unusable_is_skipped_and_the_next_one_is_done(
     assert [r.participants for r in job.rounds] == [["m"]]
     assert job.declined == {}
     # nothing was sent about, or to a path built from, the spoiled job id
-    assert not [s for s in transport.sent if "/decline" in s[1] or "members" in s[1]]
-    assert [s for s in transport.sent if s[0] == "PUT"] == [
+    assert not [s for s in transport.after_start if "/decline" in s[1] or "members" in s[1]]
+    assert [s for s in transport.after_start if s[0] == "PUT"] == [
         ("PUT", f"/v1/jobs/{job_id}/rounds/1/update")
     ]
     refusals = [r.getMessage() for r in caplog.records if "malformed task" in r.getMessage()]

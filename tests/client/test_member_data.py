@@ -87,11 +87,11 @@ def test_members_with_mismatched_data_decline_and_upload_nothing(
 
     # the declining members asked for their task, declined once, and sent no update
     for name in ("wide", "labels"):
-        sent = transports[name].sent
+        sent = transports[name].after_start
         assert ("POST", f"/v1/jobs/{job_id}/decline") in sent
         assert sent.count(("POST", f"/v1/jobs/{job_id}/decline")) == 1
         assert not [s for s in sent if s[0] == "PUT" or s[1].endswith("/model")], sent
-    uploads = [s for s in transports["good"].sent if s[0] == "PUT"]
+    uploads = [s for s in transports["good"].after_start if s[0] == "PUT"]
     assert uploads == [("PUT", f"/v1/jobs/{job_id}/rounds/1/update")]
 
     db = cluster.state / "fedaas.db"

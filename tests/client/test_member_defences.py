@@ -180,7 +180,7 @@ def test_a_task_that_departs_from_the_accepted_spec_gets_no_update(
         job_id = cluster.admin.submit(spec("downgrade", rounds=3, privacy=LOCAL_DP)).id
         job = cluster.admin.wait(job_id, timeout=120)
         assert all(t.is_alive() for t in team.threads)
-    puts = [s for s in team.transports["m"].sent if s[0] == "PUT"]
+    puts = [s for s in team.transports["m"].after_start if s[0] == "PUT"]
     assert puts == [("PUT", f"/v1/jobs/{job_id}/rounds/1/update")], puts
     assert [r.round for r in job.rounds] == [1]
     assert expected in job.declined["m"], job.declined
@@ -244,7 +244,7 @@ def test_a_job_id_never_reaches_the_members_file_system(
             time.sleep(0.1)  # the member refused the task, polled again, and got it again
         assert team.transports["m"].seen >= 2 and all(t.is_alive() for t in team.threads)
         cluster.admin.cancel(job.id)
-    sent = team.transports["m"].sent
+    sent = team.transports["m"].after_start
     assert not [s for s in sent if s[0] in ("PUT", "POST")], sent  # nothing sent about it
     after = {p for p in tmp_path.rglob("*") if "cluster" not in p.parts}
     created = sorted(str(p.relative_to(tmp_path)) for p in after - before)

@@ -10,13 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from fedaas.algorithms.secagg import IdentityKey
-from fedaas.client.secagg import (
-    SecureRefused,
-    check_peers,
-    load_identity,
-    note_attempt,
-    secure_train,
-)
+from fedaas.client.secagg import secure_train
+from fedaas.client.secagg_state import SecureRefused, SecureState, load_identity
 from fedaas.protocol import Task
 from fedaas.protocol_secagg import RosterEntry, SecureRoster
 from fedaas.spec import parse_spec
@@ -30,11 +25,44 @@ def test_the_identity_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
 
 
 def test_a_member_never_takes_part_twice_in_the_same_session(tmp_path: Path) -> None:
-    note_attempt(tmp_path, "job-1", 3, 77)
-    note_attempt(tmp_path, "job-1", 3, 78)  # a rerun of the round: a new attempt
-    note_attempt(tmp_path, "job-1", 4, 77)
+    state = SecureState(tmp_path, "https://coordinator")
+    state.note_attempt("job-1", 3, 77)
+    state.note_attempt("job-1", 3, 78)  # a rerun of the round: a new attempt
+    state.note_attempt("job-1", 4, 77)
     with pytest.raises(SecureRefused, match="reuses attempt 77"):
-        note_attempt(tmp_path, "job-1", 3, 77)
+        state.note_attempt("job-1", 3, 77)
+    restarted = SecureState(tmp_path, "https://coordinator")  # read back from the log
+    with pytest.raises(SecureRefused, match="reuses attempt 78"):
+        restarted.note_attempt("job-1", 3, 78)
+
+
+def test_the_session_log_is_compacted_to_the_newest(tmp_path: Path) -> None:
+    from fedaas.client import secagg_state
+
+    state = SecureState(tmp_path, "https://coordinator")
+    for n in range(2 * secagg_state.KEEP_ATTEMPTS + 1):
+        state.note_attempt("job-1", n + 1, 5)
+    kept = (tmp_path / secagg_state.ATTEMPTS_FILE).read_text().split()
+    assert len(kept) == secagg_state.KEEP_ATTEMPTS
+    assert kept[-1] == f"job-1/{2 * secagg_state.KEEP_ATTEMPTS + 1}/5"
+    with pytest.raises(SecureRefused):  # the newest are still refused after a restart
+        SecureState(tmp_path, "x").note_attempt("job-1", 2 * secagg_state.KEEP_ATTEMPTS + 1, 5)
+
+
+def test_keys_sent_ahead_serve_only_their_own_session_and_once(tmp_path: Path) -> None:
+    from fedaas.algorithms.secagg import RoundContext
+
+    state = SecureState(tmp_path, "https://coordinator")
+    ahead = RoundContext("job-1", 4, 99)
+    keys = state.advertise_ahead(ahead, "alpha")
+    assert state.take_ahead(RoundContext("job-1", 4, 98)) is None  # another attempt: dropped
+    assert state.take_ahead(ahead) is None  # and not kept for later
+    state.advertise_ahead(RoundContext("job-1", 5, 7), "alpha")
+    secrets = state.take_ahead(RoundContext("job-1", 5, 7))
+    assert secrets is not None and state.take_ahead(RoundContext("job-1", 5, 7)) is None
+    assert keys.c_public != secrets.c.public  # fresh keys for every session
+    with pytest.raises(SecureRefused):  # the session was noted when its keys went out
+        state.note_attempt("job-1", 4, 99)
 
 
 def _roster(**identities: bytes) -> SecureRoster:
@@ -49,10 +77,21 @@ def _roster(**identities: bytes) -> SecureRoster:
 
 def test_a_peer_whose_long_term_key_changes_is_refused(tmp_path: Path) -> None:
     a, b = IdentityKey.generate().public_bytes(), IdentityKey.generate().public_bytes()
-    check_peers(tmp_path, _roster(alpha=a, beta=b))
-    check_peers(tmp_path, _roster(alpha=a, beta=b, gamma=bytes(32)))  # a new peer: pinned
+    state = SecureState(tmp_path, "https://one")
+    state.check_peers(_roster(alpha=a, beta=b))
+    state.check_peers(_roster(alpha=a, beta=b, gamma=bytes(32)))  # a new peer: pinned
     with pytest.raises(SecureRefused, match="other long-term keys for beta"):
-        check_peers(tmp_path, _roster(alpha=a, beta=IdentityKey.generate().public_bytes()))
+        state.check_peers(_roster(alpha=a, beta=IdentityKey.generate().public_bytes()))
+    with pytest.raises(SecureRefused, match="beta"):  # pinned on disk: after a restart too
+        SecureState(tmp_path, "https://one").check_peers(_roster(beta=a))
+
+
+def test_peers_are_pinned_per_coordinator(tmp_path: Path) -> None:
+    a, b = IdentityKey.generate().public_bytes(), IdentityKey.generate().public_bytes()
+    SecureState(tmp_path, "https://one").check_peers(_roster(alpha=a))
+    SecureState(tmp_path, "https://two").check_peers(_roster(alpha=b))  # another federation
+    with pytest.raises(SecureRefused, match="alpha"):
+        SecureState(tmp_path, "https://two").check_peers(_roster(alpha=a))
 
 
 def test_a_secure_job_is_never_downgraded_to_a_plain_upload() -> None:
@@ -75,3 +114,13 @@ def test_a_secure_job_is_never_downgraded_to_a_plain_upload() -> None:
     plain = parse_spec(make_spec(clients=3, min_clients=2))
     secure_train(agent, task, SimpleNamespace(spec=plain), {})
     assert len(called) == 1
+
+
+def test_a_member_that_requires_secure_aggregation_declines_jobs_without_it() -> None:
+    from fedaas.client.policy import MemberPolicy
+
+    policy = MemberPolicy.model_validate({"privacy": {"secure_aggregation": True}})
+    plain = parse_spec(make_spec(clients=3, min_clients=2))
+    secure = parse_spec(make_spec(clients=3, min_clients=2, secure_aggregation={"enabled": True}))
+    assert any("no [secure_aggregation]" in p for p in policy.problems(plain))
+    assert policy.problems(secure) == []

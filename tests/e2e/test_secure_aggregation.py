@@ -14,6 +14,7 @@ wraps :meth:`fedaas.client.secagg.SecureTraining.encode` to remember its input.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -30,7 +31,7 @@ import httpx
 import numpy as np
 import pytest
 
-from fedaas.algorithms.secagg import FixedPoint
+from fedaas.algorithms.secagg import FixedPoint, fingerprint
 from fedaas.client.secagg import SecureTraining
 from fedaas.client.transport import ApiClientError
 from fedaas.sim.cluster import LocalCluster
@@ -52,9 +53,15 @@ class MemberTransport(RecordingTransport):
         self.drop = False  # after the masked upload, never answer the unmask stage
         self.both = False  # this member sees an unmask request asking for both shares of a peer
         self.on_masked: Any = None  # called before the masked upload is sent
+        self.tamper_ahead = False  # the keys sent ahead are not the ones signed
+        self.refused: list[str] = []  # error codes the coordinator answered
         self.bodies: list[tuple[str, str, bytes]] = []
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        ahead = (kwargs.get("json") or {}).get("next_keys")
+        if self.tamper_ahead and ahead:  # the keys swapped: the signature no longer holds
+            ahead = {**ahead, "c_public": ahead["s_public"], "s_public": ahead["c_public"]}
+            kwargs["json"] = {**kwargs["json"], "next_keys": ahead}
         body = kwargs.get("content")
         if body is None and kwargs.get("json") is not None:
             body = json.dumps(kwargs["json"], sort_keys=True).encode()
@@ -63,7 +70,11 @@ class MemberTransport(RecordingTransport):
             self.on_masked()
         if self.drop and method == "GET" and path.endswith("/secagg/unmask"):
             raise ApiClientError(0, "dropped", "test: this member dropped after its upload")
-        response = super().request(method, path, **kwargs)
+        try:
+            response = super().request(method, path, **kwargs)
+        except ApiClientError as exc:
+            self.refused.append(exc.code)
+            raise
         question = response.status_code == 200 and (
             (method == "GET" and path.endswith("/secagg/unmask"))
             or (method == "PUT" and b'"survivors"' in response.content)  # the upload's answer
@@ -81,7 +92,10 @@ class MemberTransport(RecordingTransport):
 class Fed:
     cluster: LocalCluster
     transports: dict[str, MemberTransport]
-    seen: dict[tuple[str, int], tuple[np.ndarray, float, np.ndarray]] = field(default_factory=dict)
+    seen: dict[tuple[str, int, str, int], tuple[np.ndarray, float, np.ndarray]] = field(
+        default_factory=dict
+    )
+    """(job, round, member, attempt) -> (the update as encoded, its weight, the base model)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, rounds: int = 1, timeout: float = 30, **sections: Any) -> Any:
@@ -122,7 +136,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
                 [np.asarray(self.start[k], np.float64).ravel() for k in sorted(self.start)]
             )
             with holder["fed"].lock:
-                holder["fed"].seen[(self.session.member, self.session.attempt)] = (
+                key = (self.task.job_id, self.task.round, self.session.member, self.session.attempt)
+                holder["fed"].seen[key] = (
                     flat,
                     weight,
                     base,
@@ -147,8 +162,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
 @pytest.fixture
 def clean(fed: Fed) -> Fed:
     for t in fed.transports.values():
-        t.drop = t.both = False
+        t.drop = t.both = t.tamper_ahead = False
         t.on_masked = None
+        t.refused.clear()
     fed.seen.clear()
     return fed
 
@@ -160,7 +176,7 @@ def _recovered_mean(fed: Fed, job_id: str) -> tuple[np.ndarray, np.ndarray, floa
 
     model, _ = tensors.load(path)
     after = np.concatenate([model[k].astype(np.float64).ravel() for k in sorted(model)])
-    updates = list(fed.seen.values())
+    updates = [u for (job, number, _, _), u in fed.seen.items() if (job, number) == (job_id, 1)]
     base = updates[0][2]
     weights = np.array([w for _, w, _ in updates])
     plain = sum(w * x for x, w, _ in updates) / weights.sum()
@@ -175,6 +191,10 @@ def _encoding_error(total_weight: float) -> float:
 
 # the curious coordinator --------------------------------------------------------------------
 _NUMBER = re.compile(rb"-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+")
+_RUN = re.compile(  # 32 or more numbers in a row, apart only by separators: a printed vector
+    rb"(?:(?:-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+)[\s,;\[\]()]+){31,}"
+    rb"(?:-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+)"
+)
 
 
 def _read_all(folder: Path) -> dict[Path, bytes]:
@@ -212,9 +232,8 @@ def _vectors_in(path: Path, raw: bytes) -> list[np.ndarray]:
     if path.suffix == ".db":
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
             text = "\n".join(con.iterdump()).encode()
-    numbers = [float(m) for m in _NUMBER.findall(text)]
-    if len(numbers) >= 32:
-        found.append(np.asarray(numbers))
+    for run in _RUN.finditer(text):  # not the numbers of unrelated log lines strung together
+        found.append(np.asarray([float(m) for m in _NUMBER.findall(run.group())]))
     return found
 
 
@@ -231,7 +250,8 @@ def _leak_score(vectors: list[np.ndarray], update: np.ndarray, public: np.ndarra
 
     Every alignment of a stored vector (100 numbers or more) with the update is tried; from
     both, what the coordinator may know anyway is taken out (``public`` columns: the base
-    model, the released mean, a constant). The score is the largest |correlation| over
+    model, the released mean, a constant, every published model). The score is the largest
+    |correlation| over
     6 / sqrt(overlap), six standard deviations of the correlation of unrelated vectors:
     below 1 nothing correlates, a stored update scores about sqrt(D) / 6.
     """
@@ -252,14 +272,29 @@ def _leak_score(vectors: list[np.ndarray], update: np.ndarray, public: np.ndarra
     return best
 
 
+def test_members_register_their_identity_key_when_they_start(clean: Fed) -> None:
+    listed = {m.name: m.identity for m in clean.cluster.admin.members()}
+    for name, t in clean.transports.items():
+        method, path, body = t.bodies[0]  # before any task: the agent registers as it starts
+        assert (method, path) == ("PUT", "/v1/members/me/identity")
+        assert listed[name] == fingerprint(base64.b64decode(json.loads(body)["signing_key"]))
+
+
 def test_the_curious_coordinator_learns_only_the_sum(clean: Fed) -> None:
     job = clean.run()
     assert job.status == "completed", job.reason
     recovered, plain, total, base = _recovered_mean(clean, job.id)
     assert len(clean.seen) == N
     assert np.max(np.abs(recovered - plain)) <= _encoding_error(total)
-    public = np.column_stack([base, plain, np.ones(D)])
     stored = _read_all(clean.cluster.workdir)
+    released = [  # every model the coordinator published (other jobs' too) is no secret
+        v
+        for path, raw in stored.items()
+        if path.name.startswith("model-")
+        for v in _vectors_in(path, raw)
+        if v.size == D
+    ]
+    public = np.column_stack([base, plain, np.ones(D), *released])
     vectors = [v for p, raw in stored.items() for v in _vectors_in(p, raw)]
     assert vectors, "the scan found nothing at all: it would miss a leak too"
     for member, (update, _, _) in clean.seen.items():
@@ -269,6 +304,8 @@ def test_the_curious_coordinator_learns_only_the_sum(clean: Fed) -> None:
     # the same scan finds an update (or a part of it) wherever it were stored: it can fail
     assert _leak_score([np.concatenate([np.ones(3), update, np.ones(5)])], update, public) > 3
     assert _leak_score([update[17:400]], update, public) > 3
+    logged = b"12:00:01 INFO round 1 update [" + ", ".join(map(str, update)).encode() + b"]\n"
+    assert _leak_score(_vectors_in(Path("coordinator.log"), logged), update, public) > 3
 
 
 @pytest.mark.parametrize("dropped", [1, N - THRESHOLD])
@@ -344,16 +381,17 @@ def test_a_restarted_coordinator_reruns_the_round_under_fresh_keys(tmp_path: Pat
             cluster, datasets, tmp_path / "members", give_up_after=None, transport=transport
         ):
             cluster.wait_online(N)
-            crashed = threading.Event()
+            crashed, uploads = threading.Event(), []
 
-            def crash() -> None:
-                if not crashed.is_set():
+            def crash() -> None:  # in round 2, whose keys went out with round 1's answers
+                uploads.append(1)
+                if len(uploads) == 2 and not crashed.is_set():
                     crashed.set()
                     cluster.kill_server()
 
             made[0].on_masked = crash
             spec = make_spec(
-                "restart", 1, clients=N, min_clients=2, timeout=30, features=FEATURES,
+                "restart", 2, clients=N, min_clients=2, timeout=30, features=FEATURES,
                 classes=CLASSES, secure_aggregation={"enabled": True},
             )  # fmt: skip
             job_id = cluster.admin.submit(spec).id
@@ -362,19 +400,81 @@ def test_a_restarted_coordinator_reruns_the_round_under_fresh_keys(tmp_path: Pat
             cluster.start_server()
             job = cluster.admin.wait(job_id, timeout=60)
             assert job.status == "completed", job.reason
-    for t in made:
-        keys = [json.loads(b)["s_public"] for m, p, b in t.bodies if p.endswith("/secagg/keys")]
+    for t in made:  # a masked upload is under the keys last sent: in stage 1, or ahead
+        keys = _mask_keys(t)
         masked = [hashlib.sha256(b).hexdigest() for m, p, b in t.bodies if p.endswith("/update")]
         runs: dict[str, set[str]] = {}
+        current = None
         for _m, p, b in t.bodies:
             if p.endswith("/secagg/keys"):
                 current = json.loads(b)["s_public"]
+            elif p.endswith("/secagg/unmask") and b and json.loads(b).get("next_keys"):
+                current = json.loads(b)["next_keys"]["s_public"]
             elif p.endswith("/update"):
-                runs.setdefault(current, set()).add(hashlib.sha256(b).hexdigest())
+                runs.setdefault(str(current), set()).add(hashlib.sha256(b).hexdigest())
         assert all(len(bodies) == 1 for bodies in runs.values()), "two vectors under one key"
         assert keys and masked
-    first = made[0]
-    advertised = {
-        json.loads(b)["s_public"] for m, p, b in first.bodies if p.endswith("/secagg/keys")
-    }
-    assert len(advertised) >= 2  # the rerun used fresh keys
+    assert len(_mask_keys(made[0])) >= 3  # round 1, round 2 (sent ahead), its rerun: fresh
+
+
+def _mask_keys(t: MemberTransport) -> set[str]:
+    """Every mask public key a member sent: in stage 1 and ahead with its unmask answers."""
+    out = {json.loads(b)["s_public"] for m, p, b in t.bodies if p.endswith("/secagg/keys")}
+    for _m, p, b in t.bodies:
+        if p.endswith("/secagg/unmask") and b and (ahead := json.loads(b).get("next_keys")):
+            out.add(ahead["s_public"])
+    return out
+
+
+def _sent(t: MemberTransport, job_id: str, suffix: str) -> list[dict[str, Any]]:
+    """The JSON bodies a member POSTed to ``suffix`` for ``job_id``, in order."""
+    return [
+        json.loads(b) for m, p, b in t.bodies if m == "POST" and job_id in p and p.endswith(suffix)
+    ]
+
+
+def test_keys_sent_with_the_unmask_answer_open_the_next_round(clean: Fed) -> None:
+    job = clean.run(rounds=3)
+    assert job.status == "completed", job.reason
+    assert [r.clients for r in job.rounds] == [N, N, N]
+    posted = 0
+    for t in clean.transports.values():
+        answers = _sent(t, job.id, "/secagg/unmask")
+        ahead = [a["next_keys"] for a in answers]
+        assert len(answers) == 3 and ahead[0] and ahead[1] and ahead[2] is None
+        assert ahead[0] != ahead[1]  # fresh keys for every round
+        keys = _sent(t, job.id, "/secagg/keys")
+        assert all(k in ahead for k in keys[1:])  # a later stage 1 resends the same keys
+        posted += len(keys)
+    assert posted < 3 * N  # a round whose members all sent keys ahead skips stage 1
+
+
+def test_a_member_without_keys_ahead_joins_the_next_round_through_stage_one(clean: Fed) -> None:
+    m0, uploads = clean.transports["m0"], []
+
+    def drop_once() -> None:  # m0 drops after round 1's masked upload: it sends no keys ahead
+        uploads.append(1)
+        m0.drop = len(uploads) == 1
+
+    m0.on_masked = drop_once
+    job = clean.run(rounds=3)
+    assert job.status == "completed", job.reason
+    assert job.rounds[0].clients == N  # m0's masked input is in the sum
+    # back through stage 1 (in round 2, or in round 3 if it was still backing off from its
+    # abandoned task when round 2's key stage closed)
+    back = next(r.round for r in job.rounds[1:] if "m0" in r.participants)
+    assert len(_sent(m0, job.id, "/secagg/keys")) == 2
+    for name, t in clean.transports.items():
+        if name != "m0":  # its peers resent the keys they had sent ahead for that round
+            ahead = _sent(t, job.id, "/secagg/unmask")[back - 2]["next_keys"]
+            assert ahead in _sent(t, job.id, "/secagg/keys")
+
+
+def test_keys_ahead_not_signed_for_the_next_round_are_refused(clean: Fed) -> None:
+    m1 = clean.transports["m1"]
+    m1.tamper_ahead = True
+    job = clean.run(rounds=3)
+    assert job.status == "completed", job.reason  # round 1 unmasks without m1's answer
+    assert m1.refused[0] == "invalid_keys"
+    assert job.rounds[0].clients == N
+    assert any("m1" in r.participants for r in job.rounds[1:])  # back through stage 1

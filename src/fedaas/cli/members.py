@@ -47,14 +47,16 @@ def members(
     client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List enrolled members: name, whether revoked, whether online now."""
+    """List enrolled members: name, whether revoked, whether online now, and the fingerprint
+    of the identity key each registered for secure aggregation (compare it with the one the
+    member's log shows)."""
     listed = connect(server, token, ca_cert, client_cert, client_key).members()
     if as_json:
         print_json(listed)
         return
-    table = Table("id", "name", "status", "online")
+    table = Table("id", "name", "status", "online", "identity")
     for member in listed:
         status = "[red]revoked[/]" if member.revoked else "active"
         online = "yes" if member.online and not member.revoked else "no"
-        table.add_row(str(member.id), member.name, status, online)
+        table.add_row(str(member.id), member.name, status, online, member.identity or "-")
     console.print(table)

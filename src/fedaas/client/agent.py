@@ -42,7 +42,7 @@ from fedaas.client.finished import FinishedJobs, upload_wait
 from fedaas.client.pinning import Pins, departures, spec_digest
 from fedaas.client.policy import DEFAULT_POLICY, MemberPolicy
 from fedaas.client.privacy import BudgetSpent, MemberPrivacy
-from fedaas.client.secagg import secure_train  # SecAgg+
+from fedaas.client.secagg import SecureState, secure_train  # SecAgg+
 from fedaas.client.statepaths import UnsafeName, check_id, is_safe_id
 from fedaas.client.training import evaluation_report, train_round
 from fedaas.client.transport import ApiClientError, Transport
@@ -105,6 +105,7 @@ class Agent:
         self.privacy = MemberPrivacy(self.state_dir, data_url)
         self.pins = Pins(self.state_dir)
         self.finished = FinishedJobs(self.state_dir, transport)  # final models kept
+        self.secure = SecureState(self.state_dir, transport.server)  # SecAgg identity, sessions
         self._jobs: dict[str, _JobContext] = {}
         self._declined: dict[str, str] = {}  # job id -> why this member takes no part
         self._model_cache: tuple[str, bytes] | None = None  # ETag, safetensors bytes
@@ -112,6 +113,7 @@ class Agent:
 
     def run(self) -> None:
         log.info("member agent polling %s", self.t.server)
+        self.secure.register(self.t)  # the long-term key peers check its round keys against
         task: Task | None = None
         while not self.stop.is_set():
             if task is None:  # a poll that fails after the transport's retries ends the agent
@@ -295,13 +297,12 @@ class Agent:
     def _train(self, task: Task, ctx: _JobContext, start: dict[str, np.ndarray]) -> Task | None:
         began = time.perf_counter()
         seed = member_seed(ctx.spec.job.seed, task.round, task.member or self.identity)
-        instructions = task.privacy
         delta, unclipped, metrics = train_round(
             ctx.module,
             ctx.train,
             ctx.spec.train,
             start,
-            instructions,
+            task.privacy,
             self.privacy,
             job_id=task.job_id,
             number=task.round,
@@ -311,7 +312,7 @@ class Agent:
             allowed_code=self.policy.allowed_code,
         )
         # under DP only what the accountant covers leaves the member (protocol.UpdateMetadata)
-        meta = UpdateMetadata.for_round(instructions, ctx.train.num_examples, metrics, unclipped)
+        meta = UpdateMetadata.for_round(task.privacy, ctx.train.num_examples, metrics, unclipped)
         body = tensors.encode(delta, meta.to_strings())
         trained_s = time.perf_counter() - began
         response = self.t.request(

@@ -25,7 +25,7 @@ spec against it before it touches a record:
     max_epsilon = 8.0                     # per dataset (record level: the member's ledger)
     max_delta = 1e-5
     reproducible = false                  # refuse seeded (NOT private) noise
-    secure_aggregation = false            # true: decline every job (fedaas has none yet)
+    secure_aggregation = false            # true: only jobs with [secure_aggregation] enabled
 
 Every key is optional; no file means the default policy: built-in models
 only, at most :data:`~fedaas.models.registry.MAX_PARAMETERS` parameters, any
@@ -130,9 +130,10 @@ class MemberPolicy(_Section):
     def _privacy_problems(self, spec: JobSpec) -> list[str]:
         want, have = self.privacy, spec.privacy
         found: list[str] = []
-        if want.secure_aggregation:
+        if want.secure_aggregation and not spec.secure_aggregation.enabled:
             found.append(
-                "this member requires secure aggregation, which this coordinator does not provide"
+                "the job has no [secure_aggregation]; this member requires it (its update never "
+                "reaches the coordinator unmasked)"
             )
         if isinstance(have, PrivacyNone):
             if want.required or (want.mechanisms is not None and "none" not in want.mechanisms):

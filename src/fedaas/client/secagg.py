@@ -10,32 +10,32 @@ with the pure core (:class:`fedaas.algorithms.secagg.SecAggMember`):
 advertise fresh round keys signed with its long-term Ed25519 key; check
 every peer's signature against the peer's registered key (and that key
 against the one this member saw for that peer before, trust on first use);
-relay encrypted shares (meanwhile, in a worker thread, train, clip and encode:
-fixed point, weight inside the vector; that needs no keys, so it overlaps the
-two barriers); mask and upload; answer the unmask request, which the core refuses
-if it asks for both shares of a peer, lists this member as dropped, or
-names fewer survivors than the threshold.
+relay encrypted shares; train, clip and encode (fixed point, weight inside
+the vector); mask and upload; answer the unmask request, which the core
+refuses if it asks for both shares of a peer, lists this member as dropped,
+or names fewer survivors than the threshold. Training runs after the shares
+(in the same thread: on the demo's model a training thread cost more CPU
+than its overlap saved), so the share stage's straggler grace never waits on
+a slow trainer.
 
-Never twice under the same masks: every task gets a new
-:class:`SecAggMember` (fresh X25519 keys and self-mask seed), and the
-member records each ``(job, round, attempt)`` it took part in (state file
-``secagg-attempts.json``) before it advertises, refusing a session it has
-seen, so a restarted (or replaying) coordinator gets new keys or nothing.
-The long-term key lives in ``secagg-identity.key`` (0600) and is registered
-with the coordinator on the first secure round (``PUT
-/v1/members/me/identity``).
+Never twice under the same masks: every session gets fresh X25519 keys and
+self-mask seed, and the member notes each ``(job, round, attempt)`` before
+it advertises, refusing a session it has seen, so a restarted (or
+replaying) coordinator gets new keys or nothing
+(:class:`~fedaas.client.secagg_state.SecureState`, which also keeps the
+identity key and the peers' pinned keys). With its unmask answer the member
+sends its keys for the next round (the coordinator named that round's
+attempt); when every sampled member did, the next task carries the roster
+and stage 1 costs nothing. The unmask answer is held for the next task, as
+a plain upload's is.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,7 +44,6 @@ from pydantic import BaseModel
 from fedaas.algorithms.secagg import (
     EncryptedShare,
     FixedPoint,
-    IdentityKey,
     KeyAdvertisement,
     RoundContext,
     SecAggMember,
@@ -53,10 +52,11 @@ from fedaas.algorithms.secagg import (
     distributed_noise_std,
 )
 from fedaas.algorithms.seeds import member_seed
+from fedaas.client.finished import upload_wait
+from fedaas.client.secagg_state import SecureRefused, SecureState
 from fedaas.client.training import train_round
-from fedaas.protocol import ClientPrivacy, Task, UpdateMetadata
+from fedaas.protocol import TASK_BUNDLE, ClientPrivacy, Task, UpdateMetadata
 from fedaas.protocol_secagg import (
-    IdentityRegistration,
     InboundShares,
     MemberShare,
     SecureKeys,
@@ -72,66 +72,7 @@ log = logging.getLogger("fedaas.agent")
 
 HOLD_S = 20.0
 """How long one request for a stage's outcome is held open by the coordinator."""
-IDENTITY_FILE = "secagg-identity.key"
-ATTEMPTS_FILE = "secagg-attempts.json"
-PEERS_FILE = "secagg-peers.json"
-KEEP_ATTEMPTS = 1000
 T = TypeVar("T", bound=BaseModel)
-
-
-class SecureRefused(Exception):
-    """The member will not go on with this secure round; the message says why."""
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
-
-
-def load_identity(state_dir: Path) -> IdentityKey:
-    """The member's long-term Ed25519 key, created (0600) on first use."""
-    path = state_dir / IDENTITY_FILE
-    if path.exists():
-        return IdentityKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
-    state_dir.mkdir(parents=True, exist_ok=True)
-    key = IdentityKey.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.private_bytes().hex() + "\n")
-    return key
-
-
-def note_attempt(state_dir: Path, job_id: str, number: int, attempt: int) -> None:
-    """Record that this member takes part in ``attempt``; refuse one it has seen before."""
-    path = state_dir / ATTEMPTS_FILE
-    seen: list[str] = json.loads(path.read_text()) if path.exists() else []
-    entry = f"{job_id}/{number}/{attempt}"
-    if entry in seen:
-        raise SecureRefused(
-            f"round {number} of job {job_id} reuses attempt {attempt}: this member never "
-            "takes part twice in the same secure session"
-        )
-    _write_json(path, [*seen, entry][-KEEP_ATTEMPTS:])
-
-
-def check_peers(state_dir: Path, roster: SecureRoster) -> None:
-    """Each peer's long-term key must be the one this member saw for it before (TOFU)."""
-    path = state_dir / PEERS_FILE
-    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    changed = [
-        e.member
-        for e in roster.members
-        if known.get(e.member, e.identity.hex()) != e.identity.hex()
-    ]
-    if changed:
-        raise SecureRefused(
-            f"the coordinator relays other long-term keys for {', '.join(changed)} than before: "
-            "refusing keys it could have made itself"
-        )
-    fresh = {e.member: e.identity.hex() for e in roster.members if e.member not in known}
-    if fresh:
-        _write_json(path, {**known, **fresh})
 
 
 def secure_train(agent: Any, task: Task, ctx: Any, start: dict[str, np.ndarray]) -> Task | None:
@@ -143,8 +84,7 @@ def secure_train(agent: Any, task: Task, ctx: Any, start: dict[str, np.ndarray])
             "the job's spec asks for secure aggregation, but the task has no secure session: "
             "this member never sends its update in the clear for it"
         )
-    SecureTraining(agent, task, ctx, start).run()
-    return None
+    return SecureTraining(agent, task, ctx, start).run()
 
 
 class SecureTraining:
@@ -163,32 +103,29 @@ class SecureTraining:
         self.params = SecAggParams(self.threshold, section.neighbors, self.encoding)
         self.context = RoundContext(task.job_id, task.round, s.attempt)
 
-    def run(self) -> None:
+    def run(self) -> Task | None:
+        """The four stages; the next task when the coordinator sent it with its last answer."""
         agent, task, s = self.agent, self.task, self.session
         self._check_noise()
-        identity = load_identity(agent.state_dir)
-        if getattr(agent, "_secagg_registered", None) != identity.public_bytes():
-            registration = IdentityRegistration(signing_key=identity.public_bytes())
-            agent.t.request(
-                "PUT", "/v1/members/me/identity", json=registration.model_dump(mode="json")
-            )
-            agent._secagg_registered = identity.public_bytes()
-        note_attempt(agent.state_dir, task.job_id, task.round, s.attempt)
-        # local training runs while stages 1 and 2 wait on their barriers (it needs no keys);
-        # leaving the block waits for it, so the model is never trained twice at once
-        with ThreadPoolExecutor(1, thread_name_prefix="secagg-train") as pool:
-            trained = pool.submit(lambda: self.encode(*self.train()))
-            member, roster, inbound = self._keys_and_shares(identity)
-            encoded = trained.result()
+        secure: SecureState = agent.secure
+        secure.register(agent.t)  # done when the agent started, unless that failed
+        if not secure.registered:
+            raise SecureRefused("the coordinator keeps another identity key for this member")
+        secrets = secure.take_ahead(self.context)  # keys sent with the last round's answer
+        if secrets is None:
+            secure.note_attempt(task.job_id, task.round, s.attempt)
+        member = SecAggMember(s.member, secure.identity, self.context, self.params, secrets)
+        # keys and shares first: the share stage's straggler grace never waits on training
+        roster, inbound = self._keys_and_shares(member, ahead=secrets is not None)
+        encoded = self.encode(*self.train())
         received = [EncryptedShare(x.sender, x.recipient, x.ciphertext) for x in inbound.shares]
         body = encode_masked(member.masked_input(received, encoded), s.attempt)
-        wait = min(HOLD_S, max(1.0, self.end - time.monotonic()))
         response = agent.t.request(
             "PUT",
             f"{self.base}/update",
             content=body,
-            params={"next_timeout": wait},  # the answer may be stage 4's question
-            timeout=wait,
+            params={"next_timeout": self._wait()},  # the answer may be stage 4's question
+            timeout=self._wait(),
             headers={
                 "Content-Type": "application/octet-stream",
                 "Idempotency-Key": uuid.uuid4().hex,
@@ -202,9 +139,18 @@ class SecureTraining:
         shares_back = UnmaskShares(
             seed_shares=[MemberShare(member=m, share=v) for m, v in answer.seed_shares],
             key_shares=[MemberShare(member=m, share=v) for m, v in answer.key_shares],
+            next_keys=self._keys_ahead(asked.next_attempt),
         )
-        agent.t.post_json(f"{self.base}/secagg/unmask", shares_back.model_dump(mode="json"))
-        agent.finished.took_part(task.job_id, task.round, self.ctx.spec.job.rounds)
+        rounds = self.ctx.spec.job.rounds
+        wait = upload_wait(task.round, rounds, agent.poll_s)
+        response = agent.t.request(  # answered with the next task, when it comes in time
+            "POST",
+            f"{self.base}/secagg/unmask",
+            json=shares_back.model_dump(mode="json"),
+            params={"next_timeout": wait},
+            timeout=max(wait, 1.0) + 5.0,
+        )
+        agent.finished.took_part(task.job_id, task.round, rounds)
         log.info(
             "round %d: secure round done (%d members, threshold %d), sent %d masked bytes",
             task.round,
@@ -212,19 +158,36 @@ class SecureTraining:
             self.threshold,
             len(body),
         )
+        if response.headers.get("content-type", "").startswith(TASK_BUNDLE):
+            return agent._unbundle(response)
+        return None
+
+    def _wait(self) -> float:
+        return min(HOLD_S, max(1.0, self.end - time.monotonic()))
+
+    def _keys_ahead(self, attempt: int | None) -> SecureKeys | None:
+        """Keys for the next round, signed for the attempt the coordinator drew for it."""
+        task = self.task
+        if attempt is None or task.round >= self.ctx.spec.job.rounds:
+            return None
+        ahead = RoundContext(task.job_id, task.round + 1, attempt)
+        return self.agent.secure.advertise_ahead(ahead, self.session.member)
 
     def _keys_and_shares(
-        self, identity: IdentityKey
-    ) -> tuple[SecAggMember, SecureRoster, InboundShares]:
-        """Stages 1 and 2: advertise signed round keys, check the roster, relay the shares."""
+        self, member: SecAggMember, ahead: bool
+    ) -> tuple[SecureRoster, InboundShares]:
+        """Stages 1 and 2: the roster (in the task when every member sent keys ahead, else
+        after advertising signed round keys), checked; then relay the shares."""
         task, s = self.task, self.session
-        member = SecAggMember(s.member, identity, self.context, self.params)
-        ad = member.advertise()
-        keys = SecureKeys(c_public=ad.c_public, s_public=ad.s_public, signature=ad.signature)
-        roster = self._held("POST", "/secagg/keys", keys, SecureRoster)
+        ad = member.advertise()  # the roster must carry exactly these keys (share_keys checks)
+        if ahead and s.roster is not None:
+            roster = s.roster
+        else:
+            keys = SecureKeys(c_public=ad.c_public, s_public=ad.s_public, signature=ad.signature)
+            roster = self._held("POST", "/secagg/keys", keys, SecureRoster)
         if (roster.job_id, roster.round, roster.attempt) != (task.job_id, task.round, s.attempt):
             raise SecureRefused("the roster names another round than the task")
-        check_peers(self.agent.state_dir, roster)
+        self.agent.secure.check_peers(roster)
         ads = [
             KeyAdvertisement(e.member, e.c_public, e.s_public, e.signature) for e in roster.members
         ]
@@ -234,7 +197,7 @@ class SecureTraining:
             for x in shares
         ]
         inbound = self._held("POST", "/secagg/shares", ShareKeys(shares=wire), InboundShares)
-        return member, roster, inbound
+        return roster, inbound
 
     def _check_noise(self) -> None:
         """Under distributed DP: the share must carry the full noise without this member's own."""
@@ -283,7 +246,7 @@ class SecureTraining:
         """Ask for a stage's outcome until the coordinator answers it (204: not yet)."""
         payload = None if body is None else body.model_dump(mode="json")
         while True:
-            wait = min(HOLD_S, max(1.0, self.end - time.monotonic()))
+            wait = self._wait()
             response = self.agent.t.request(
                 method, self.base + path, params={"wait": wait}, timeout=wait, json=payload
             )

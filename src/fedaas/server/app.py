@@ -138,7 +138,6 @@ def create_app(
     app.add_middleware(BodyLimit)
     observer = operations.install(app)  # /metrics, /v1/ready
     dashboard.mount(app, observer)  # /ui
-    secagg_routes.mount(app, coordinator)  # secure aggregation's stages, member identities
 
     @app.get("/v1/health", response_model=Health)
     async def health() -> Health:
@@ -235,6 +234,16 @@ def create_app(
         headers = {TASK_HEADER: task.model_dump_json(), "ETag": task.model_etag, **headers}
         return Response(models.read(path), media_type=TASK_BUNDLE, headers=headers)
 
+    async def next_bundle(
+        member: int, name: str, wait: float, request: Request, headers: dict[str, str]
+    ) -> Response | None:
+        """The member's next task bundle, held up to ``wait`` s (``None``: none came, or its
+        model is too large to bundle): answers an upload or an unmask with the next task."""
+        task = await inbox.next_task(member, wait, request.is_disconnected, name)
+        return None if task is None else bundled(task, headers)
+
+    secagg_routes.mount(app, coordinator, next_bundle)  # SecAgg's stages, member identities
+
     @app.get("/v1/tasks/next", response_model=Task, responses=TASK_RESPONSES)
     async def next_task(
         request: Request,
@@ -307,11 +316,9 @@ def create_app(
         if (asked := await held) is not None:  # SecAgg: the unmask stage's question
             return asked
         if next_timeout and 0 < limit <= MEMORY_SPOOL_BYTES:  # not on a replay: answer at once
-            task = await inbox.next_task(member, next_timeout, request.is_disconnected, who.name)
-            if task is not None:
-                answer = bundled(task, {RECEIPT_HEADER: receipt.model_dump_json()})
-                if answer is not None:
-                    return answer
+            headers = {RECEIPT_HEADER: receipt.model_dump_json()}
+            if answer := await next_bundle(member, who.name, next_timeout, request, headers):
+                return answer
         return Response(receipt.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/jobs/{job_id}/rounds/{number}/evaluation", response_model=EvaluationAccepted)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedaas.algorithms.secagg import fingerprint
 from fedaas.models import build_model, get_state
 from fedaas.models.registry import ModelError
 from fedaas.protocol import (
@@ -63,8 +64,7 @@ class Coordinator:
         self.allowed_code = tuple(allowed_code)
         self.presence = Presence()
         self.inbox = Inbox(store, self.presence)
-        self.deps = Dependencies()
-        """The database and artifact store, with their outages (waited out, reported)."""
+        self.deps = Dependencies()  # the database and artifact store; outages waited out
         self._progress = Signal()
         self._queue_changed = Signal()
         self._supervisor: asyncio.Task[None] | None = None
@@ -297,12 +297,8 @@ class Coordinator:
         while True:
             job = self._job(job_id)
             remaining = end - time.monotonic()
-            if (
-                job.round > after_round
-                or job.status in TERMINAL
-                or remaining <= 0
-                or self.shutting_down
-            ):
+            passed = job.round > after_round or job.status in TERMINAL
+            if passed or remaining <= 0 or self.shutting_down:
                 return self.describe(job_id)
             await self._progress.wait(remaining)
 
@@ -339,7 +335,11 @@ class Coordinator:
         online = self.presence.online()
         return [
             MemberInfo(
-                id=m.id, name=m.name, revoked=m.revoked_at is not None, online=m.id in online
+                id=m.id,
+                name=m.name,
+                revoked=m.revoked_at is not None,
+                online=m.id in online,
+                identity=fingerprint(bytes.fromhex(m.signing_key)) if m.signing_key else None,
             )
             for m in self.store.members()
         ]

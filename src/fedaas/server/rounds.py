@@ -129,6 +129,8 @@ class ActiveJob:
     """Held while an upload is folded and while the round leaves TRAINING."""
     holdout: ArrayDataset | None = None
     module: Any = None
+    secure_ahead: Any = None
+    """Keys members sent for the next secure round (``server.secagg_setup.AheadKeys``)."""
 
 
 def check_update(

@@ -171,11 +171,13 @@ class JobRunner:
         state.deadline = time.monotonic() + spec.federation.round_timeout
         state.spill = RoundSpill(self.artifacts.spool, job.id, number, job.manifest)
         state.privacy = privacy.instructions()
-        state.secure = open_secure_round(spec, job.id, state, job.manifest, self.store)
+        ahead, job.secure_ahead = job.secure_ahead, None  # keys sent in the last round
+        state.secure = open_secure_round(spec, job.id, state, job.manifest, self.store, ahead)
         state.stage = Stage.TRAINING
         self.inbox.tasks_changed.fire()
         if state.secure is not None:  # SecAgg+: four stages, only the sum recovered
             await state.secure.run(state, set(job.declined), spec.federation.min_clients)
+            job.secure_ahead = state.secure.keys_ahead()
         else:
             await self._until_done(state, job)
         with job.lock:

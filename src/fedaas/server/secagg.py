@@ -39,9 +39,7 @@ from fedaas.algorithms.secagg import (
     SecAggError,
     SecAggParams,
     SecAggServer,
-    SignatureInvalid,
     UnmaskResponse,
-    verify_advertisement,
 )
 from fedaas.protocol import PrivacyInstructions, Receipt
 from fedaas.protocol_secagg import (
@@ -59,26 +57,41 @@ from fedaas.protocol_secagg import (
 from fedaas.server.aggregation import Bounded
 from fedaas.server.db import Store
 from fedaas.server.errors import Conflict, Forbidden, InvalidRequest
-from fedaas.server.secagg_setup import distributed_share, encoding_for, identities, unmasked_mean
-from fedaas.server.secagg_stages import STAGES, drive
+from fedaas.server.secagg_setup import (
+    AheadKeys,
+    check_keys_ahead,
+    distributed_share,
+    encoding_for,
+    identities,
+    unmasked_mean,
+)
+from fedaas.server.secagg_stages import STAGES, drive, take_keys_ahead
 from fedaas.spec import JobSpec
 from fedaas.tensors import Manifest
 
 
 def open_secure_round(
-    spec: JobSpec, job_id: str, state: Any, manifest: Manifest, store: Store
+    spec: JobSpec,
+    job_id: str,
+    state: Any,
+    manifest: Manifest,
+    store: Store,
+    ahead: AheadKeys | None = None,
 ) -> SecureRound | None:
     """The secure run of round ``state`` (``None`` without ``[secure_aggregation]``).
 
     Under ``placement = "distributed"`` it first resizes the members' noise
-    share to the round's threshold (``state.privacy``).
+    share to the round's threshold (``state.privacy``). ``ahead``: keys
+    advertised for this round during the last one (used only if they name it).
     """
     if not spec.secure_aggregation.enabled:
         return None
     threshold = spec.secure_aggregation.reconstruction_threshold(len(state.sampled))
     multiplier = getattr(spec.privacy, "noise_multiplier", 0.0)
     state.privacy = distributed_share(state.privacy, multiplier, threshold)
-    return SecureRound(spec, job_id, state.number, state.sampled, store, manifest, state.privacy)
+    return SecureRound(
+        spec, job_id, state.number, state.sampled, store, manifest, state.privacy, ahead
+    )
 
 
 class SecureRound:
@@ -93,6 +106,7 @@ class SecureRound:
         store: Store,
         manifest: Manifest,
         privacy: PrivacyInstructions,
+        ahead: AheadKeys | None = None,
     ) -> None:
         self.spec, self.manifest = spec, manifest
         self.names = dict(sampled)  # member id -> name (the member's id in the protocol)
@@ -101,12 +115,19 @@ class SecureRound:
         self.encoding = encoding_for(spec, privacy, len(sampled), self.size)
         self.threshold = spec.secure_aggregation.reconstruction_threshold(len(sampled))
         self.params = SecAggParams(self.threshold, spec.secure_aggregation.neighbors, self.encoding)
-        self.context = RoundContext(job_id, number, secrets.randbelow(2**63))
+        ahead = ahead if ahead is not None and ahead.round == number else None
+        attempt = ahead.attempt if ahead is not None else secrets.randbelow(2**63)
+        self.context = RoundContext(job_id, number, attempt)
+        self.next_context = (  # what keys sent ahead for the next round are signed for
+            RoundContext(job_id, number + 1, secrets.randbelow(2**63))
+            if number < spec.job.rounds
+            else None
+        )
+        self._next_keys: dict[int, SecureKeys] = {}
         self.store = store
         self.identities = {sampled[m]: key for m, key in identities(store).items() if m in sampled}
         self.length = self.encoding.encoded_length(self.size)
-        self.server: SecAggServer | None = None  # made when the key stage closes
-        self._ads: dict[str, KeyAdvertisement] = {}
+        self.server = SecAggServer(self.context, self.params, self.identities, self.length)
         self.lock = threading.Lock()  # masked inputs may arrive from worker threads
         self.stage = "advertise"
         self.answered: dict[str, set[int]] = {stage: set() for stage in STAGES}
@@ -124,12 +145,23 @@ class SecureRound:
         self.survivors: list[int] = []
         self.bytes_up = 0
         self.bytes_down = 0
+        self.ahead: set[int] = set()  # members whose keys came with the last round
+        self.roster_in_task = False
+        if ahead is not None:
+            take_keys_ahead(self, ahead.keys)
 
     # what members see ---------------------------------------------------------------
     def session_for(self, member_id: int) -> SecureSession | None:
-        """The session a train task carries; ``None`` once the member can no longer join."""
-        if self.stage != "advertise" or member_id in self.answered["advertise"]:
-            return None
+        """The session a train task carries; ``None`` once the member can no longer join.
+
+        A member whose keys came ahead is handed it until it sends its shares
+        (with the roster, when it is small enough to ride in the task).
+        """
+        fresh = member_id not in self.answered["advertise"]
+        ahead = member_id in self.ahead and member_id not in self.answered["share_keys"]
+        if not (self.stage == "advertise" and (fresh or ahead)):
+            if not (self.stage == "share_keys" and ahead):
+                return None
         enc = self.encoding
         return SecureSession(
             attempt=self.context.attempt,
@@ -139,6 +171,7 @@ class SecureRound:
             scale=enc.scale,
             clip=enc.clip,
             max_weight=enc.max_weight,
+            roster=self.roster if self.roster_in_task and self.stage != "advertise" else None,
         )
 
     def _check(self, stage: str, member_id: int, attempt: int | None = None) -> None:
@@ -168,26 +201,13 @@ class SecureRound:
     async def advertise(self, member_id: int, keys: SecureKeys, wait: float) -> SecureRoster | None:
         """Stage 1: keep the member's signed keys; the roster once the stage closes (else None)."""
         prior = self._keys.get(member_id)
-        if prior is None:
-            self._check("advertise", member_id)
-            name = self.names[member_id]
-            ad = KeyAdvertisement(name, keys.c_public, keys.s_public, keys.signature)
-            if name not in self.identities:  # registered since the round opened
-                self.identities.update(
-                    {self.names[m]: k for m, k in identities(self.store).items() if m in self.names}
-                )
-            try:
-                if name not in self.identities:
-                    raise SignatureInvalid(f"{name} has no registered identity key")
-                verify_advertisement(ad, self.identities[name], self.context)
-            except SecAggError as exc:
-                raise InvalidRequest(f"refused round keys: {exc}", "invalid_keys") from None
-            self._keys[member_id] = keys
-            self._ads[name] = ad
-            self.bytes_up += len(keys.model_dump_json())
-            self._touch("advertise", member_id)
-        elif prior != keys:
+        if prior is not None and prior != keys:
             raise Conflict("this member already advertised other keys this round", "duplicate")
+        if member_id not in self.answered["advertise"]:  # new, or sent ahead and now confirmed
+            self._check("advertise", member_id)
+            if prior is None:
+                self.take_keys(member_id, keys)
+            self._touch("advertise", member_id)
         if not await self._held("advertise", wait):
             return None
         if self.roster is None or all(
@@ -197,6 +217,24 @@ class SecureRound:
                 f"the key stage closed without this member: {self.failure}", "round_closed"
             )
         return self.roster
+
+    def take_keys(self, member_id: int, keys: SecureKeys, counted: bool = False) -> None:
+        """One member's signed keys checked (signature, points) and kept; it counts as having
+        answered stage 1 once it posts them (or, sent ahead, when every member's came)."""
+        name = self.names[member_id]
+        if name not in self.identities:  # registered since the round opened
+            key = identities(self.store).get(member_id)
+            if key is not None:
+                self.server.register(name, key)
+                self.identities[name] = key
+        ad = KeyAdvertisement(name, keys.c_public, keys.s_public, keys.signature)
+        try:
+            self.server.receive_advertisement(ad)
+        except SecAggError as exc:
+            raise InvalidRequest(f"refused round keys: {exc}", "invalid_keys") from None
+        self._keys[member_id] = keys
+        if not counted:  # keys sent ahead were counted in the round they came with
+            self.bytes_up += len(keys.model_dump_json())
 
     async def share(self, member_id: int, body: ShareKeys, wait: float) -> InboundShares | None:
         """Stage 2: relay the member's encrypted shares; its inbound ones once the stage closes."""
@@ -210,7 +248,6 @@ class SecureRound:
                     "every share must name its sender: this member", "invalid_shares"
                 )
             try:
-                assert self.server is not None
                 self.server.receive_shares(name, shares)
             except SecAggError as exc:
                 raise InvalidRequest(f"refused shares: {exc}", "invalid_shares") from None
@@ -242,7 +279,6 @@ class SecureRound:
             if member_id in self.answered["masked_input"]:
                 raise Conflict(f"this member already reported for round {number}", "duplicate")
             try:
-                assert self.server is not None
                 self.server.receive_masked_input(self.names[member_id], vector)
             except SecAggError as exc:
                 raise InvalidRequest(f"refused masked input: {exc}", "invalid_update") from None
@@ -266,19 +302,30 @@ class SecureRound:
         self._check("unmask", member_id)
         if member_id in self.answered["unmask"]:
             raise Conflict("this member already answered the unmask stage", "duplicate")
+        if body.next_keys is not None:  # checked before anything of the answer is kept
+            name = self.names[member_id]
+            check_keys_ahead(self.identities.get(name), name, body.next_keys, self.next_context)
         response = UnmaskResponse(
             self.names[member_id],
             tuple((s.member, s.share) for s in body.seed_shares),
             tuple((s.member, s.share) for s in body.key_shares),
         )
         try:
-            assert self.server is not None
             self.server.receive_unmask(response)
         except SecAggError as exc:
             raise InvalidRequest(f"refused unmask shares: {exc}", "invalid_shares") from None
         self.bytes_up += len(body.model_dump_json())
+        if body.next_keys is not None:
+            self._next_keys[member_id] = body.next_keys
         self._touch("unmask", member_id)
         return UnmaskAccepted(round=self.context.round)
+
+    def keys_ahead(self) -> AheadKeys | None:
+        """The keys members sent for the next round (``None``: it starts with stage 1)."""
+        if self.next_context is None or not self._next_keys:
+            return None
+        ahead = self.next_context
+        return AheadKeys(ahead.round, ahead.attempt, dict(self._next_keys))
 
     # the round loop's side ---------------------------------------------------------------
     async def run(self, state: Any, declined: Iterable[int], min_clients: int) -> None:

@@ -9,19 +9,23 @@ The masked vector itself goes up on the ordinary update route
 (``PUT /v1/jobs/{job}/rounds/{n}/update``; :meth:`Inbox.accept_update`); with
 ``next_timeout`` its answer is held for stage 4's question (:func:`unmask_after`).
 
+The unmask answer, with ``next_timeout``, is held for the member's next
+task like an upload's (a task bundle, the acceptance in a header).
+
 ``PUT /v1/members/me/identity`` registers the member's long-term Ed25519
-key once; a different key later is refused (409): only the operator can
-clear it (``DELETE /v1/members/{name}/identity``), e.g. for a member that
-lost its state folder.
+key once (the agent does when it starts); a different key later is refused
+(409): only the operator can clear it (``DELETE /v1/members/{name}/identity``),
+e.g. for a member that lost its state folder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, Query, Request, Response
 
-from fedaas.protocol import Receipt
+from fedaas.protocol import RECEIPT_HEADER, Receipt
 from fedaas.protocol_secagg import (
     IdentityCleared,
     IdentityRegistered,
@@ -43,6 +47,7 @@ from fedaas.server.secagg_setup import register_identity
 
 MAX_WAIT_S = 60.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S)]
+NextBundle = Callable[[int, str, float, Request, dict[str, str]], Awaitable[Response | None]]
 _HELD = {204: {"description": "the stage has not closed yet: ask again (same body)"}}
 
 
@@ -81,8 +86,9 @@ def _held(answer: Any, secure: SecureRound) -> Response:
     return Response(text, media_type="application/json")
 
 
-def mount(app: FastAPI, coordinator: Coordinator) -> None:
-    """Add the secure aggregation routes to the coordinator's API."""
+def mount(app: FastAPI, coordinator: Coordinator, next_bundle: NextBundle) -> None:
+    """Add the secure aggregation routes to the coordinator's API (``next_bundle``: the
+    app's hold for a member's next task bundle)."""
     store, inbox = coordinator.store, coordinator.inbox
 
     def secure_round(job_id: str, number: int) -> SecureRound:
@@ -154,9 +160,21 @@ def mount(app: FastAPI, coordinator: Coordinator) -> None:
         return _held(await secure.unmask_request(who.member_id, wait), secure)
 
     @app.post("/v1/jobs/{job_id}/rounds/{number}/secagg/unmask", response_model=UnmaskAccepted)
-    async def unmask(job_id: str, number: int, body: UnmaskShares, who: Member) -> UnmaskAccepted:
-        """Stage 4's answer: seed shares of survivors, key shares of dropped members."""
+    async def unmask(
+        job_id: str,
+        number: int,
+        body: UnmaskShares,
+        who: Member,
+        request: Request,
+        next_timeout: Annotated[float | None, Query(ge=0, le=MAX_WAIT_S)] = None,
+    ) -> Any:
+        """Stage 4's answer: seed shares of survivors, key shares of dropped members (and keys
+        for the next round); with ``next_timeout``, answered with the next task bundle."""
         assert who.member_id is not None
         accepted = secure_round(job_id, number).unmask(who.member_id, body)
         inbox.tasks_changed.fire()
+        if next_timeout:
+            headers = {RECEIPT_HEADER: accepted.model_dump_json()}
+            if answer := await next_bundle(who.member_id, who.name, next_timeout, request, headers):
+                return answer
         return accepted

@@ -19,9 +19,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from fedaas.algorithms.secagg import SecAggError, SecAggServer
-from fedaas.protocol_secagg import RosterEntry, SecureRoster, SecureUnmaskRequest, WireShare
-from fedaas.server.errors import JobFailed
+from fedaas.algorithms.secagg import SecAggError
+from fedaas.protocol_secagg import (
+    RosterEntry,
+    SecureKeys,
+    SecureRoster,
+    SecureUnmaskRequest,
+    WireShare,
+)
+from fedaas.server.errors import InvalidRequest, JobFailed
 
 if TYPE_CHECKING:
     from fedaas.server.secagg import SecureRound
@@ -33,6 +39,27 @@ GRACE_MIN_S = 0.25
 GRACE_FACTOR = 0.5
 """Straggler grace as a share of the time the stage took to reach its quorum."""
 STAGES = ("advertise", "share_keys", "masked_input", "unmask")
+ROSTER_IN_TASK_BYTES = 8192
+"""Largest roster a train task carries (the task rides in a response header); a larger one
+is fetched with stage 1's request, which then answers at once."""
+
+
+def take_keys_ahead(rnd: SecureRound, keys: dict[int, SecureKeys]) -> None:
+    """Stage 1 from keys sent with the last round's unmask answers (checked as any keys):
+    closed at once when every sampled member sent them."""
+    for member_id, sent in keys.items():
+        if member_id in rnd.names:
+            try:
+                rnd.take_keys(member_id, sent, counted=True)
+            except InvalidRequest:
+                continue
+            rnd.ahead.add(member_id)
+    if rnd.ahead and rnd.ahead == set(rnd.names):  # else members confirm them in stage 1,
+        rnd.answered["advertise"] |= rnd.ahead  # so the stage's straggler grace is as ever
+        close_advertise(rnd)
+        rnd.closed["advertise"].set()
+        size = len(rnd.roster.model_dump_json()) if rnd.roster is not None else 0
+        rnd.roster_in_task = size <= ROSTER_IN_TASK_BYTES
 
 
 async def drive(
@@ -41,6 +68,9 @@ async def drive(
     """Run the four stages; :class:`JobFailed` with the reason if the sum can't be recovered."""
     expected = set(rnd.names) - set(declined)
     for stage in STAGES:
+        if stage == "advertise" and rnd.stage != "advertise":  # keys came ahead of the round
+            expected = {rnd.ids[e.member] for e in rnd.roster.members} if rnd.roster else set()
+            continue
         need = max(rnd.threshold, min_clients) if stage == "masked_input" else rnd.threshold
         began = time.monotonic()
         await _quorum(rnd, stage, expected, need, deadline)
@@ -91,32 +121,33 @@ async def _quorum(
             pass
 
 
+def close_advertise(rnd: SecureRound) -> set[int]:
+    """Close stage 1: the roster of every member whose keys arrived; those members."""
+    ads = rnd.server.close_advertise()
+    rnd.roster = SecureRoster(
+        job_id=rnd.context.job_id,
+        round=rnd.context.round,
+        attempt=rnd.context.attempt,
+        members=[
+            RosterEntry(
+                member=ad.member_id,
+                identity=rnd.identities[ad.member_id],
+                c_public=ad.c_public,
+                s_public=ad.s_public,
+                signature=ad.signature,
+            )
+            for ad in sorted(ads, key=lambda a: a.member_id)
+        ],
+    )
+    rnd.stage = "share_keys"
+    return {rnd.ids[ad.member_id] for ad in ads}
+
+
 async def _close(rnd: SecureRound, stage: str) -> set[int]:
     """Close ``stage``; the members expected at the next one."""
     if stage == "advertise":
-        rnd.server = SecAggServer(rnd.context, rnd.params, rnd.identities, rnd.length)
-        for ad in rnd._ads.values():
-            rnd.server.receive_advertisement(ad)
-        ads = rnd.server.close_advertise()
-        rnd.roster = SecureRoster(
-            job_id=rnd.context.job_id,
-            round=rnd.context.round,
-            attempt=rnd.context.attempt,
-            members=[
-                RosterEntry(
-                    member=ad.member_id,
-                    identity=rnd.identities[ad.member_id],
-                    c_public=ad.c_public,
-                    s_public=ad.s_public,
-                    signature=ad.signature,
-                )
-                for ad in sorted(ads, key=lambda a: a.member_id)
-            ],
-        )
-        rnd.stage = "share_keys"
-        return {rnd.ids[ad.member_id] for ad in ads}
+        return close_advertise(rnd)
     if stage == "share_keys":
-        assert rnd.server is not None
         inbound = rnd.server.close_share_keys()
         rnd.inbound = {
             name: [
@@ -128,16 +159,16 @@ async def _close(rnd: SecureRound, stage: str) -> set[int]:
         rnd.stage = "masked_input"
         return {rnd.ids[name] for name in rnd.inbound}
     if stage == "masked_input":
-        assert rnd.server is not None
         with rnd.lock:
             request = rnd.server.close_masked_input()
             rnd.stage = "unmask"
         rnd.request = SecureUnmaskRequest(
-            survivors=list(request.survivors), dropped=list(request.dropped)
+            survivors=list(request.survivors),
+            dropped=list(request.dropped),
+            next_attempt=rnd.next_context.attempt if rnd.next_context is not None else None,
         )
         rnd.survivors = sorted(rnd.ids[name] for name in request.survivors)
         return set(rnd.survivors)
-    assert rnd.server is not None
     total = await asyncio.to_thread(rnd.server.finish)
     rnd.weighted_sum, rnd.total_weight = rnd.encoding.decode(total)
     rnd.stage = "done"

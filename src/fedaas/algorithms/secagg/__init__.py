@@ -23,7 +23,7 @@ from fedaas.algorithms.secagg.errors import (
     UnmaskRefused,
 )
 from fedaas.algorithms.secagg.graph import check_groups, neighbours
-from fedaas.algorithms.secagg.keys import IdentityKey, verify_advertisement
+from fedaas.algorithms.secagg.keys import IdentityKey, fingerprint, verify_advertisement
 from fedaas.algorithms.secagg.member import SecAggMember
 from fedaas.algorithms.secagg.messages import (
     EncryptedShare,
@@ -55,6 +55,7 @@ __all__ = [
     "UnmaskResponse",
     "check_groups",
     "distributed_noise_std",
+    "fingerprint",
     "neighbours",
     "noised_std_without",
     "verify_advertisement",

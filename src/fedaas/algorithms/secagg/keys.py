@@ -14,6 +14,7 @@ HKDF-SHA256 (RFC 5869) derives
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -68,6 +69,12 @@ class IdentityKey:
         return self._key.sign(message)
 
 
+def fingerprint(identity_public: bytes) -> str:
+    """A long-term key's fingerprint: the first 16 hex digits of its SHA-256, for people to
+    compare out of band (the member logs it, the operator's member list shows it)."""
+    return hashlib.sha256(identity_public).hexdigest()[:16]
+
+
 def _advertised(context: RoundContext, member_id: str, c_public: bytes, s_public: bytes) -> bytes:
     return framed(context.encode(), b"advertise", member_id, c_public, s_public)
 
@@ -81,9 +88,15 @@ def sign_advertisement(
 
 
 def verify_advertisement(
-    ad: KeyAdvertisement, identity_public: bytes, context: RoundContext
+    ad: KeyAdvertisement, identity_public: bytes, context: RoundContext, *, points: bool = True
 ) -> None:
-    """Raise :class:`SignatureInvalid` unless ``ad`` is signed for this round by that identity."""
+    """Raise :class:`SignatureInvalid` unless ``ad`` is signed for this round by that identity.
+
+    ``points``: also refuse a low-order X25519 public key up front (the
+    coordinator does, so a roster never carries one). A member may skip it:
+    its own agreement with such a key fails when it is used
+    (:meth:`RoundKeyPair.agree`), before anything is revealed.
+    """
     sizes = (len(ad.c_public), len(ad.s_public), len(ad.signature), len(identity_public))
     if sizes != (KEY_BYTES, KEY_BYTES, SIGNATURE_BYTES, KEY_BYTES):
         raise SignatureInvalid(f"{ad.member_id}: keys are 32 bytes and signatures 64")
@@ -95,7 +108,7 @@ def verify_advertisement(
             f"{ad.member_id}: round keys are not signed by its registered identity key "
             "for this job, round and attempt"
         ) from exc
-    for public in (ad.c_public, ad.s_public):
+    for public in (ad.c_public, ad.s_public) if points else ():
         try:  # a low-order point agrees to zero with every key: refuse it up front
             _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
         except ValueError as exc:

@@ -19,13 +19,17 @@ Bell et al., CCS 2020):
    refused (:class:`UnmaskRefused`) and reveals nothing.
 
 Make one object per member per (job, round, attempt) and never persist it:
-a rerun round then always has fresh keys and masks.
+a rerun round then always has fresh keys and masks. Its secrets
+(:class:`RoundSecrets`) may be drawn and advertised before the round's
+parameters are known (a member advertises its next round's keys with its
+last answer), then handed to the object made when the round begins.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -74,19 +78,39 @@ def _unframe(plain: bytes) -> list[bytes]:
     return parts
 
 
+@dataclass(frozen=True)
+class RoundSecrets:
+    """A member's fresh secrets for one run of one round: key pairs ``c`` and ``s``, seed ``b_u``."""
+
+    c: RoundKeyPair = field(default_factory=RoundKeyPair)
+    s: RoundKeyPair = field(default_factory=RoundKeyPair)
+    seed: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+
+    def advertise(
+        self, identity: IdentityKey, context: RoundContext, member_id: str
+    ) -> KeyAdvertisement:
+        """The public keys, signed for ``context`` (Ed25519 is deterministic: same bytes each time)."""
+        return sign_advertisement(identity, context, member_id, self.c.public, self.s.public)
+
+
 class SecAggMember:
     """One member in one secure round; see the module docstring for the stages."""
 
     def __init__(
-        self, member_id: str, identity: IdentityKey, context: RoundContext, params: SecAggParams
+        self,
+        member_id: str,
+        identity: IdentityKey,
+        context: RoundContext,
+        params: SecAggParams,
+        secrets: RoundSecrets | None = None,
     ) -> None:
         self.member_id = check_member_id(member_id)
         self.context = context
         self.params = params
         self._identity = identity
-        self._c = RoundKeyPair()
-        self._s = RoundKeyPair()
-        self._seed = os.urandom(32)  # b_u
+        secrets = secrets or RoundSecrets()
+        self._c, self._s, self._seed = secrets.c, secrets.s, secrets.seed  # b_u: self._seed
+        self._agreed: dict[str, bytes] = {}  # peer -> c agreement (shares out, then in)
         self._ad: KeyAdvertisement | None = None
         self._ads: dict[str, KeyAdvertisement] = {}
         self._peers: tuple[str, ...] = ()
@@ -98,9 +122,8 @@ class SecAggMember:
     def advertise(self) -> KeyAdvertisement:
         """Stage 1: this round's two public keys, signed by the identity key."""
         if self._ad is None:
-            self._ad = sign_advertisement(
-                self._identity, self.context, self.member_id, self._c.public, self._s.public
-            )
+            secrets = RoundSecrets(self._c, self._s, self._seed)
+            self._ad = secrets.advertise(self._identity, self.context, self.member_id)
         return self._ad
 
     def share_keys(
@@ -118,7 +141,7 @@ class SecAggMember:
                 raise ProtocolViolation(f"{ad.member_id} advertised twice")
             if ad.member_id not in identities:
                 raise SignatureInvalid(f"{ad.member_id} has no registered identity key")
-            verify_advertisement(ad, identities[ad.member_id], self.context)
+            verify_advertisement(ad, identities[ad.member_id], self.context, points=False)
             ads[ad.member_id] = ad
         if ads.get(self.member_id) != self._ad:
             raise ProtocolViolation(f"the advertised keys of {self.member_id} are not its own")
@@ -144,7 +167,7 @@ class SecAggMember:
                 self._own = pair
                 continue
             plain = framed(self.member_id, member, *pair)
-            agreement = self._c.agree(ads[member].c_public)
+            agreement = self._agreed[member] = self._c.agree(ads[member].c_public)
             sealed = seal(agreement, self.context, self.member_id, member, plain)
             out.append(EncryptedShare(self.member_id, member, sealed))
         return out
@@ -170,7 +193,9 @@ class SecAggMember:
                 )
             if share.sender in held:
                 raise ProtocolViolation(f"two shares from {share.sender}")
-            agreement = self._c.agree(self._ads[share.sender].c_public)
+            agreement = self._agreed.get(share.sender) or self._c.agree(
+                self._ads[share.sender].c_public
+            )
             plain = open_sealed(
                 agreement, self.context, share.sender, self.member_id, share.ciphertext
             )

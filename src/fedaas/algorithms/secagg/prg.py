@@ -19,12 +19,13 @@ CHUNK = 1 << 20
 """Elements per keystream call when adding a mask in place (bounds temporary memory)."""
 
 _ZERO_IV = bytes(16)
+_MASK_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
 
 
 def _check(seed: bytes, dtype: np.dtype) -> None:
     if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
         raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
-    if dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+    if dtype not in _MASK_DTYPES:
         raise ValueError(f"masks are uint32 or uint64, not {dtype}")
 
 

@@ -78,6 +78,13 @@ class SecAggServer:
             )
 
     # stage 1
+    def register(self, member_id: str, identity: bytes) -> None:
+        """A member's long-term key learned after the round began (before it advertises)."""
+        self._expect("advertise")
+        if self._identities.get(member_id, identity) != identity or member_id in self._ads:
+            raise ProtocolViolation(f"{member_id}'s identity key is already in use this round")
+        self._identities[member_id] = identity
+
     def receive_advertisement(self, ad: KeyAdvertisement) -> None:
         self._expect("advertise")
         if ad.member_id not in self._identities:
