@@ -47,6 +47,14 @@ CACHE_BYTES = 64 * 1024 * 1024
 _INSTRUCTIONS: TypeAdapter[Any] = TypeAdapter(PrivacyInstructions)
 
 
+def _refusal(exc: Exception) -> dict[str, str]:
+    """A failed task's answer, as the agent would act: over its budget the member declines,
+    anything else is an error named for the driver (a worker never raises)."""
+    if isinstance(exc, BudgetSpent):
+        return {"declined": str(exc)}
+    return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 class VirtualMembers:
     """One worker's members: :meth:`handle` answers a frame with a frame (see the module doc)."""
 
@@ -78,10 +86,8 @@ class VirtualMembers:
             if op == "evaluate":
                 return pack(self._evaluate(header))
             raise WireError(f"unknown task {op!r}")
-        except BudgetSpent as exc:
-            return pack({"declined": str(exc)})
         except Exception as exc:  # reported to the driver with the member's name
-            return pack({"error": f"{type(exc).__name__}: {exc}"})
+            return pack(_refusal(exc))
 
     def _job(self, header: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -133,11 +139,8 @@ class VirtualMembers:
         for task in header["members"]:
             try:
                 answer, update = self._train(task, number, instructions)
-            except BudgetSpent as exc:
-                answer, update = {"member": task.get("member"), "declined": str(exc)}, b""
-            except Exception as exc:  # reported to the driver with the member's name
-                answer = {"member": task.get("member"), "error": f"{type(exc).__name__}: {exc}"}
-                update = b""
+            except Exception as exc:
+                answer, update = {"member": task.get("member"), **_refusal(exc)}, b""
             answer["bytes"] = len(update)
             answers.append(answer)
             updates.append(update)
