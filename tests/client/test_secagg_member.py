@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,42 @@ def test_a_member_that_requires_secure_aggregation_declines_jobs_without_it() ->
     secure = parse_spec(make_spec(clients=3, min_clients=2, secure_aggregation={"enabled": True}))
     assert any("no [secure_aggregation]" in p for p in policy.problems(plain))
     assert policy.problems(secure) == []
+
+
+def test_a_member_that_restarted_after_sending_keys_ahead_sits_the_round_out(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from fedaas.algorithms.secagg import RoundContext
+    from fedaas.client.secagg import SecureTraining
+    from fedaas.protocol_secagg import SecureSession
+
+    spec = parse_spec(make_spec(clients=3, min_clients=2, secure_aggregation={"enabled": True}))
+    SecureState(tmp_path, "https://c").advertise_ahead(RoundContext("job-1", 2, 41), "alpha")
+    restarted = SecureState(tmp_path, "https://c")  # the secrets were in memory only: gone
+    restarted.registered = True
+    sent: list[Any] = []
+    stop = threading.Event()
+    stop.set()  # no back-off in the test
+    agent = SimpleNamespace(
+        secure=restarted, t=SimpleNamespace(request=lambda *a, **k: sent.append(a)), stop=stop
+    )
+    session = SecureSession(
+        attempt=41, member="alpha", sampled=3, bits=32, scale=2.0**16, clip=10.0, max_weight=1e4
+    )
+    task = Task(
+        job_id="job-1",
+        round=2,
+        stage="train",
+        model_round=1,
+        model_etag='"job-1-r1"',
+        deadline_in=10,
+        max_upload_bytes=1000,
+        spec=spec,
+        secure=session,
+    )
+    # the same session offered again: no keys, no decline, nothing sent; the job goes on
+    assert SecureTraining(agent, task, SimpleNamespace(spec=spec), {}).run() is None
+    assert sent == []
+    restarted.note_attempt("job-1", 3, 7)  # the next round's session is a fresh one

@@ -20,8 +20,10 @@ a slow trainer.
 
 Never twice under the same masks: every session gets fresh X25519 keys and
 self-mask seed, and the member notes each ``(job, round, attempt)`` before
-it advertises, refusing a session it has seen, so a restarted (or
-replaying) coordinator gets new keys or nothing
+it advertises, sitting out (sending nothing, staying in the job) a session
+it has seen, so a restarted (or replaying) coordinator gets new keys or
+nothing, and a member that restarted after sending keys ahead waits for the
+next round
 (:class:`~fedaas.client.secagg_state.SecureState`, which also keeps the
 identity key and the peers' pinned keys). With its unmask answer the member
 sends its keys for the next round (the coordinator named that round's
@@ -53,7 +55,7 @@ from fedaas.algorithms.secagg import (
 )
 from fedaas.algorithms.seeds import member_seed
 from fedaas.client.finished import upload_wait
-from fedaas.client.secagg_state import SecureRefused, SecureState
+from fedaas.client.secagg_state import SecureRefused, SecureState, SessionSeen
 from fedaas.client.training import train_round
 from fedaas.protocol import TASK_BUNDLE, ClientPrivacy, Task, UpdateMetadata
 from fedaas.protocol_secagg import (
@@ -113,7 +115,12 @@ class SecureTraining:
             raise SecureRefused("the coordinator keeps another identity key for this member")
         secrets = secure.take_ahead(self.context)  # keys sent with the last round's answer
         if secrets is None:
-            secure.note_attempt(task.job_id, task.round, s.attempt)
+            try:
+                secure.note_attempt(task.job_id, task.round, s.attempt)
+            except SessionSeen as exc:  # e.g. keys sent ahead, then this agent restarted
+                log.warning("sitting out round %d (nothing sent): %s", task.round, exc)
+                agent.stop.wait(min(self._wait(), 1.0))  # the round goes on without it
+                return None
         member = SecAggMember(s.member, secure.identity, self.context, self.params, secrets)
         # keys and shares first: the share stage's straggler grace never waits on training
         roster, inbound = self._keys_and_shares(member, ahead=secrets is not None)

@@ -41,6 +41,10 @@ class SecureRefused(Exception):
     """The member will not go on with this secure round; the message says why."""
 
 
+class SessionSeen(SecureRefused):
+    """A session this member already took part in (or sent keys ahead for, then restarted)."""
+
+
 @dataclass(frozen=True)
 class Ahead:
     """Keys advertised for a round before it began: its context, secrets and signed keys."""
@@ -90,7 +94,7 @@ class SecureState:
             self._seen = set(path.read_text().split()) if path.exists() else set()
         entry = f"{job_id}/{number}/{attempt}"
         if entry in self._seen:
-            raise SecureRefused(
+            raise SessionSeen(
                 f"round {number} of job {job_id} reuses attempt {attempt}: this member never "
                 "takes part twice in the same secure session"
             )
