@@ -127,12 +127,13 @@ class SecureTraining:
         encoded = self.encode(*self.train())
         received = [EncryptedShare(x.sender, x.recipient, x.ciphertext) for x in inbound.shares]
         body = encode_masked(member.masked_input(received, encoded), s.attempt)
+        wait = self._wait()
         response = agent.t.request(
             "PUT",
             f"{self.base}/update",
             content=body,
-            params={"next_timeout": self._wait()},  # the answer may be stage 4's question
-            timeout=self._wait(),
+            params={"next_timeout": wait},  # the answer may be stage 4's question
+            timeout=wait,
             headers={
                 "Content-Type": "application/octet-stream",
                 "Idempotency-Key": uuid.uuid4().hex,
