@@ -4,7 +4,8 @@
 (advertise keys, share keys, masked input, unmask; Bonawitz et al. CCS 2017,
 Bell et al. CCS 2020). A stage closes as soon as every member still expected
 has answered or, once a quorum is in (the reconstruction threshold;
-``min_clients`` too for the masked inputs), after a straggler grace of
+``min_clients`` too for the masked inputs; for the unmask answers, enough
+shares of every secret the sum needs), after a straggler grace of
 :data:`GRACE_FACTOR` times what the quorum took (at least
 :data:`GRACE_MIN_S`); at the round deadline with whoever is in. It never
 waits for every reply, and a stage below its quorum fails the round with the
@@ -103,7 +104,9 @@ async def _quorum(
         now = time.monotonic()
         if expected <= got or now >= deadline:
             return
-        if len(got) >= need and reached is None:
+        # unmask: a quorum is every needed secret recoverable, not a count of answers
+        enough = rnd.server.recoverable() if stage == "unmask" else len(got) >= need
+        if enough and reached is None:
             reached = now
         if reached is not None and now >= reached + max(
             GRACE_MIN_S, GRACE_FACTOR * (reached - start)

@@ -330,3 +330,20 @@ def test_the_coordinator_state_holds_nothing_that_correlates_with_one_update() -
             assert abs(np.corrcoef(values, rnd.updates[m])[0, 1]) < bound
     total = rnd.unmask(request)  # only the sum comes out, and it is right
     rnd.check_exact(total, request.survivors)
+
+
+def test_the_sum_is_recoverable_only_once_every_needed_secret_has_enough_shares() -> None:
+    rnd = Round(3, 4)  # SecAgg+: groups of 5, threshold 3
+    dropped = IDS[0]
+    request = rnd.upload(rnd.setup(), dropped=[dropped])
+    ads = {m: rnd.members[m].advertise() for m in IDS}
+    holders = sorted(neighbours(ads, rnd.params.neighbors, rnd.context)[dropped])
+    others = [m for m in request.survivors if m not in holders]
+    assert len(others) >= rnd.params.threshold
+    for m in others:  # more answers than the threshold, none with a share of the dropped key
+        rnd.server.receive_unmask(rnd.members[m].unmask(request))
+    assert not rnd.server.recoverable()
+    for m in holders[: rnd.params.threshold]:
+        rnd.server.receive_unmask(rnd.members[m].unmask(request))
+    assert rnd.server.recoverable()
+    rnd.check_exact(rnd.server.finish(), request.survivors)

@@ -187,6 +187,17 @@ class SecAggServer:
             store.setdefault(peer, {})[member] = share
         self._answered.add(member)
 
+    def recoverable(self) -> bool:
+        """Whether the unmask answers so far hold ``threshold`` shares of every secret needed:
+        each survivor's seed and each dropped member's mask key. In SecAgg+ a count of
+        answers is not enough: a dropped member's key is only with its own neighbours."""
+        if self.stage != "unmask" or self._request is None:
+            return False
+        t = self.params.threshold
+        return all(len(self._seed_shares.get(m, {})) >= t for m in self._request.survivors) and all(
+            len(self._key_shares.get(m, {})) >= t for m in self._request.dropped
+        )
+
     def finish(self) -> np.ndarray:
         """The unmasked sum of the survivors' encoded inputs (decode with ``FixedPoint.decode``)."""
         self._expect("unmask")
