@@ -245,11 +245,12 @@ def test_a_full_state_disk_pauses_the_job_until_space_returns(
     filler = disk / "filler"
 
     def fill(cluster: LocalCluster, job_id: str) -> None:
-        with open(filler, "wb") as f:  # the state disk fills up mid-job
+        # the state disk fills up mid-job; unbuffered, so closing the file has nothing left
+        # to flush (a buffered close raised ENOSPC outside the try once)
+        with open(filler, "wb", buffering=0) as f:
             try:
                 while True:
                     f.write(b"\0" * (256 * 1024))
-                    f.flush()
             except OSError:
                 pass
         full = time.monotonic()
