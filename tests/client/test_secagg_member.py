@@ -95,18 +95,23 @@ def test_peers_are_pinned_per_coordinator(tmp_path: Path) -> None:
         SecureState(tmp_path, "https://two").check_peers(_roster(alpha=a))
 
 
-def test_a_secure_job_is_never_downgraded_to_a_plain_upload() -> None:
-    spec = parse_spec(make_spec(clients=3, min_clients=2, secure_aggregation={"enabled": True}))
-    task = Task(
+def _train_task(spec: Any, number: int, secure: Any = None) -> Task:
+    return Task(
         job_id="job-1",
-        round=1,
+        round=number,
         stage="train",
-        model_round=0,
-        model_etag='"job-1-r0"',
+        model_round=number - 1,
+        model_etag=f'"job-1-r{number - 1}"',
         deadline_in=10,
         max_upload_bytes=1000,
         spec=spec,
+        secure=secure,
     )
+
+
+def test_a_secure_job_is_never_downgraded_to_a_plain_upload() -> None:
+    spec = parse_spec(make_spec(clients=3, min_clients=2, secure_aggregation={"enabled": True}))
+    task = _train_task(spec, 1)
     called = []
     agent = SimpleNamespace(_train=lambda *args: called.append(args))
     with pytest.raises(SecureRefused, match="no secure session"):
@@ -149,17 +154,7 @@ def test_a_member_that_restarted_after_sending_keys_ahead_sits_the_round_out(
     session = SecureSession(
         attempt=41, member="alpha", sampled=3, bits=32, scale=2.0**16, clip=10.0, max_weight=1e4
     )
-    task = Task(
-        job_id="job-1",
-        round=2,
-        stage="train",
-        model_round=1,
-        model_etag='"job-1-r1"',
-        deadline_in=10,
-        max_upload_bytes=1000,
-        spec=spec,
-        secure=session,
-    )
+    task = _train_task(spec, 2, session)
     # the same session offered again: no keys, no decline, nothing sent; the job goes on
     assert SecureTraining(agent, task, SimpleNamespace(spec=spec), {}).run() is None
     assert sent == []
