@@ -39,7 +39,7 @@ AllowCodeOpt = Annotated[
 ]
 
 
-def _packages(values: list[str] | None) -> list[str]:
+def allow_code_packages(values: list[str] | None) -> list[str]:
     """``--allow-code`` values, each a dotted module name (never a path)."""
     import re
 
@@ -91,7 +91,7 @@ def server(
     allow_code: AllowCodeOpt = None,
 ) -> None:
     """Run the coordinator (the parent node)."""
-    packages = _packages(allow_code)
+    packages = allow_code_packages(allow_code)
     if tls_cert is not None and tls_key is None:
         raise typer.BadParameter("--tls-cert needs --tls-key", param_hint="--tls-key")
     if tls_client_ca is not None and tls_cert is None:
@@ -217,7 +217,7 @@ def client(
 
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    rules = rules.with_code(_packages(allow_code))
+    rules = rules.with_code(allow_code_packages(allow_code))
     import torch
 
     from fedaas.client.agent import Agent

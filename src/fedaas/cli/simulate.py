@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from fedaas.cli.common import console
-from fedaas.cli.nodes import AllowCodeOpt, _packages
+from fedaas.cli.nodes import AllowCodeOpt, allow_code_packages
 
 
 def simulate(
@@ -93,7 +93,7 @@ def simulate(
             progress=progress and not as_json,
             stragglers=late,
             seed=seed,
-            allow_code=tuple(_packages(allow_code)),
+            allow_code=tuple(allow_code_packages(allow_code)),
             console=console,
         )
     except (PartitionError, NotSimulated, FileExistsError) as exc:
