@@ -111,7 +111,8 @@ def test_chunks_reassemble_each_tensor(tmp_path: Path, max_elements: int) -> Non
             np.testing.assert_array_equal(flat.reshape(value.shape), value)
             assert max(sizes) <= max_elements
             assert len(sizes) == -(-value.size // max_elements)  # ceil
-        f.check_finite()
+        flat = np.concatenate([v.astype(np.float64).reshape(-1) for v in MODEL.values()])
+        assert f.finite_norm() == pytest.approx(float(np.linalg.norm(flat)), rel=1e-12)
 
 
 def test_zero_d_and_empty_tensors(tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def _via_decode(data: bytes, manifest: dict | None) -> object:
 
 def _via_bytes(data: bytes, manifest: dict | None) -> object:
     f = SafetensorsFile(data, manifest)
-    f.check_finite()
+    f.finite_norm()
     return f
 
 
@@ -177,7 +178,7 @@ def reject(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., str]
         path = tmp_path / "upload.safetensors"
         path.write_bytes(data)
         f = SafetensorsFile(path, manifest)
-        f.check_finite()
+        f.finite_norm()
         return f
 
     reader = {"decode": _via_decode, "bytes": _via_bytes, "file": via_file}[request.param]
@@ -220,6 +221,14 @@ def test_non_finite_values(reject: Callable[..., str], value: float) -> None:
     bad = {k: v.copy() for k, v in MODEL.items()}
     bad["2.weight"][1, 2, 3] = value
     assert reject(encode(bad)) == "tensor '2.weight' holds NaN or Inf"
+
+
+def test_largest_float32_values_are_finite() -> None:
+    """The norm's float64 sum of squares cannot overflow on float32 input: nothing is flagged."""
+    big = {k: np.full_like(v, np.finfo(np.float32).max) for k, v in MODEL.items()}
+    norm = SafetensorsFile(encode(big), MANIFEST).finite_norm()
+    size = sum(v.size for v in MODEL.values())
+    assert norm == pytest.approx(float(np.finfo(np.float32).max) * np.sqrt(size), rel=1e-12)
 
 
 @pytest.mark.parametrize("cut", [1, 4, 100])
@@ -312,5 +321,5 @@ def test_hand_built_valid_payload_is_accepted() -> None:
     got, _ = decode(data, {"a": (1,), "b": (2,)})
     assert got["a"].tolist() == [1.0] and got["b"].tolist() == [2.0, 3.0]
     f = SafetensorsFile(data, {"a": (1,), "b": (2,)})
-    f.check_finite()
+    f.finite_norm()
     assert [c.tolist() for _, c in f.chunks("b")] == [[2.0, 3.0]]

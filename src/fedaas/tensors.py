@@ -26,6 +26,8 @@ import safetensors.numpy
 WIRE_DTYPE = "F32"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 CHUNK_ELEMENTS = 1 << 20
+NORM_CHUNK = 1 << 16
+"""Elements per float64 piece when a norm is summed (0.5 MB, per upload in flight)."""
 
 Manifest = dict[str, tuple[int, ...]]
 
@@ -264,11 +266,27 @@ class SafetensorsFile:
         with self.path.open("rb") as f:
             yield from _read_chunks(f, begin, end - start, max_elements)
 
-    def check_finite(self) -> None:
+    @property
+    def payload(self) -> bytes | None:
+        """The payload when it is held in memory (``None`` for a file)."""
+        return self._data
+
+    def finite_norm(self) -> float:
+        """The L2 norm over all tensors, summed in float64; raises :class:`TensorError`
+        naming the first tensor that holds NaN or Inf.
+
+        One pass does both: the running sum of squares of float32 values
+        cannot overflow float64, so it turns NaN or Inf exactly in the tensor
+        that holds one.
+        """
+        total = 0.0
         for name in self._entries:
-            for _, values in self.chunks(name):
-                if not np.isfinite(values).all():
-                    raise TensorError(f"tensor {name!r} holds NaN or Inf")
+            for _, values in self.chunks(name, NORM_CHUNK):
+                wide = values.astype(np.float64)
+                total += float(np.dot(wide, wide))
+            if not math.isfinite(total):
+                raise TensorError(f"tensor {name!r} holds NaN or Inf")
+        return math.sqrt(total)
 
 
 def _read_chunks(

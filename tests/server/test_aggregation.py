@@ -12,7 +12,7 @@ from fedaas import tensors
 from fedaas.algorithms.screening import ScreenedMean
 from fedaas.server.aggregation import aggregate, bound_updates
 from fedaas.server.privacy import JobPrivacy
-from fedaas.server.spill import RoundSpill, update_norm
+from fedaas.server.spill import RoundSpill
 from fedaas.spec import parse_spec
 from fixtures.specs import make_spec
 
@@ -23,7 +23,7 @@ def _spill(tmp_path: Path, rows: list[dict[str, np.ndarray]], claims: list[int])
     spill = RoundSpill(tmp_path, "job-x", 1, MANIFEST)
     for member, (delta, claim) in enumerate(zip(rows, claims, strict=True), start=1):
         body = tensors.encode(delta, {"num_examples": str(claim)})
-        spill.keep(member, body, claim, update_norm(tensors.SafetensorsFile(body, MANIFEST)))
+        spill.keep(member, body, claim, tensors.SafetensorsFile(body, MANIFEST).finite_norm())
     return spill
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fedaas import tensors
-from fedaas.server.spill import RoundSpill, update_norm
+from fedaas.server.spill import RoundSpill
 
 MANIFEST: tensors.Manifest = {"w": (3, 4), "b": (4,)}
 
@@ -18,9 +18,14 @@ def _update(seed: int) -> bytes:
     return tensors.encode(arrays, {"num_examples": str(10 + seed)})
 
 
+def _parsed(body: bytes) -> tensors.SafetensorsFile:
+    return tensors.SafetensorsFile(body, MANIFEST)
+
+
 def _keep_all(spill: RoundSpill, bodies: dict[int, bytes]) -> None:
     for member, body in bodies.items():
-        spill.keep(member, body, 1, update_norm(tensors.SafetensorsFile(body, MANIFEST)))
+        update = _parsed(body)  # as validation leaves it
+        spill.keep(member, update, 1, update.finite_norm())
 
 
 def _blocks(spill: RoundSpill) -> list[tuple[str, int, np.ndarray]]:
@@ -49,7 +54,7 @@ def test_beyond_the_budget_updates_go_to_files(tmp_path: Path) -> None:
     spill = RoundSpill(tmp_path, "job", 2, MANIFEST, memory_bytes=2 * size)
     _keep_all(spill, bodies)
     assert spill.held == 2 * size
-    held = [m for m, e in spill.entries.items() if e.data is not None]
+    held = [m for m, e in spill.entries.items() if e.held is not None]
     assert held == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"round-job-2-m{m}.safetensors" for m in (3, 4, 5)
@@ -64,11 +69,22 @@ def test_beyond_the_budget_updates_go_to_files(tmp_path: Path) -> None:
 
 def test_a_member_kept_twice_counts_once(tmp_path: Path) -> None:
     spill = RoundSpill(tmp_path, "job", 1, MANIFEST, memory_bytes=1 << 20)
-    spill.keep(1, _update(1), 1, 1.0)
-    spill.keep(1, _update(2), 1, 2.0)
+    spill.keep(1, _parsed(_update(1)), 1, 1.0)
+    spill.keep(1, _parsed(_update(2)), 1, 2.0)
     assert spill.held == len(_update(2)) and spill.entries[1].norm == 2.0
     small = RoundSpill(tmp_path, "job", 1, MANIFEST, memory_bytes=0)
-    small.keep(1, _update(1), 1, 1.0)  # a file
+    small.keep(1, _parsed(_update(1)), 1, 1.0)  # a file
     small.memory_bytes = 1 << 20
-    small.keep(1, _update(2), 1, 2.0)  # now held: the file goes
-    assert list(tmp_path.iterdir()) == [] and small.entries[1].data == _update(2)
+    small.keep(1, _parsed(_update(2)), 1, 2.0)  # now held: the file goes
+    held = small.entries[1].held
+    assert list(tmp_path.iterdir()) == [] and held is not None and held.payload == _update(2)
+
+
+def test_raw_bytes_go_to_a_file_whatever_the_budget(tmp_path: Path) -> None:
+    """Only a parsed update is held: the coordinator's inbox hands bytes, which are written."""
+    spill = RoundSpill(tmp_path, "job", 1, MANIFEST, memory_bytes=1 << 20)
+    spill.keep(1, _update(1), 1, 1.0)
+    assert spill.held == 0 and [p.name for p in tmp_path.iterdir()] == [
+        "round-job-1-m1.safetensors"
+    ]
+    assert np.array_equal(_blocks(spill)[0][2][0], tensors.decode(_update(1))[0]["w"].reshape(-1))

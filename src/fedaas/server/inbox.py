@@ -195,7 +195,7 @@ class Inbox:
             if key:
                 self._receipts[(member_id, key)] = receipt
             return receipt
-        meta, norm = check_update(job, state, body)
+        _, meta, norm = check_update(job, state, body)
         with job.lock:  # the round may have closed while the body was checked
             job, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
             state.keep(member_id, body, meta, norm, nbytes)

@@ -37,7 +37,7 @@ from fedaas.server.aggregation import add_base, aggregate, bounding_metrics, dp_
 from fedaas.server.errors import InvalidRequest
 from fedaas.server.privacy import JobPrivacy
 from fedaas.server.secagg import SecureRound
-from fedaas.server.spill import RoundSpill, update_norm
+from fedaas.server.spill import RoundSpill
 from fedaas.server.uploads import validate_update
 from fedaas.spec import JobSpec
 from fedaas.spec_train import job_metrics
@@ -95,7 +95,12 @@ class RoundState:
             self.done.set()
 
     def keep(
-        self, member: int, body: bytes | Path, meta: UpdateMetadata, norm: float, nbytes: int
+        self,
+        member: int,
+        body: bytes | Path | tensors.SafetensorsFile,
+        meta: UpdateMetadata,
+        norm: float,
+        nbytes: int,
     ) -> None:
         """Count a checked update (:func:`check_update`): spilled for aggregation, its
         example count and metrics kept for the round's record."""
@@ -135,16 +140,16 @@ class ActiveJob:
 
 def check_update(
     job: ActiveJob, state: RoundState, body: bytes | Path
-) -> tuple[UpdateMetadata, float]:
-    """An update checked in full before it may join the round: its metadata and L2 norm.
+) -> tuple[tensors.SafetensorsFile, UpdateMetadata, float]:
+    """An update checked in full before it may join the round: the parsed update (what
+    :meth:`RoundState.keep` may hold), its metadata and its L2 norm.
 
     Structure and finite values (:func:`validate_update`), under DP its norm
     against what the round's privacy allows, and only the metadata the
     accountant covers. Raises :class:`InvalidRequest` and changes nothing. The
     coordinator's inbox and ``fedaas simulate`` both check uploads here.
     """
-    update, meta = validate_update(body, job.manifest)
-    norm = update_norm(update)
+    update, meta, norm = validate_update(body, job.manifest)
     limit = dp_norm_limit(state.privacy, sum(map(math.prod, job.manifest.values())))
     if limit is not None and norm > limit:
         raise InvalidRequest(
@@ -153,7 +158,7 @@ def check_update(
             "invalid_update",
         )
     job.privacy.disclosure.check_update(meta)  # under DP: only what the accountant covers
-    return meta, norm
+    return update, meta, norm
 
 
 def aggregate_round(

@@ -6,11 +6,12 @@ any weight is known (:class:`fedaas.algorithms.robust.ExampleCap`). So each
 validated upload stays in the artifact spool as its safetensors file
 (``round-<job>-<round>-m<member>.safetensors``; an upload that was already
 spooled is renamed, a small one in memory is written) and only its norm and
-claim are kept in memory. A spill may instead hold updates given as bytes
-in memory up to ``memory_bytes`` in all (``fedaas simulate`` does: thousands
-of small updates a round, where a file each costs more than training them;
-the coordinator's default is 0); beyond that budget they go to files as
-above. At the close, :mod:`fedaas.server.aggregation` reads them back in
+claim are kept in memory. A spill may instead hold updates given parsed in
+memory (a :class:`~fedaas.tensors.SafetensorsFile` of bytes, as validation
+left it) up to ``memory_bytes`` in all (``fedaas simulate`` does: thousands
+of small updates a round, where a file each, or parsing each twice, costs
+more than training them; the coordinator's default is 0); beyond that budget
+they go to files as above. At the close, :mod:`fedaas.server.aggregation` reads them back in
 column blocks (:meth:`RoundSpill.columns`), so coordinator memory stays
 O(model) whatever the number of members. The files
 go with the round (:meth:`RoundSpill.discard`); a coordinator that restarts
@@ -35,18 +36,6 @@ from fedaas.tensors import Manifest, SafetensorsFile
 
 BLOCK_BYTES = 8 * 1024 * 1024
 """Float64 bytes of one ``(members, block)`` column block."""
-NORM_CHUNK = 1 << 16
-"""Elements per float64 piece when an update's norm is summed (0.5 MB, per upload in flight)."""
-
-
-def update_norm(update: SafetensorsFile) -> float:
-    """The update's L2 norm over all tensors, summed in float64 (no overflow for float32 input)."""
-    total = 0.0
-    for name in update.manifest:
-        for _, values in update.chunks(name, NORM_CHUNK):
-            wide = values.astype(np.float64)
-            total += float(np.dot(wide, wide))
-    return math.sqrt(total)
 
 
 @dataclass(frozen=True)
@@ -54,14 +43,18 @@ class Spilled:
     """One member's accepted update: where it lies, what it claimed, its norm."""
 
     member_id: int
-    path: Path
+    path: Path | None
+    """Its file (``None`` while it is held in memory)."""
     num_examples: int
     norm: float
-    data: bytes | None = None
-    """The update itself when it is held in memory (then nothing is at ``path``)."""
+    held: SafetensorsFile | None = None
+    """The update itself, parsed, when it is held in memory."""
 
-    def source(self) -> bytes | Path:
-        return self.path if self.data is None else self.data
+    def open(self, manifest: Manifest) -> SafetensorsFile:
+        if self.held is not None:
+            return self.held
+        assert self.path is not None
+        return SafetensorsFile(self.path, manifest)
 
 
 @dataclass
@@ -81,22 +74,28 @@ class RoundSpill:
     def path_for(self, member_id: int) -> Path:
         return self.spool / f"round-{self.job_id}-{self.number}-m{member_id}.safetensors"
 
-    def keep(self, member_id: int, body: bytes | Path, num_examples: int, norm: float) -> Spilled:
-        """Keep a validated update (bytes are held within the memory budget or written, a
-        spool file is renamed); a member's earlier update for the round is replaced."""
-        path = self.path_for(member_id)
+    def keep(
+        self, member_id: int, body: bytes | Path | SafetensorsFile, num_examples: int, norm: float
+    ) -> Spilled:
+        """Keep a validated update (one parsed in memory is held within the memory budget,
+        other bytes are written, a spool file is renamed); a member's earlier update for the
+        round is replaced."""
         previous = self.entries.pop(member_id, None)
-        if previous is not None and previous.data is not None:
-            self.held -= len(previous.data)
+        if previous is not None and previous.held is not None:
+            self.held -= _size(previous.held)
+        if isinstance(body, SafetensorsFile):
+            if body.payload is not None and self.held + _size(body) <= self.memory_bytes:
+                if previous is not None and previous.path is not None:
+                    previous.path.unlink(missing_ok=True)
+                self.held += _size(body)
+                entry = Spilled(member_id, None, num_examples, norm, body)
+                self.entries[member_id] = entry
+                return entry
+            body = body.payload if body.payload is not None else body.path
+            assert body is not None
+        path = self.path_for(member_id)
         if isinstance(body, Path):
             os.replace(body, path)
-        elif self.held + len(body) <= self.memory_bytes:
-            if previous is not None and previous.data is None:
-                path.unlink(missing_ok=True)
-            self.held += len(body)
-            entry = Spilled(member_id, path, num_examples, norm, body)
-            self.entries[member_id] = entry
-            return entry
         else:
             tmp = path.with_name(path.name + ".partial")
             tmp.write_bytes(body)
@@ -115,7 +114,7 @@ class RoundSpill:
         chosen so that a block holds about :data:`BLOCK_BYTES`.
         """
         chosen = self.members() if members is None else members
-        files = [SafetensorsFile(self.entries[m].source(), self.manifest) for m in chosen]
+        files = [self.entries[m].open(self.manifest) for m in chosen]
         n = len(files)
         block = max(1024, BLOCK_BYTES // (8 * max(n, 1)))
         for name, shape in self.manifest.items():
@@ -132,7 +131,12 @@ class RoundSpill:
     def discard(self) -> None:
         """Delete the round's files (after the close, or when the round is abandoned)."""
         for entry in self.entries.values():
-            if entry.data is None:
+            if entry.path is not None:
                 entry.path.unlink(missing_ok=True)
         self.entries.clear()
         self.held = 0
+
+
+def _size(update: SafetensorsFile) -> int:
+    assert update.payload is not None
+    return len(update.payload)

@@ -66,12 +66,13 @@ async def receive_body(request: Request, limit: int, new_spool: Callable[[], Pat
 
 def validate_update(
     body: bytes | Path, manifest: Manifest
-) -> tuple[SafetensorsFile, UpdateMetadata]:
-    """Check a spooled update completely; raises :class:`InvalidRequest` if it is bad."""
+) -> tuple[SafetensorsFile, UpdateMetadata, float]:
+    """Check a spooled update completely; ``(update, metadata, L2 norm)``, the norm measured
+    in the pass that checks for NaN and Inf. Raises :class:`InvalidRequest` if it is bad."""
     try:
         update = SafetensorsFile(body, manifest)
         meta = UpdateMetadata.from_strings(update.metadata)
-        update.check_finite()
+        norm = update.finite_norm()
     except (TensorError, ValueError) as exc:
         raise InvalidRequest(str(exc), "invalid_update") from None
-    return update, meta
+    return update, meta, norm

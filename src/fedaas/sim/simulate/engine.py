@@ -294,10 +294,10 @@ class RoundLoop:
             log.warning("member %s declined job %s: %s", state.sampled[member], job.id, reason)
             return
         try:
-            meta, norm = check_update(job, state, body)
+            update, meta, norm = check_update(job, state, body)
         except InvalidRequest as exc:  # a bad update ends the run and names its member
             raise JobFailed(f"member {state.sampled[member]}: {exc}") from None
-        state.keep(member, body, meta, norm, len(body))
+        state.keep(member, update, meta, norm, len(body))  # held parsed: not parsed again
 
     def _evaluate(self, members: list[int], number: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Federated evaluation of the new model, summed as the coordinator sums the reports."""
