@@ -11,9 +11,9 @@ memory (a :class:`~fedaas.tensors.SafetensorsFile` of bytes, as validation
 left it) up to ``memory_bytes`` in all (``fedaas simulate`` does: thousands
 of small updates a round, where a file each, or parsing each twice, costs
 more than training them; the coordinator's default is 0); beyond that budget
-they go to files as above. At the close, :mod:`fedaas.server.aggregation` reads them back in
-column blocks (:meth:`RoundSpill.columns`), so coordinator memory stays
-O(model) whatever the number of members. The files
+they go to files as above. At the close, :mod:`fedaas.server.aggregation`
+reads them back in column blocks (:meth:`RoundSpill.columns`), so
+coordinator memory stays O(model) whatever the number of members. The files
 go with the round (:meth:`RoundSpill.discard`); a coordinator that restarts
 clears the spool, and the interrupted round reruns.
 
