@@ -54,7 +54,7 @@ def test_beyond_the_budget_updates_go_to_files(tmp_path: Path) -> None:
     spill = RoundSpill(tmp_path, "job", 2, MANIFEST, memory_bytes=2 * size)
     _keep_all(spill, bodies)
     assert spill.held == 2 * size
-    held = [m for m, e in spill.entries.items() if e.held is not None]
+    held = [m for m, e in spill.entries.items() if e.parsed is not None]
     assert held == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"round-job-2-m{m}.safetensors" for m in (3, 4, 5)
@@ -76,7 +76,7 @@ def test_a_member_kept_twice_counts_once(tmp_path: Path) -> None:
     small.keep(1, _parsed(_update(1)), 1, 1.0)  # a file
     small.memory_bytes = 1 << 20
     small.keep(1, _parsed(_update(2)), 1, 2.0)  # now held: the file goes
-    held = small.entries[1].held
+    held = small.entries[1].parsed
     assert list(tmp_path.iterdir()) == [] and held is not None and held.payload == _update(2)
 
 

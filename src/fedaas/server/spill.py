@@ -47,12 +47,12 @@ class Spilled:
     """Its file (``None`` while it is held in memory)."""
     num_examples: int
     norm: float
-    held: SafetensorsFile | None = None
+    parsed: SafetensorsFile | None = None
     """The update itself, parsed, when it is held in memory."""
 
     def open(self, manifest: Manifest) -> SafetensorsFile:
-        if self.held is not None:
-            return self.held
+        if self.parsed is not None:
+            return self.parsed
         assert self.path is not None
         return SafetensorsFile(self.path, manifest)
 
@@ -66,7 +66,7 @@ class RoundSpill:
     number: int
     manifest: Manifest
     memory_bytes: int = 0
-    """Updates given as bytes are held in memory while they total at most this much."""
+    """Updates given parsed from bytes are held in memory while they total at most this much."""
     entries: dict[int, Spilled] = field(default_factory=dict)
     held: int = 0
     """Bytes of the updates held in memory."""
@@ -81,8 +81,8 @@ class RoundSpill:
         other bytes are written, a spool file is renamed); a member's earlier update for the
         round is replaced."""
         previous = self.entries.pop(member_id, None)
-        if previous is not None and previous.held is not None:
-            self.held -= _size(previous.held)
+        if previous is not None and previous.parsed is not None:
+            self.held -= _size(previous.parsed)
         if isinstance(body, SafetensorsFile):
             if body.payload is not None and self.held + _size(body) <= self.memory_bytes:
                 if previous is not None and previous.path is not None:
