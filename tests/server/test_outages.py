@@ -290,8 +290,8 @@ def test_a_stopped_artifact_store_is_waited_for(
         stopped = time.monotonic()
         time.sleep(30)
         assert time.monotonic() - stopped >= 30
-        back = emulators.start_s3(port=port)  # moto keeps nothing: its bucket is made anew
-        back.make_bucket("fedaas-artifacts")
+        # moto keeps nothing: its bucket is made anew, before it answers the coordinator
+        back = emulators.start_s3(port=port, buckets=("fedaas-artifacts",))
         again.append(back)
 
     try:

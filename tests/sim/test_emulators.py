@@ -67,3 +67,12 @@ def test_missing_azurite_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FEDAAS_AZURITE", "/nonexistent/azurite-blob")
     with pytest.raises(emulators.EmulatorError, match="npm ci"):
         emulators.start_azure()
+
+
+@pytest.mark.emulator
+def test_a_restarted_s3_emulator_has_its_buckets_before_its_first_answer() -> None:
+    """The outage tests bring S3 back on the same port; a retrying client must find its bucket."""
+    with emulators.start_s3(buckets=("kept-bucket",)) as emu:
+        url = storage.join(emu.url("kept-bucket"), "k")
+        storage.write_bytes(url, b"v", emu.storage_options)  # no make_bucket call first
+        assert storage.read_bytes(url, emu.storage_options) == b"v"

@@ -161,15 +161,32 @@ def _workdir(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"fedaas-{kind}-emulator-"))
 
 
-def start_s3(auth: bool = False, timeout: float = 30.0, port: int | None = None) -> Emulator:
+# moto_server with buckets made in-process before it listens: a client that reconnects
+# to a restarted emulator never sees it without them.
+_S3_MAIN = (
+    "import sys; from moto.core import DEFAULT_ACCOUNT_ID; from moto.s3.models import s3_backends; "
+    "backend = s3_backends[DEFAULT_ACCOUNT_ID]['aws']; "
+    "[backend.create_bucket(name, 'us-east-1') for name in sys.argv[1].split(',') if name]; "
+    "from moto.server import main; main(sys.argv[2:])"
+)
+
+
+def start_s3(
+    auth: bool = False,
+    timeout: float = 30.0,
+    port: int | None = None,
+    buckets: tuple[str, ...] = (),
+) -> Emulator:
     """Start moto_server; with ``auth`` every request must be signed by the IAM key it makes.
 
     ``port``: a given port (to bring a stopped emulator back where clients expect it; its
-    buckets are gone, moto keeps them in memory).
+    buckets are gone, moto keeps them in memory). ``buckets`` exist from the first request
+    it answers, so a client that retries into the restarted emulator finds them.
     """
     port, workdir = port or free_port(), _workdir("s3")
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if auth else {}
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    argv = [sys.executable, "-c", _S3_MAIN, ",".join(buckets)]
+    argv += ["-H", "127.0.0.1", "-p", str(port)]
     emu = _launch("s3", argv, port, workdir, env)
     _wait_ready(emu, "/moto-api/", timeout)
     key, secret = "testing", "testing"
