@@ -25,7 +25,8 @@ Gaussian mechanism on one member's records (:func:`dp_sgd_schedule`,
 Speed: Gaussian mechanisms without subsampling compose exactly into one
 Gaussian mechanism (``1/z^2`` adds up); for PLD that single mechanism is
 evaluated with its exact privacy profile (Balle & Wang, ICML 2018, Thm. 8),
-which the discretized PLD accountant approaches from above.
+which the discretized PLD accountant approaches from above. ``dp-accounting`` (a second of
+SciPy imports) is loaded by the first epsilon: a process without DP never waits for it.
 """
 
 from __future__ import annotations
@@ -35,16 +36,12 @@ import logging
 import math
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dp_accounting
 import numpy as np
-from dp_accounting import rdp
-from dp_accounting.pld.privacy_loss_distribution import (
-    PrivacyLossDistribution,
-    from_gaussian_mechanism,
-)
-from scipy.special import log_ndtr, ndtr
+
+if TYPE_CHECKING:
+    from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution
 
 Accountant = Literal["rdp", "pld"]
 Mechanism = Literal["gaussian", "ou"]
@@ -52,15 +49,13 @@ ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 PLD_DISCRETIZATION = 1e-3
 """PLD grid step; the estimate is pessimistic (an upper bound) at any step."""
 PLD_MAX_EPSILON = 500.0
-"""Once the RDP epsilon exceeds this, PLD (slow for huge losses, and pointless) is
-dropped and the RDP bound is returned instead."""
+"""Past this RDP epsilon PLD (slow for huge losses, and pointless) gives way to the RDP bound."""
 
 Group = tuple[float, float, int]  # (noise multiplier to account with, sampling rate, rounds)
 
 
 def _quiet(record: logging.LogRecord) -> bool:
-    # dp-accounting's RDP skips fractional orders it cannot evaluate and warns
-    # each time (every round); the skipped orders only make the bound looser.
+    # dp-accounting warns of each order it skips (every round); skipping only loosens the bound
     return not str(record.msg).startswith("_compute_log_a_frac failed to converge")
 
 
@@ -107,15 +102,14 @@ def check_delta(delta: float) -> None:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
 
 
-# ----------------------------------------------------------------- epsilon
-
-
 def gaussian_epsilon(mu: float, delta: float) -> float:
     """Exact epsilon of a Gaussian mechanism with ``sensitivity / std = mu`` (mu-GDP).
 
     ``delta(eps) = Phi(mu/2 - eps/mu) - e^eps * Phi(-mu/2 - eps/mu)``
     (Balle & Wang 2018), inverted by bisection; returns an upper end.
     """
+    from scipy.special import log_ndtr, ndtr  # 0.2 s to import: on first use
+
     check_delta(delta)
     if mu <= 0:
         return 0.0
@@ -136,18 +130,26 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
     return hi
 
 
-_ORDERS = np.asarray(rdp.RdpAccountant().orders, dtype=np.float64)
+@lru_cache(maxsize=1)
+def _orders() -> np.ndarray:  # the orders of dp_accounting's default RdpAccountant
+    import dp_accounting
+
+    return np.asarray(dp_accounting.rdp.RdpAccountant().orders, dtype=np.float64)
 
 
 @lru_cache(maxsize=256)
 def _single_rdp(z: float, q: float) -> np.ndarray:
+    import dp_accounting
+
     event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z))
-    return np.asarray(rdp.RdpAccountant().compose(event).rdp, dtype=np.float64)
+    return np.asarray(dp_accounting.rdp.RdpAccountant().compose(event).rdp, dtype=np.float64)
 
 
 @lru_cache(maxsize=256)
-def _single_pld(z: float, q: float) -> PrivacyLossDistribution:
-    return from_gaussian_mechanism(
+def _gaussian_pld(z: float, q: float = 1.0) -> PrivacyLossDistribution:
+    import dp_accounting
+
+    return dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
         standard_deviation=z, sampling_prob=q, value_discretization_interval=PLD_DISCRETIZATION
     )
 
@@ -167,7 +169,7 @@ class Composition:
         self.accountant = accountant
         self.delta = delta
         self.full = 0.0
-        self.sampled_rdp = np.zeros_like(_ORDERS)
+        self.sampled_rdp = np.zeros_like(_orders())
         self.sampled_pld: PrivacyLossDistribution | None = None
         self.has_sampled = False
         self.infinite = False
@@ -190,7 +192,7 @@ class Composition:
         self.has_sampled = True
         self.sampled_rdp = self.sampled_rdp + count * _single_rdp(z, q)
         if self.accountant == "pld" and self._rdp_epsilon() <= PLD_MAX_EPSILON:
-            piece = _single_pld(z, q) if count == 1 else _single_pld(z, q).self_compose(count)
+            piece = _gaussian_pld(z, q) if count == 1 else _gaussian_pld(z, q).self_compose(count)
             self.sampled_pld = (
                 piece if self.sampled_pld is None else self.sampled_pld.compose(piece)
             )
@@ -198,8 +200,10 @@ class Composition:
             self.sampled_pld = None
 
     def _rdp_epsilon(self) -> float:
-        curve = self.sampled_rdp + _ORDERS * self.full / 2  # Gaussian RDP: alpha / (2 z^2)
-        return float(rdp.rdp_privacy_accountant.compute_epsilon(_ORDERS, curve, self.delta)[0])
+        from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+        curve = self.sampled_rdp + _orders() * self.full / 2  # Gaussian RDP: alpha / (2 z^2)
+        return float(compute_epsilon(_orders(), curve, self.delta)[0])
 
     def epsilon(self) -> float:
         if self.infinite:
@@ -212,12 +216,7 @@ class Composition:
             return self._rdp_epsilon()
         total = self.sampled_pld
         if self.full > 0:
-            total = total.compose(
-                from_gaussian_mechanism(
-                    standard_deviation=self.full**-0.5,
-                    value_discretization_interval=PLD_DISCRETIZATION,
-                )
-            )
+            total = total.compose(_gaussian_pld(self.full**-0.5))
         return float(total.get_epsilon_for_delta(self.delta))
 
 

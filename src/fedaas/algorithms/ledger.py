@@ -14,9 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import dp_accounting
+from typing import TYPE_CHECKING, Any
 
 from fedaas.algorithms.accounting import (
     Accountant,
@@ -28,6 +26,9 @@ from fedaas.algorithms.accounting import (
     composed,
     ou_effective_multiplier,
 )
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def dp_event(events: Iterable[PrivacyEvent]) -> dp_accounting.DpEvent:
 
 
 def _dp_event(groups: Iterable[Group]) -> dp_accounting.DpEvent:
+    import dp_accounting  # about a second with SciPy: only for a DP job (see accounting)
+
     parts: list[dp_accounting.DpEvent] = []
     for z, q, n in groups:
         single: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(z)

@@ -8,16 +8,18 @@
 - :mod:`fedaas.train.metrics`: metric states that members send and the coordinator sums;
 - :mod:`fedaas.train.custom`: a job's own ``train_step``/``eval_step`` (:class:`BatchLoader`).
 
-The DP-SGD names are imported on first use (PEP 562 ``__getattr__``): Opacus
-and dp-accounting take a second each to import, and the coordinator, which
-only evaluates, never needs them here. The schedule and epsilon of DP-SGD
-are pure accounting and live in :mod:`fedaas.algorithms.accounting`.
+:func:`train_local_dp` is imported on first use (PEP 562 ``__getattr__``):
+Opacus takes more than a second to import, and neither the coordinator, which
+only evaluates, nor a member without record-level DP needs it. The schedule
+and epsilon of DP-SGD are pure accounting and live in
+:mod:`fedaas.algorithms.accounting` (which loads dp-accounting on first use).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fedaas.algorithms.accounting import dp_sgd_schedule, record_epsilon_after
 from fedaas.train.custom import BatchLoader
 from fedaas.train.local import EvalResult, evaluate, train_local
 from fedaas.train.optim import make_optimizer
@@ -39,8 +41,4 @@ def __getattr__(name: str) -> Any:
         from fedaas.train import dp_sgd
 
         return dp_sgd.train_local_dp
-    if name in ("dp_sgd_schedule", "record_epsilon_after"):
-        from fedaas.algorithms import accounting
-
-        return getattr(accounting, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

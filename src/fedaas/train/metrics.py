@@ -20,28 +20,21 @@ State layout (``dict[str, list[float]]``): ``loss``: ``[sum, examples]``;
 0.5 on the sigmoid); ``auroc``: the ``(thresholds, 2, 2)`` confusion
 matrices; ``regression``: ``[n, sum(e), sum(e^2), sum(|e|), sum(y), sum(y^2)]``
 with ``e = prediction - target``.
+
+``torchmetrics`` is imported by the first evaluation, not with this module:
+it loads SciPy's signal processing (about 1.5 s), which a member agent that
+only trains never needs.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from torchmetrics import Metric
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryF1Score,
-    BinaryRecall,
-    BinarySpecificity,
-    BinaryStatScores,
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassRecall,
-    MulticlassSpecificity,
-    MulticlassStatScores,
-)
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric
 
 AUROC_THRESHOLDS = 200
 """Evenly spaced thresholds of the binned AUROC: its error against the exact value is O(1/200)."""
@@ -49,6 +42,8 @@ States = dict[str, list[float]]
 
 
 def _stats_metric(task: str, classes: int | None) -> Metric:
+    from torchmetrics.classification import BinaryStatScores, MulticlassStatScores
+
     if task == "binary":
         return BinaryStatScores()
     return MulticlassStatScores(num_classes=int(classes or 2), average=None)
@@ -75,9 +70,7 @@ class MetricStates:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0
         self.stats = _stats_metric(task, classes).to(device) if "stats" in kinds else None
-        self.auroc = (
-            BinaryAUROC(thresholds=AUROC_THRESHOLDS).to(device) if "auroc" in kinds else None
-        )
+        self.auroc = _auroc().to(device) if "auroc" in kinds else None
         self.regression = (
             torch.zeros(6, dtype=torch.float64, device=device) if "regression" in kinds else None
         )
@@ -185,6 +178,12 @@ def merge_states(parts: list[tuple[float, States]]) -> States:
     return merged
 
 
+def _auroc() -> Metric:
+    from torchmetrics.classification import BinaryAUROC
+
+    return BinaryAUROC(thresholds=AUROC_THRESHOLDS)
+
+
 def _load(metric: Metric, values: dict[str, torch.Tensor]) -> Metric:
     for key, value in values.items():
         setattr(metric, key, value)
@@ -193,6 +192,17 @@ def _load(metric: Metric, values: dict[str, torch.Tensor]) -> Metric:
 
 
 def _classification(states: States, task: str, classes: int | None, name: str) -> float:
+    from torchmetrics.classification import (
+        BinaryAccuracy,
+        BinaryF1Score,
+        BinaryRecall,
+        BinarySpecificity,
+        MulticlassAccuracy,
+        MulticlassF1Score,
+        MulticlassRecall,
+        MulticlassSpecificity,
+    )
+
     width = 1 if task == "binary" else int(classes or 2)
     flat = torch.tensor(states["stats"], dtype=torch.float64).view(4, width)
     tp, fp, tn, fn = (flat[i] for i in range(4))
@@ -221,6 +231,8 @@ def _classification(states: States, task: str, classes: int | None, name: str) -
 
 
 def _regression(states: States, name: str) -> float:
+    from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+
     n, _, sq, ab, sy, sy2 = (torch.tensor(v, dtype=torch.float64) for v in states["regression"])
     if float(n) <= 0:
         return math.nan
@@ -248,7 +260,7 @@ def compute_metrics(
             confmat = torch.tensor(states["auroc"], dtype=torch.float64).view(
                 AUROC_THRESHOLDS, 2, 2
             )
-            metric = _load(BinaryAUROC(thresholds=AUROC_THRESHOLDS), {"confmat": confmat})
+            metric = _load(_auroc(), {"confmat": confmat})
             out[name] = float(metric.compute())
         elif task == "regression":
             out[name] = _regression(states, name)
