@@ -9,6 +9,7 @@ operator is told what the job waits for while it waits.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,16 +77,23 @@ def _server_log(cluster: LocalCluster) -> str:
     return (cluster.logs / "server.log").read_text()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def undisturbed(
-    tmp_path_factory: pytest.TempPathFactory, member_data: list[Path], make_spec: MakeSpec
+    tmp_path_factory: pytest.TempPathFactory, member_data: list[Path]
 ) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
+    """The model of the same job run without a fault; run once per spec (the job's name, which
+    changes nothing the job computes, left out), as the outage tests share their spec."""
+    models: dict[str, dict[str, np.ndarray]] = {}
+
     def run(spec: dict[str, Any]) -> dict[str, np.ndarray]:
-        with LocalCluster(tmp_path_factory.mktemp("undisturbed")) as cluster:
-            cluster.start_server()
-            job, model = _run(cluster, spec, member_data[:2])
-        _assert_every_round_once(job, spec["job"]["rounds"])
-        return model
+        key = json.dumps({**spec, "job": {**spec["job"], "name": ""}}, sort_keys=True)
+        if key not in models:
+            with LocalCluster(tmp_path_factory.mktemp("undisturbed")) as cluster:
+                cluster.start_server()
+                job, model = _run(cluster, spec, member_data[:2])
+            _assert_every_round_once(job, spec["job"]["rounds"])
+            models[key] = model
+        return models[key]
 
     return run
 
