@@ -91,10 +91,8 @@ def check_theta(theta: float) -> None:
 
 def check_ou_rate(sampling_rate: float) -> None:
     if sampling_rate != 1.0:
-        raise ValueError(
-            "OU noise accounting assumes every client takes part in every round "
-            f"(sampling rate 1); got sampling rate {sampling_rate:g}"
-        )
+        every = "OU noise accounting assumes every client takes part in every round"
+        raise ValueError(f"{every} (sampling rate 1); got sampling rate {sampling_rate:g}")
 
 
 def check_delta(delta: float) -> None:
@@ -145,13 +143,15 @@ def _single_rdp(z: float, q: float) -> np.ndarray:
     return np.asarray(dp_accounting.rdp.RdpAccountant().compose(event).rdp, dtype=np.float64)
 
 
-@lru_cache(maxsize=256)
 def _gaussian_pld(z: float, q: float = 1.0) -> PrivacyLossDistribution:
     import dp_accounting
 
     return dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
         standard_deviation=z, sampling_prob=q, value_discretization_interval=PLD_DISCRETIZATION
     )
+
+
+_single_pld = lru_cache(maxsize=256)(_gaussian_pld)  # a subsampled round's (z, q) recurs
 
 
 class Composition:
@@ -192,7 +192,7 @@ class Composition:
         self.has_sampled = True
         self.sampled_rdp = self.sampled_rdp + count * _single_rdp(z, q)
         if self.accountant == "pld" and self._rdp_epsilon() <= PLD_MAX_EPSILON:
-            piece = _gaussian_pld(z, q) if count == 1 else _gaussian_pld(z, q).self_compose(count)
+            piece = _single_pld(z, q) if count == 1 else _single_pld(z, q).self_compose(count)
             self.sampled_pld = (
                 piece if self.sampled_pld is None else self.sampled_pld.compose(piece)
             )
