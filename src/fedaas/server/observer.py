@@ -131,6 +131,18 @@ class LogLines(BaseListener):
 class _Seen:
     status: str
     round: int
+    """The last round announced: its record was final."""
+
+
+def _final_round(job: JobStatus) -> int:
+    """The last round whose record is final. A committed round's federated evaluation is
+    added to its record afterwards: while it runs, the round is not announced yet, or the
+    log line, the metrics and MLflow would miss the evaluation whenever members take longer
+    than the observer's tick to evaluate."""
+    current = job.current
+    if current is not None and current.stage == "evaluating" and current.round == job.round:
+        return job.round - 1
+    return job.round
 
 
 class Observer:
@@ -204,12 +216,13 @@ class Observer:
                 continue
             job: JobStatus = self.coordinator.describe(summary.id)
             before = seen or _Seen("queued", 0)
-            self._jobs[summary.id] = _Seen(job.status, job.round)
+            final = _final_round(job)
+            self._jobs[summary.id] = _Seen(job.status, final)
             changed = True
             if before.status == "queued" and job.status != "queued" and job.started_at:
                 self._emit(lambda li, j=job: li.job_started(j))
             for record in job.rounds:
-                if record.round > before.round:
+                if before.round < record.round <= final:
                     self._emit(lambda li, j=job, r=record: li.round_closed(j, r))
             if job.status in TERMINAL and before.status not in TERMINAL:
                 self._emit(lambda li, j=job: li.job_finished(j))

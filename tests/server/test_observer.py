@@ -1,0 +1,106 @@
+"""The operator's view announces a round once its record is final (pure: no processes).
+
+A round with federated evaluation is committed first and its evaluation is
+added to the record afterwards, while the members evaluate. Announced at
+commit, the log line, the Prometheus metrics and MLflow would all miss the
+evaluation whenever members take longer than the observer's tick to evaluate
+(a member agent's first evaluation alone loads torchmetrics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedaas.protocol import JobStatus, JobSummary, RoundProgress, RoundRecord
+from fedaas.server.observer import BaseListener, Observer
+from fedaas.spec import parse_spec
+from fixtures.specs import make_spec
+
+SPEC = parse_spec(make_spec("observed", 2))
+
+
+class Job:
+    """The coordinator as the observer reads it: one job, moved along by the test."""
+
+    def __init__(self) -> None:
+        self.status: JobStatus = JobStatus(
+            id="job-0123456789ab",
+            name="observed",
+            status="queued",
+            round=0,
+            rounds_total=2,
+            created_at=0.0,
+            spec=SPEC,
+        )
+
+    def update(self, **fields: Any) -> None:
+        self.status = self.status.model_copy(update=fields)
+
+    def jobs(self) -> list[JobSummary]:
+        s = self.status
+        return [JobSummary(id=s.id, name=s.name, status=s.status, round=s.round, created_at=0.0)]
+
+    def members(self) -> list[Any]:
+        return []
+
+    def describe(self, job_id: str) -> JobStatus:
+        assert job_id == self.status.id
+        return self.status
+
+
+class Heard(BaseListener):
+    def __init__(self) -> None:
+        self.rounds: list[RoundRecord] = []
+        self.finished: list[str] = []
+
+    def round_closed(self, job: JobStatus, record: RoundRecord) -> None:
+        self.rounds.append(record)
+
+    def job_finished(self, job: JobStatus) -> None:
+        self.finished.append(job.status)
+
+
+def _record(number: int, accuracy: float | None) -> RoundRecord:
+    return RoundRecord(round=number, seconds=0.1, clients=2, accuracy=accuracy)
+
+
+def test_a_round_is_announced_after_its_federated_evaluation_not_at_commit() -> None:
+    job, heard = Job(), Heard()
+    observer = Observer(job, [heard])
+    observer.scan()
+    job.update(  # round 1 committed; the members are still evaluating it
+        status="running",
+        started_at=1.0,
+        round=1,
+        current=RoundProgress(round=1, stage="evaluating"),
+        rounds=[_record(1, None)],
+    )
+    observer.scan()
+    observer.scan()  # every tick while they evaluate
+    assert heard.rounds == []
+    job.update(current=RoundProgress(round=2, stage="training"), rounds=[_record(1, 0.8)])
+    observer.scan()
+    assert [(r.round, r.accuracy) for r in heard.rounds] == [(1, 0.8)]
+    job.update(  # the last round: committed, evaluated, the job completed in one tick
+        status="completed", round=2, current=None, rounds=[_record(1, 0.8), _record(2, 0.9)]
+    )
+    observer.scan()
+    assert [(r.round, r.accuracy) for r in heard.rounds] == [(1, 0.8), (2, 0.9)]
+    assert heard.finished == ["completed"]
+
+
+def test_a_job_that_ends_during_an_evaluation_still_announces_the_committed_round() -> None:
+    job, heard = Job(), Heard()
+    observer = Observer(job, [heard])
+    observer.scan()
+    job.update(
+        status="running",
+        started_at=1.0,
+        round=1,
+        current=RoundProgress(round=1, stage="evaluating"),
+        rounds=[_record(1, None)],
+    )
+    observer.scan()
+    job.update(status="cancelled", current=None)
+    observer.scan()
+    assert [r.round for r in heard.rounds] == [1] and heard.finished == ["cancelled"]
