@@ -45,6 +45,7 @@ from fedaas.server.outages import Dependencies
 from fedaas.server.presence import Presence
 from fedaas.server.runner import JobRunner
 from fedaas.server.signals import Signal
+from fedaas.server.tasks import cancel_and_wait
 from fedaas.spec import SpecError, parse_spec
 
 log = logging.getLogger("fedaas.coordinator")
@@ -105,14 +106,7 @@ class Coordinator:
             self._loop.call_soon_threadsafe(self.closing)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._runner, self._supervisor) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._runner, self._supervisor)
 
     async def _supervise(self) -> None:
         """Run queued jobs one at a time. Never dies: what it can't handle fails the job.
@@ -155,7 +149,8 @@ class Coordinator:
         try:
             status, reason = await self._runner
         except asyncio.CancelledError:
-            if self._cancelling != row.id:
+            current = asyncio.current_task()  # the supervisor itself, stopping: not the job
+            if self._cancelling != row.id or (current is not None and current.cancelling()):
                 raise
             return
         except Exception as exc:  # one broken job must not stop the coordinator

@@ -25,6 +25,7 @@ from typing import Any
 from fedaas.protocol import TERMINAL, JobStatus, RoundRecord
 from fedaas.server.outages import is_transient
 from fedaas.server.signals import Signal
+from fedaas.server.tasks import cancel_and_wait
 
 log = logging.getLogger("fedaas.coordinator")
 
@@ -162,12 +163,7 @@ class Observer:
         self._task = asyncio.create_task(self._watch(), name="fedaas-observer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
         for listener in self.listeners:
             try:
                 listener.close()
