@@ -64,17 +64,22 @@ def _record(number: int, accuracy: float | None) -> RoundRecord:
     return RoundRecord(round=number, seconds=0.1, clients=2, accuracy=accuracy)
 
 
-def test_a_round_is_announced_after_its_federated_evaluation_not_at_commit() -> None:
-    job, heard = Job(), Heard()
-    observer = Observer(job, [heard])
-    observer.scan()
-    job.update(  # round 1 committed; the members are still evaluating it
+def _round_1_evaluating(job: Job) -> None:
+    """Round 1 committed (no evaluation in its record yet); the members evaluate it."""
+    job.update(
         status="running",
         started_at=1.0,
         round=1,
         current=RoundProgress(round=1, stage="evaluating"),
         rounds=[_record(1, None)],
     )
+
+
+def test_a_round_is_announced_after_its_federated_evaluation_not_at_commit() -> None:
+    job, heard = Job(), Heard()
+    observer = Observer(job, [heard])
+    observer.scan()
+    _round_1_evaluating(job)
     observer.scan()
     observer.scan()  # every tick while they evaluate
     assert heard.rounds == []
@@ -93,13 +98,7 @@ def test_a_job_that_ends_during_an_evaluation_still_announces_the_committed_roun
     job, heard = Job(), Heard()
     observer = Observer(job, [heard])
     observer.scan()
-    job.update(
-        status="running",
-        started_at=1.0,
-        round=1,
-        current=RoundProgress(round=1, stage="evaluating"),
-        rounds=[_record(1, None)],
-    )
+    _round_1_evaluating(job)
     observer.scan()
     job.update(status="cancelled", current=None)
     observer.scan()
