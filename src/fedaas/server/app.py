@@ -43,7 +43,7 @@ from fedaas.protocol import (
 from fedaas.server import dashboard, operations, secagg_routes
 from fedaas.server.access import check_job_access, check_model_access, member_view
 from fedaas.server.artifacts import Artifacts
-from fedaas.server.auth import Authenticator
+from fedaas.server.auth import Authenticator, Principal
 from fedaas.server.callers import Admin, Anyone, Member
 from fedaas.server.coordinator import Coordinator
 from fedaas.server.db import Store
@@ -139,6 +139,19 @@ def create_app(
     observer = operations.install(app)  # /metrics, /v1/ready
     dashboard.mount(app, observer)  # /ui
 
+    # Whatever reads the database runs off the event loop: a database that hangs (frozen,
+    # or a network that drops packets) then holds up the requests that need it, never the
+    # members' tasks and uploads, the health check or the round supervisor.
+    def described(job_id: str, who: Principal) -> JobStatus:
+        job = coordinator.describe(job_id)  # an unknown job is 404 for everyone
+        check_job_access(coordinator.inbox.job, coordinator.store, job_id, who)
+        return job
+
+    def model_access(job_id: str, number: int | None, who: Principal) -> tuple[Path, int]:
+        path, number = coordinator.model_file(job_id, number)
+        check_model_access(coordinator.inbox.job, coordinator.store, job_id, who)
+        return path, number
+
     @app.get("/v1/health", response_model=Health)
     async def health() -> Health:
         """Liveness: the process answers (readiness, its dependencies too: ``/v1/ready``)."""
@@ -152,7 +165,7 @@ def create_app(
 
     @app.get("/v1/members", response_model=list[MemberInfo])
     async def list_members(_: Admin) -> list[MemberInfo]:
-        return coordinator.members()
+        return await asyncio.to_thread(coordinator.members)
 
     @app.post("/v1/members/{name}/token", response_model=Enrolled)
     async def renew(name: str, _: Admin) -> Enrolled:
@@ -173,7 +186,7 @@ def create_app(
 
     @app.get("/v1/jobs", response_model=list[JobSummary])
     async def list_jobs(_: Admin) -> list[JobSummary]:
-        return coordinator.jobs()
+        return await asyncio.to_thread(coordinator.jobs)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus)
     async def job_detail(
@@ -188,8 +201,7 @@ def create_app(
         without other members' details (``server/access.py``).
         """
         if after_round is None or who.role == "client":
-            job = coordinator.describe(job_id)  # an unknown job is 404 for everyone
-            check_job_access(coordinator.inbox.job, coordinator.store, job_id, who)
+            job = await asyncio.to_thread(described, job_id, who)
         if after_round is not None:
             job = await coordinator.wait_progress(job_id, after_round, timeout)
         return member_view(job, who)
@@ -210,8 +222,7 @@ def create_app(
         round: Annotated[int | None, Query(ge=0)] = None,
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
-        path, number = coordinator.model_file(job_id, round)
-        check_model_access(coordinator.inbox.job, coordinator.store, job_id, who)
+        path, number = await asyncio.to_thread(model_access, job_id, round, who)
         tag = model_etag(job_id, number)
         headers = {"ETag": tag, ROUND_HEADER: str(number)}
         if if_none_match == tag:

@@ -290,11 +290,11 @@ class Coordinator:
         """Long-poll: return when the job passes ``after_round`` or ends, or at timeout."""
         end = time.monotonic() + timeout
         while True:
-            job = self._job(job_id)
+            job = await asyncio.to_thread(self._job, job_id)  # off the loop: the database
             remaining = end - time.monotonic()
             passed = job.round > after_round or job.status in TERMINAL
             if passed or remaining <= 0 or self.shutting_down:
-                return self.describe(job_id)
+                return await asyncio.to_thread(self.describe, job_id)
             await self._progress.wait(remaining)
 
     # models ------------------------------------------------------------------------------

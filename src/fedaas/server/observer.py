@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from fedaas.server.tasks import cancel_and_wait
 log = logging.getLogger("fedaas.coordinator")
 
 TICK_S = 1.0  # how often presence is rechecked when nothing fires
+STOP_WAIT_S = 5.0  # how long stopping waits for a scan in progress
 
 
 class BaseListener:
@@ -147,7 +149,8 @@ def _final_round(job: JobStatus) -> int:
 
 
 class Observer:
-    """Watches ``coordinator`` and calls every listener on each change (on the event loop)."""
+    """Watches ``coordinator`` and calls every listener on each change (in a worker thread,
+    one scan at a time: what it reads comes from the database)."""
 
     def __init__(self, coordinator: Any, listeners: list[BaseListener] | None = None) -> None:
         self.coordinator = coordinator
@@ -157,6 +160,7 @@ class Observer:
         self._jobs: dict[str, _Seen] = {}
         self._online: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._scanning = threading.Lock()
 
     def start(self) -> None:
         self._baseline()
@@ -164,6 +168,10 @@ class Observer:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+        # a scan still running in its thread ends before the listeners close (a bounded wait:
+        # one held up by a hung database is left behind)
+        if await asyncio.to_thread(self._scanning.acquire, timeout=STOP_WAIT_S):
+            self._scanning.release()
         for listener in self.listeners:
             try:
                 listener.close()
@@ -187,8 +195,8 @@ class Observer:
                 except Exception:
                     continue
                 database.recovered()
-            try:
-                if self.scan():
+            try:  # in a thread: a hung database must not hold up the event loop
+                if await asyncio.to_thread(self.scan):
                     self.changed.fire()
             except Exception as exc:  # the view must never take the coordinator down
                 if is_transient(exc):
@@ -198,6 +206,10 @@ class Observer:
 
     def scan(self) -> bool:
         """Compare with what was seen last; emit events; ``True`` if anything changed."""
+        with self._scanning:
+            return self._scan()
+
+    def _scan(self) -> bool:
         members = self.coordinator.members()
         online = {m.name for m in members if m.online and not m.revoked}
         for name in sorted(online - self._online):

@@ -91,6 +91,29 @@ def mount(app: FastAPI, observer: Observer) -> None:
             raise _SignIn()
         return fields
 
+    # What reads the database runs in a thread: a hung database holds up these pages,
+    # never the event loop (members' tasks and uploads, the health check).
+    def job_view(job_id: str) -> dict[str, Any]:
+        return views.job_view(coordinator.describe(job_id))
+
+    def job_rows() -> list[dict[str, Any]]:
+        return [job_view(j.id) for j in coordinator.jobs()[:200]]
+
+    def member_rows() -> list[dict[str, Any]]:
+        listed = coordinator.members()
+        recent = [coordinator.describe(j.id) for j in coordinator.jobs()[: views.MAX_JOBS_SCANNED]]
+        seen = {m.id: coordinator.presence.last_seen(m.id) for m in listed}
+        return views.members_view(listed, recent, seen)
+
+    def run_zip(job_id: str) -> bytes:
+        status = coordinator.describe(job_id)
+        try:
+            path, _ = coordinator.model_file(job_id, None)
+            model: bytes | None = path.read_bytes()
+        except CoordinatorError:
+            model = None
+        return views.run_folder_zip(status, model)
+
     @app.get("/ui", include_in_schema=False)
     async def home() -> Response:
         return RedirectResponse("/ui/jobs", status_code=303)
@@ -131,7 +154,7 @@ def mount(app: FastAPI, observer: Observer) -> None:
     @app.get("/ui/jobs", include_in_schema=False)
     async def jobs(request: Request) -> Response:
         signed_in(request)
-        rows = [views.job_view(coordinator.describe(j.id)) for j in coordinator.jobs()[:200]]
+        rows = await asyncio.to_thread(job_rows)
         return page(
             request, "jobs.html", jobs=rows, live=any(r["status"] not in TERMINAL for r in rows)
         )
@@ -139,7 +162,7 @@ def mount(app: FastAPI, observer: Observer) -> None:
     @app.get("/ui/jobs/{job_id}", include_in_schema=False)
     async def job(request: Request, job_id: str) -> Response:
         signed_in(request)
-        view = views.job_view(coordinator.describe(job_id))
+        view = await asyncio.to_thread(job_view, job_id)
         return page(
             request, "job.html", job=view, notes=notes.pop(job_id, []), data=json.dumps(view)
         )
@@ -148,13 +171,13 @@ def mount(app: FastAPI, observer: Observer) -> None:
     async def events(request: Request, job_id: str) -> Response:
         """Server-sent events: the job's view each time it changes, until it ends."""
         signed_in(request)
-        coordinator.describe(job_id)  # 404 now, not inside the stream
+        await asyncio.to_thread(coordinator.describe, job_id)  # 404 now, not inside the stream
 
         async def stream() -> AsyncIterator[str]:
             last = ""
             quiet = 0.0
             while not await request.is_disconnected() and not coordinator.shutting_down:
-                view = views.job_view(coordinator.describe(job_id))
+                view = await asyncio.to_thread(job_view, job_id)
                 text = json.dumps(view)
                 if text != last:
                     last, quiet = text, 0.0
@@ -180,10 +203,10 @@ def mount(app: FastAPI, observer: Observer) -> None:
     @app.get("/ui/jobs/{job_id}/model", include_in_schema=False)
     async def model(request: Request, job_id: str) -> Response:
         signed_in(request)
-        path, number = coordinator.model_file(job_id, None)
+        path, number = await asyncio.to_thread(coordinator.model_file, job_id, None)
         name = f"{job_id}-round{number}.safetensors"
         return Response(
-            path.read_bytes(),
+            await asyncio.to_thread(path.read_bytes),
             media_type="application/octet-stream",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
@@ -191,13 +214,7 @@ def mount(app: FastAPI, observer: Observer) -> None:
     @app.get("/ui/jobs/{job_id}/run.zip", include_in_schema=False)
     async def run_folder(request: Request, job_id: str) -> Response:
         signed_in(request)
-        status = coordinator.describe(job_id)
-        try:
-            path, _ = coordinator.model_file(job_id, None)
-            model: bytes | None = path.read_bytes()
-        except CoordinatorError:
-            model = None
-        data = await asyncio.to_thread(views.run_folder_zip, status, model)
+        data = await asyncio.to_thread(run_zip, job_id)
         return Response(
             data,
             media_type="application/zip",
@@ -207,10 +224,7 @@ def mount(app: FastAPI, observer: Observer) -> None:
     @app.get("/ui/members", include_in_schema=False)
     async def members(request: Request) -> Response:
         signed_in(request)
-        listed = coordinator.members()
-        recent = [coordinator.describe(j.id) for j in coordinator.jobs()[: views.MAX_JOBS_SCANNED]]
-        seen = {m.id: coordinator.presence.last_seen(m.id) for m in listed}
-        return page(request, "members.html", members=views.members_view(listed, recent, seen))
+        return page(request, "members.html", members=await asyncio.to_thread(member_rows))
 
     @app.post("/ui/members/{name}/revoke", include_in_schema=False)
     async def revoke(request: Request, name: str) -> Response:
