@@ -20,6 +20,9 @@ dependency it waits for, and its error).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 
 from fedaas.protocol import JobStatus, RoundRecord
@@ -27,6 +30,9 @@ from fedaas.server.auth import Principal
 from fedaas.server.db import Store, Update
 from fedaas.server.errors import Forbidden
 from fedaas.server.rounds import ActiveJob
+
+if TYPE_CHECKING:
+    from fedaas.server.coordinator import Coordinator
 
 
 def check_model_access(active: ActiveJob | None, store: Store, job_id: str, who: Principal) -> None:
@@ -49,6 +55,24 @@ def check_model_access(active: ActiveJob | None, store: Store, job_id: str, who:
 def check_job_access(active: ActiveJob | None, store: Store, job_id: str, who: Principal) -> None:
     """Raise :class:`Forbidden` unless ``who`` may read job ``job_id`` (the same rule as its model)."""
     check_model_access(active, store, job_id, who)
+
+
+def readable_job(coordinator: Coordinator, job_id: str, who: Principal) -> JobStatus:
+    """Job ``job_id`` as the coordinator describes it, if ``who`` may read it (404 for an
+    unknown job, whoever asks). Reads the database: the API calls it in a thread."""
+    job = coordinator.describe(job_id)
+    check_job_access(coordinator.inbox.job, coordinator.store, job_id, who)
+    return job
+
+
+def downloadable_model(
+    coordinator: Coordinator, job_id: str, number: int | None, who: Principal
+) -> tuple[Path, int]:
+    """The model file of round ``number`` (default: the latest) if ``who`` may download it,
+    and its round. Reads the database: the API calls it in a thread."""
+    path, number = coordinator.model_file(job_id, number)
+    check_model_access(coordinator.inbox.job, coordinator.store, job_id, who)
+    return path, number
 
 
 _FROM_MEMBERS = ("members.", "federated_")

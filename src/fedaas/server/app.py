@@ -5,7 +5,9 @@ against the :mod:`fedaas.protocol` models and hand over to the
 :class:`~fedaas.server.coordinator.Coordinator` (or its inbox, for members).
 Every answer is declared as a ``response_model`` or, for tensor payloads,
 as a documented binary response, so ``/openapi.json`` describes them all.
-Domain errors become JSON errors in :mod:`fedaas.server.http_errors`.
+Domain errors become JSON errors in :mod:`fedaas.server.http_errors`. What
+reads the database runs in a thread, so a database that hangs holds up only
+the requests that need it, never the event loop.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from fedaas.protocol import (
     Task,
 )
 from fedaas.server import dashboard, operations, secagg_routes
-from fedaas.server.access import check_job_access, check_model_access, member_view
+from fedaas.server.access import downloadable_model, member_view, readable_job
 from fedaas.server.artifacts import Artifacts
-from fedaas.server.auth import Authenticator, Principal
+from fedaas.server.auth import Authenticator
 from fedaas.server.callers import Admin, Anyone, Member
 from fedaas.server.coordinator import Coordinator
 from fedaas.server.db import Store
@@ -139,19 +141,6 @@ def create_app(
     observer = operations.install(app)  # /metrics, /v1/ready
     dashboard.mount(app, observer)  # /ui
 
-    # Whatever reads the database runs off the event loop: a database that hangs (frozen,
-    # or a network that drops packets) then holds up the requests that need it, never the
-    # members' tasks and uploads, the health check or the round supervisor.
-    def described(job_id: str, who: Principal) -> JobStatus:
-        job = coordinator.describe(job_id)  # an unknown job is 404 for everyone
-        check_job_access(coordinator.inbox.job, coordinator.store, job_id, who)
-        return job
-
-    def model_access(job_id: str, number: int | None, who: Principal) -> tuple[Path, int]:
-        path, number = coordinator.model_file(job_id, number)
-        check_model_access(coordinator.inbox.job, coordinator.store, job_id, who)
-        return path, number
-
     @app.get("/v1/health", response_model=Health)
     async def health() -> Health:
         """Liveness: the process answers (readiness, its dependencies too: ``/v1/ready``)."""
@@ -159,7 +148,7 @@ def create_app(
 
     @app.post("/v1/members", status_code=201, response_model=Enrolled)
     async def enroll(body: EnrollRequest, _: Admin) -> Enrolled:
-        who, token = auth.enroll(body.name)
+        who, token = await asyncio.to_thread(auth.enroll, body.name)
         assert who.member_id is not None
         return Enrolled(id=who.member_id, name=who.name, token=token)
 
@@ -170,14 +159,14 @@ def create_app(
     @app.post("/v1/members/{name}/token", response_model=Enrolled)
     async def renew(name: str, _: Admin) -> Enrolled:
         """A new token for the member (revoked or not); its old token is refused from now on."""
-        who, token = auth.renew(name)
+        who, token = await asyncio.to_thread(auth.renew, name)
         assert who.member_id is not None
         coordinator.presence.forget(who.member_id)
         return Enrolled(id=who.member_id, name=who.name, token=token)
 
     @app.delete("/v1/members/{name}", response_model=Revoked)
     async def revoke(name: str, _: Admin) -> Revoked:
-        coordinator.member_revoked(auth.revoke(name))
+        coordinator.member_revoked(await asyncio.to_thread(auth.revoke, name))
         return Revoked(name=name)
 
     @app.post("/v1/jobs", status_code=201, response_model=JobStatus)
@@ -201,7 +190,7 @@ def create_app(
         without other members' details (``server/access.py``).
         """
         if after_round is None or who.role == "client":
-            job = await asyncio.to_thread(described, job_id, who)
+            job = await asyncio.to_thread(readable_job, coordinator, job_id, who)
         if after_round is not None:
             job = await coordinator.wait_progress(job_id, after_round, timeout)
         return member_view(job, who)
@@ -222,7 +211,7 @@ def create_app(
         round: Annotated[int | None, Query(ge=0)] = None,
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
-        path, number = await asyncio.to_thread(model_access, job_id, round, who)
+        path, number = await asyncio.to_thread(downloadable_model, coordinator, job_id, round, who)
         tag = model_etag(job_id, number)
         headers = {"ETag": tag, ROUND_HEADER: str(number)}
         if if_none_match == tag:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,42 +67,46 @@ class Authenticator:
         self._store = store
         self._admin_hash = token_hash(admin_token)
         self._members: dict[str, Principal] = {}
+        self._changing = threading.Lock()  # enroll, revoke, renew: one at a time (threads)
         for member in store.members():
             if member.revoked_at is None:
                 self._members[member.token_hash] = Principal("client", member.id, member.name)
 
     def enroll(self, name: str) -> tuple[Principal, str]:
-        if self._store.member_by_name(name) is not None:
-            raise Conflict(f"a member named {name!r} is already enrolled", "exists")
-        token = new_token("fdm")
-        member = self._store.add_member(name, token_hash(token))
-        principal = Principal("client", member.id, member.name)
-        self._members[member.token_hash] = principal
-        return principal, token
+        with self._changing:
+            if self._store.member_by_name(name) is not None:
+                raise Conflict(f"a member named {name!r} is already enrolled", "exists")
+            token = new_token("fdm")
+            member = self._store.add_member(name, token_hash(token))
+            principal = Principal("client", member.id, member.name)
+            self._members[member.token_hash] = principal
+            return principal, token
 
     def revoke(self, name: str) -> int:
         """Refuse the member's token from now on (and after restarts); returns its id."""
-        member = self._store.member_by_name(name)
-        if member is None:
-            raise NotFound(f"no member named {name!r}")
-        self._members.pop(member.token_hash, None)  # first: no request gets in after this
-        self._store.revoke_member(member.id)
-        return member.id
+        with self._changing:
+            member = self._store.member_by_name(name)
+            if member is None:
+                raise NotFound(f"no member named {name!r}")
+            self._members.pop(member.token_hash, None)  # first: no request gets in after this
+            self._store.revoke_member(member.id)
+            return member.id
 
     def renew(self, name: str) -> tuple[Principal, str]:
         """A new token for an enrolled member (revoked or not); the old token stops now."""
-        member = self._store.member_by_name(name)
-        if member is None:
-            raise NotFound(f"no member named {name!r}")
-        self._members.pop(member.token_hash, None)
-        token = new_token("fdm")
-        with self._store.session() as s:  # the new digest, and the revocation lifted
-            row = s.get(Member, member.id)
-            if row is not None:
-                row.token_hash, row.revoked_at = token_hash(token), None
-        principal = Principal("client", member.id, member.name)
-        self._members[token_hash(token)] = principal
-        return principal, token
+        with self._changing:
+            member = self._store.member_by_name(name)
+            if member is None:
+                raise NotFound(f"no member named {name!r}")
+            self._members.pop(member.token_hash, None)
+            token = new_token("fdm")
+            with self._store.session() as s:  # the new digest, and the revocation lifted
+                row = s.get(Member, member.id)
+                if row is not None:
+                    row.token_hash, row.revoked_at = token_hash(token), None
+            principal = Principal("client", member.id, member.name)
+            self._members[token_hash(token)] = principal
+            return principal, token
 
     @staticmethod
     def check_certificate(who: Principal, certificate_name: str | None) -> None:

@@ -20,6 +20,8 @@ e.g. for a member that lost its state folder.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -38,6 +40,7 @@ from fedaas.protocol_secagg import (
     UnmaskAccepted,
     UnmaskShares,
 )
+from fedaas.server.auth import Principal
 from fedaas.server.callers import Admin, Member
 from fedaas.server.coordinator import Coordinator
 from fedaas.server.errors import Conflict, CoordinatorError, NotFound
@@ -90,6 +93,7 @@ def mount(app: FastAPI, coordinator: Coordinator, next_bundle: NextBundle) -> No
     """Add the secure aggregation routes to the coordinator's API (``next_bundle``: the
     app's hold for a member's next task bundle)."""
     store, inbox = coordinator.store, coordinator.inbox
+    registering = threading.Lock()  # identity keys: registered and cleared in threads
 
     def secure_round(job_id: str, number: int) -> SecureRound:
         state = inbox.running(job_id).round
@@ -97,30 +101,39 @@ def mount(app: FastAPI, coordinator: Coordinator, next_bundle: NextBundle) -> No
             raise Conflict(f"no secure round {number} of job {job_id} is open", "round_closed")
         return state.secure
 
+    def registered(who: Principal, key: bytes) -> None:
+        assert who.member_id is not None
+        with registering:
+            member = store.member_by_name(who.name)
+            assert member is not None
+            if member.signing_key and bytes.fromhex(member.signing_key) != key:
+                raise Conflict(
+                    "this member already registered another signing key; the operator can "
+                    f"clear it with DELETE /v1/members/{who.name}/identity",
+                    "identity_registered",
+                )
+            if not member.signing_key:
+                register_identity(store, who.member_id, key)
+
+    def cleared(name: str) -> IdentityCleared:
+        with registering:
+            member = store.member_by_name(name)
+            if member is None:
+                raise NotFound(f"no member named {name!r}")
+            register_identity(store, member.id, None)
+            return IdentityCleared(name=member.name)
+
     @app.put("/v1/members/me/identity", response_model=IdentityRegistered)
     async def register(body: IdentityRegistration, who: Member) -> IdentityRegistered:
         """Register this member's long-term signing key (once; the same key again is fine)."""
         assert who.member_id is not None
-        member = store.member_by_name(who.name)
-        assert member is not None
-        if member.signing_key and bytes.fromhex(member.signing_key) != body.signing_key:
-            raise Conflict(
-                "this member already registered another signing key; the operator can clear it "
-                f"with DELETE /v1/members/{who.name}/identity",
-                "identity_registered",
-            )
-        if not member.signing_key:
-            register_identity(store, who.member_id, body.signing_key)
+        await asyncio.to_thread(registered, who, body.signing_key)  # the database: in a thread
         return IdentityRegistered(name=who.name, signing_key=body.signing_key)
 
     @app.delete("/v1/members/{name}/identity", response_model=IdentityCleared)
     async def clear_identity(name: str, _: Admin) -> IdentityCleared:
         """Forget a member's signing key (e.g. it lost its state folder)."""
-        member = store.member_by_name(name)
-        if member is None:
-            raise NotFound(f"no member named {name!r}")
-        register_identity(store, member.id, None)
-        return IdentityCleared(name=member.name)
+        return await asyncio.to_thread(cleared, name)
 
     @app.post(
         "/v1/jobs/{job_id}/rounds/{number}/secagg/keys",

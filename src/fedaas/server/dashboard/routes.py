@@ -229,7 +229,7 @@ def mount(app: FastAPI, observer: Observer) -> None:
     @app.post("/ui/members/{name}/revoke", include_in_schema=False)
     async def revoke(request: Request, name: str) -> Response:
         await form(request, signed_in(request))
-        coordinator.member_revoked(auth.revoke(name))
+        coordinator.member_revoked(await asyncio.to_thread(auth.revoke, name))
         return RedirectResponse("/ui/members", status_code=303)
 
     @app.get("/ui/submit", include_in_schema=False)
