@@ -19,6 +19,7 @@ the 10-member run's memory; round time growing no faster than the steps.
     .venv/bin/python bench/bench_simulate.py --quick      # 3 rounds per size
     .venv/bin/python bench/bench_simulate.py --sizes 10 1000 --workers 2
     .venv/bin/python bench/bench_simulate.py --sizes 10 50 100 --repeat 5   # a noisy machine
+    .venv/bin/python bench/bench_simulate.py --sizes 10 100 --hidden 512 512  # bigger steps
 """
 
 from __future__ import annotations
@@ -55,9 +56,16 @@ def _set(toml: str, key: str, value: int) -> str:
     return new
 
 
-def workload(members: int, rounds: int, folder: Path) -> tuple[Path, str, int]:
-    """``(spec file, --partitions, local SGD steps per round)`` for ``members``."""
+def workload(
+    members: int, rounds: int, folder: Path, hidden: list[int] | None = None
+) -> tuple[Path, str, int]:
+    """``(spec file, --partitions, local SGD steps per round)`` for ``members``; ``hidden``:
+    the MLP's hidden layers instead of the demo's."""
     toml = EXAMPLE.read_text()
+    if hidden:
+        toml, count = re.subn(r"(?m)^hidden = .*$", f"hidden = {list(hidden)}", toml)
+        if count != 1:
+            raise SystemExit(f"{EXAMPLE} has {count} 'hidden =' lines; expected one")
     toml = _set(toml, "rounds", rounds)
     toml = _set(toml, "seed", SEED)
     toml = _set(toml, "clients_per_round", members)
@@ -119,7 +127,7 @@ def measure(argv: list[str]) -> tuple[float, int, str]:
 
 
 def run_size(members: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    spec, partitions, steps = workload(members, args.rounds, folder)
+    spec, partitions, steps = workload(members, args.rounds, folder, args.hidden)
     run = folder / f"run-{members}"
     argv = [str(FEDAAS), "simulate", str(spec), "--partitions", partitions, "--out", str(run)]
     argv += ["--json", "--no-progress"]
@@ -190,6 +198,14 @@ def main() -> None:
         default=1,
         help="run every size this many times, sizes interleaved; each row is then the median "
         "run (its round median; peak memory: the highest), with the range of round medians",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the MLP's hidden layers (default: the demo's 64); a larger model costs more per "
+        "step, so a member's fixed cost weighs less",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
