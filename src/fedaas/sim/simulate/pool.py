@@ -2,8 +2,8 @@
 
 Each worker is ``python -m fedaas.sim.simulate.worker`` with its stdin and
 stdout as pipes (no ``multiprocessing``, whose pools pickle what they send).
-:meth:`LocalPool.run` keeps two tasks with each worker (it starts the next
-the moment it answers one, never waiting for the driver), and gives the answers to the caller on the calling thread
+:meth:`LocalPool.run` hands each worker its next task as soon as it answers
+the previous one, and gives the answers to the caller on the calling thread
 as they arrive; the caller orders what it keeps by member, so the order of
 arrival never reaches the model. Memory is the workers' (one model and one
 member's data each) plus the driver's: it does not grow with the number of
@@ -17,15 +17,11 @@ import queue
 import subprocess
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from fedaas.sim.simulate.wire import WireError, read_frame, write_frame
-
-AHEAD = 2
-"""Tasks a worker holds at once in :meth:`LocalPool.run` (the one it works on and the next)."""
 
 
 class WorkerFailed(RuntimeError):
@@ -55,11 +51,17 @@ class LocalPool:
             self.close()
             raise
 
-    def _fail(self, i: int, exc: BaseException | None) -> WorkerFailed:
+    def _ask(self, i: int, frame: bytes) -> bytes:
         proc = self._procs[i]
-        if exc is None:
-            return WorkerFailed(f"worker {i} (pid {proc.pid}) exited with {proc.poll()}")
-        return WorkerFailed(f"worker {i} (pid {proc.pid}) failed: {exc}")
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            write_frame(proc.stdin, frame)
+            answer = read_frame(proc.stdout)
+        except (OSError, WireError) as exc:
+            raise WorkerFailed(f"worker {i} (pid {proc.pid}) failed: {exc}") from None
+        if answer is None:
+            raise WorkerFailed(f"worker {i} (pid {proc.pid}) exited with {proc.poll()}")
+        return answer
 
     def broadcast(self, frame: bytes) -> list[bytes]:
         """Send the same frame to every worker (the job, the round's model); their answers."""
@@ -77,68 +79,30 @@ class LocalPool:
         """Run every task; ``on_answer(index, answer)`` on this thread as answers arrive.
 
         ``pinned``: task ``i`` goes to worker ``i`` (one each); otherwise each
-        worker takes the next task as it answers one, and holds
-        :data:`AHEAD` tasks: a worker starts its next task the moment it
-        answers, without waiting for this process to read the answer and
-        hand it more (this process is busy checking the answers it has).
+        worker takes the next task when it is free.
         """
-        if pinned and len(frames) > self.size:
-            raise ValueError("a pinned run takes at most one task per worker")
-        done: queue.SimpleQueue[tuple[int, bytes | BaseException]] = queue.SimpleQueue()
+        done: queue.Queue[tuple[int, bytes | BaseException]] = queue.Queue()
         lock, cursor = threading.Lock(), [0]
 
-        def take() -> int | None:
+        def next_index() -> int | None:
             with lock:
                 i = cursor[0]
                 cursor[0] += 1
             return i if i < len(frames) else None
 
         def serve(worker: int) -> None:
-            proc = self._procs[worker]
-            assert proc.stdin is not None and proc.stdout is not None
-            stdin, stdout = proc.stdin, proc.stdout
-            outbox: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-
-            def feed() -> None:  # its own thread: a big task never blocks reading a big answer
-                while (i := outbox.get()) is not None:
-                    try:
-                        write_frame(stdin, frames[i])
-                    except (OSError, ValueError):  # ValueError: closed after a failure
-                        return  # the worker is gone: reading its answer says so
-
-            writer = threading.Thread(target=feed, daemon=True)
-            writer.start()
-            sent: deque[int] = deque()
-
-            def send() -> None:
-                if (i := take()) is not None:
-                    sent.append(i)
-                    outbox.put(i)
-
-            try:
+            while (i := worker if pinned else next_index()) is not None:
+                try:
+                    done.put((i, self._ask(worker, frames[i])))
+                except BaseException as exc:  # re-raised on the calling thread
+                    done.put((i, exc))
+                    return
                 if pinned:
-                    sent.append(worker)
-                    outbox.put(worker)
-                else:
-                    for _ in range(AHEAD):
-                        send()
-                while sent:
-                    try:
-                        answer = read_frame(stdout)
-                    except (OSError, WireError) as exc:
-                        raise self._fail(worker, exc) from None
-                    if answer is None:
-                        raise self._fail(worker, None)
-                    i = sent.popleft()
-                    if not pinned:
-                        send()
-                    done.put((i, answer))
-            except BaseException as exc:  # re-raised on the calling thread
-                done.put((-1, exc))
-            finally:
-                outbox.put(None)
+                    return
 
         count = len(frames) if pinned else min(self.size, len(frames))
+        if pinned and count > self.size:
+            raise ValueError("a pinned run takes at most one task per worker")
         threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in range(count)]
         for t in threads:
             t.start()

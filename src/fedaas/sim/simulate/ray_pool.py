@@ -9,7 +9,7 @@ runs, and it is given and gives back only ``bytes`` frames
 (:mod:`fedaas.sim.simulate.wire`): JSON headers and safetensors bodies. How
 Ray itself moves those bytes, and how it ships the actor class to its
 workers, is Ray's business (its own serializer); fedaas sends no Python
-object through it. :meth:`RayPool.run` keeps two tasks in flight per actor
+object through it. :meth:`RayPool.run` keeps one task in flight per actor
 and gives answers to the caller as they arrive, like the local pool.
 """
 
@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fedaas.sim.simulate.members import VirtualMembers
-from fedaas.sim.simulate.pool import AHEAD
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 """Object store of a local Ray started here (frames are small; Ray's default is 30% of RAM)."""
@@ -81,8 +80,7 @@ class RayPool:
         return list(self._ray.get([a.handle.remote(ref) for a in self.actors]))
 
     def run(self, frames: Sequence[bytes], on_answer: Callable[[int, bytes], None]) -> None:
-        """Run every task, :data:`~fedaas.sim.simulate.pool.AHEAD` in flight per actor (as in
-        :meth:`LocalPool.run`); ``on_answer(index, answer)`` as they arrive."""
+        """Run every task, one in flight per actor; ``on_answer(index, answer)`` as they arrive."""
         ray = self._ray
         pending: dict[Any, tuple[int, int]] = {}
         cursor = 0
@@ -93,9 +91,8 @@ class RayPool:
                 pending[self.actors[actor].handle.remote(frames[cursor])] = (cursor, actor)
                 cursor += 1
 
-        for _ in range(AHEAD):
-            for actor in range(min(self.size, len(frames))):
-                submit(actor)
+        for actor in range(min(self.size, len(frames))):
+            submit(actor)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             index, actor = pending.pop(ready[0])
