@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from fedaas.server.presence import Presence
 from fedaas.sim.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -38,3 +40,26 @@ def test_a_member_that_hangs_up_mid_poll_goes_offline(tmp_path: Path) -> None:
         while online(cluster)["alpha"]:
             assert time.monotonic() - started < 10, "still online after hanging up"
             time.sleep(0.1)
+
+
+def test_who_is_online_can_be_read_from_a_thread_while_members_arrive() -> None:
+    """The operator's view reads presence in worker threads while the event loop records new
+    members: reading must never trip over the table changing size under it."""
+    presence = Presence()
+    arriving = threading.Event()
+
+    def arrive() -> None:
+        for member in range(200_000):
+            presence.seen(member)
+            with presence.waiting(member):
+                pass
+        arriving.set()
+
+    thread = threading.Thread(target=arrive)
+    thread.start()
+    reads = 0
+    while not arriving.is_set():
+        presence.online()  # raised "dictionary changed size during iteration" before
+        reads += 1
+    thread.join()
+    assert reads > 0 and len(presence.online()) == 200_000

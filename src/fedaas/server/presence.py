@@ -29,10 +29,11 @@ class Presence:
 
     def online(self) -> set[int]:
         now = time.monotonic()
+        polling = dict(self._polling)  # snapshots: the operator's view reads this in threads
         return {
             member
-            for member, seen in self._last_seen.items()
-            if self._polling.get(member, 0) > 0 or now - seen < ONLINE_WINDOW_S
+            for member, seen in list(self._last_seen.items())
+            if polling.get(member, 0) > 0 or now - seen < ONLINE_WINDOW_S
         }
 
     def last_seen(self, member_id: int) -> float | None:
