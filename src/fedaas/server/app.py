@@ -341,7 +341,6 @@ def create_app(
     @app.post("/v1/jobs/{job_id}/decline", response_model=Declined)
     async def decline(job_id: str, body: DeclineReport, who: Member) -> Declined:
         assert who.member_id is not None
-        await asyncio.to_thread(inbox.record_decline, job_id, who.name, body.reason)
         inbox.decline(job_id, who.member_id, who.name, body.reason)
         return Declined()
 

@@ -245,22 +245,15 @@ class Inbox:
             state.evaluation_metrics.append((examples, metrics))
         self.answered(job_id)
 
-    def record_decline(self, job_id: str, name: str, reason: str) -> None:
-        """The member's refusal of the running job, stored first: remembered across restarts.
-        Touches the database: call it in a thread, then :meth:`decline` on the event loop."""
+    def decline(self, job_id: str, member_id: int, name: str, reason: str) -> None:
+        """The member takes no further part in the job; remembered across restarts."""
         job = self.job
         if job is None or job.id != job_id:
             if self.store.job(job_id) is None:
                 raise NotFound(f"no job {job_id!r}")
             raise Conflict(f"job {job_id} is not running")
-        self.store.record_decline(job_id, name, reason)
-
-    def decline(self, job_id: str, member_id: int, name: str, reason: str) -> None:
-        """The member takes no further part in the job (after :meth:`record_decline`)."""
-        job = self.job
-        if job is None or job.id != job_id:  # it ended meanwhile: the stored refusal stands
-            return
         job.declined[member_id] = reason
+        self.store.record_decline(job_id, name, reason)
         log.warning("member %s declined job %s: %s", name, job_id, reason)
         self.answered(job_id)
         self.presence.changed.fire()
