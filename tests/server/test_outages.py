@@ -1,9 +1,9 @@
 """The coordinator rides out its dependencies' outages and loses nothing (real components).
 
 A real coordinator process with real member processes; the faults are real
-too: a PostgreSQL server that hangs (SIGSTOP) for a few seconds and then stops for 30 s, an S3 emulator frozen (SIGSTOP)
-so that every call into it hangs, members killed so that a job fails and is
-then resumed. Each job completes with every round counted once, and the
+too: a PostgreSQL server that hangs (SIGSTOP) for a few seconds and then stops
+for 30 s, an S3 emulator frozen (SIGSTOP) so that every call into it hangs,
+members killed so that a job fails and is then resumed. Each job completes with every round counted once, and the
 operator is told what the job waits for while it waits.
 """
 
