@@ -19,7 +19,7 @@ the 10-member run's memory; round time growing no faster than the steps.
     .venv/bin/python bench/bench_simulate.py --quick      # 3 rounds per size
     .venv/bin/python bench/bench_simulate.py --sizes 10 1000 --workers 2
     .venv/bin/python bench/bench_simulate.py --sizes 10 50 100 --repeat 5   # a noisy machine
-    .venv/bin/python bench/bench_simulate.py --sizes 10 100 --hidden 512 512  # bigger steps
+    .venv/bin/python bench/bench_simulate.py --sizes 10 100 --hidden 512 512  # a bigger model
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def main() -> None:
         nargs="+",
         default=None,
         help="the MLP's hidden layers (default: the demo's 64); a larger model costs more per "
-        "step, so a member's fixed cost weighs less",
+        "step, and more per member too (its update encoded, sent, checked and summed)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
