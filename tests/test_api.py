@@ -22,6 +22,7 @@ import torch
 import fedaas
 from fedaas import tensors
 from fedaas.api import load_model
+from fedaas.client.transport import ApiClientError
 from fedaas.models import build_model, get_state
 from fedaas.models.registry import ModelError
 from fedaas.protocol import JobStatus, RoundRecord
@@ -130,7 +131,16 @@ def test_submit_follow_download_and_load_a_job(tmp_path: Path, start_agents: Sta
                 final = job.wait(timeout=120, progress=lambda s, r: seen.append((s, r)))
                 assert final.status == "completed" and job.status().round == 3
                 assert [r.round for _, fresh in seen for r in fresh] == [1, 2, 3]
+                for status, fresh in seen:  # each poll fetched only its new rounds
+                    assert not fresh or status.rounds[-len(fresh) :] == fresh
+                    assert [r.round for r in status.rounds] == list(range(1, status.round + 1))
+                assert final.rounds == job.status().rounds  # the last one read whole
                 assert {"accuracy", "f1"} <= set(final.rounds[-1].model_dump())
+                admin = cluster.admin
+                assert [r.round for r in admin.job(job.id, rounds_after=2).rounds] == [3]
+                with pytest.raises(ApiClientError, match="rounds_after") as refused:
+                    admin.t.get_json(f"/v1/jobs/{job.id}", params={"rounds_after": -1})
+                assert refused.value.status == 422
                 run = job.download(tmp_path / "run")
                 served = tmp_path / "served.safetensors"
                 assert job.download_model(served) == 3

@@ -33,6 +33,9 @@ class Job:
             spec=SPEC,
         )
 
+        self.records_read = 0
+        """Round records the observer has read, summed over its scans."""
+
     def update(self, **fields: Any) -> None:
         self.status = self.status.model_copy(update=fields)
 
@@ -43,9 +46,11 @@ class Job:
     def members(self) -> list[Any]:
         return []
 
-    def describe(self, job_id: str) -> JobStatus:
+    def describe(self, job_id: str, rounds_after: int = 0) -> JobStatus:
         assert job_id == self.status.id
-        return self.status
+        rounds = [r for r in self.status.rounds if r.round > rounds_after]
+        self.records_read += len(rounds)
+        return self.status.model_copy(update={"rounds": rounds})
 
 
 class Heard(BaseListener):
@@ -103,3 +108,20 @@ def test_a_job_that_ends_during_an_evaluation_still_announces_the_committed_roun
     job.update(status="cancelled", current=None)
     observer.scan()
     assert [r.round for r in heard.rounds] == [1] and heard.finished == ["cancelled"]
+
+
+def test_a_long_job_costs_each_scan_its_new_rounds_not_its_history() -> None:
+    """The observer scans every second while a job runs: rereading every past round each
+    time made a late round of a long job cost the coordinator twice an early one."""
+    job, heard = Job(), Heard()
+    observer = Observer(job, [heard])
+    observer.scan()
+    records: list[RoundRecord] = []
+    job.update(status="running", started_at=1.0)
+    for number in range(1, 301):
+        records.append(_record(number, 0.5))
+        job.update(round=number, rounds=list(records), rounds_total=300)
+        observer.scan()
+        observer.scan()  # a tick with nothing new reads nothing
+    assert [r.round for r in heard.rounds] == list(range(1, 301))
+    assert job.records_read == 300  # each round read once (the whole history: 45150)

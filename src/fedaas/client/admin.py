@@ -60,12 +60,18 @@ class AdminClient:
         return _JOBS.validate_python(self.t.get_json("/v1/jobs"))
 
     def job(
-        self, job_id: str, after_round: int | None = None, timeout: float = POLL_S
+        self,
+        job_id: str,
+        after_round: int | None = None,
+        timeout: float = POLL_S,
+        rounds_after: int = 0,
     ) -> JobStatus:
-        """The job; with ``after_round``, wait (up to ``timeout``) until it passes that round."""
+        """The job; with ``after_round``, wait (up to ``timeout``) until it passes that round.
+        ``rounds_after``: only the rounds numbered above it in ``rounds``."""
+        params: dict[str, Any] = {"rounds_after": rounds_after} if rounds_after else {}
         if after_round is None:
-            return JobStatus.model_validate(self.t.get_json(f"/v1/jobs/{job_id}"))
-        params = {"after_round": after_round, "timeout": timeout}
+            return JobStatus.model_validate(self.t.get_json(f"/v1/jobs/{job_id}", params=params))
+        params.update(after_round=after_round, timeout=timeout)
         data = self.t.get_json(f"/v1/jobs/{job_id}", params=params, timeout=timeout)
         return JobStatus.model_validate(data)
 
@@ -87,22 +93,30 @@ class AdminClient:
     ) -> Iterator[tuple[JobStatus, list[RoundRecord]]]:
         """Yield ``(job, new_rounds)`` as rounds complete, until the job ends.
 
-        With ``timeout`` (seconds), raise :class:`TimeoutError` if the job
+        Each poll fetches only the new rounds; ``job.rounds`` holds every round
+        seen so far, as it was when first seen, and the last ``job`` (the job
+        ended) is read whole, so it carries evaluations added after a round
+        closed. With ``timeout`` (seconds), raise :class:`TimeoutError` if the job
         has not ended by then.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
+        history: list[RoundRecord] = []
         while True:
             poll = (
                 POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic()))
             )
-            job = self.job(job_id, after_round=seen, timeout=poll)
+            # only the new rounds each time: a long job's history is not resent every round
+            job = self.job(job_id, after_round=seen, timeout=poll, rounds_after=seen)
+            if job.finished:  # the whole record once (a round's evaluation may come after it)
+                job = self.job(job_id)
+                yield job, [r for r in job.rounds if r.round > seen]
+                return
             fresh = [r for r in job.rounds if r.round > seen]
+            history += fresh
             if fresh:
                 seen = fresh[-1].round
-            yield job, fresh
-            if job.finished:
-                return
+            yield job.model_copy(update={"rounds": list(history)}), fresh
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"job {job_id} is still {job.status} (round {job.round}) after {timeout:g} s"

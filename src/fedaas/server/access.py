@@ -57,10 +57,13 @@ def check_job_access(active: ActiveJob | None, store: Store, job_id: str, who: P
     check_model_access(active, store, job_id, who)
 
 
-def readable_job(coordinator: Coordinator, job_id: str, who: Principal) -> JobStatus:
-    """Job ``job_id`` as the coordinator describes it, if ``who`` may read it (404 for an
-    unknown job, whoever asks). Reads the database: the API calls it in a thread."""
-    job = coordinator.describe(job_id)
+def readable_job(
+    coordinator: Coordinator, job_id: str, who: Principal, rounds_after: int = 0
+) -> JobStatus:
+    """Job ``job_id`` as the coordinator describes it (its rounds after ``rounds_after``), if
+    ``who`` may read it (404 for an unknown job, whoever asks). Reads the database: the API
+    calls it in a thread."""
+    job = coordinator.describe(job_id, rounds_after)
     check_job_access(coordinator.inbox.job, coordinator.store, job_id, who)
     return job
 

@@ -183,16 +183,19 @@ def create_app(
         who: Anyone,
         after_round: Annotated[int | None, Query(ge=0)] = None,
         timeout: Annotated[float, Query(ge=0, le=MAX_POLL_S)] = 25.0,
+        rounds_after: Annotated[int, Query(ge=0)] = 0,
     ) -> JobStatus:
         """The job; with ``after_round``, a long-poll that answers once the job passes it.
 
+        ``rounds_after``: only the rounds numbered above it in ``rounds`` (a
+        follower asks for the new ones, not the whole history every round).
         A member may read only a job it takes or took part in, and sees it
         without other members' details (``server/access.py``).
         """
         if after_round is None or who.role == "client":
-            job = await asyncio.to_thread(readable_job, coordinator, job_id, who)
+            job = await asyncio.to_thread(readable_job, coordinator, job_id, who, rounds_after)
         if after_round is not None:
-            job = await coordinator.wait_progress(job_id, after_round, timeout)
+            job = await coordinator.wait_progress(job_id, after_round, timeout, rounds_after)
         return member_view(job, who)
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus)

@@ -251,7 +251,9 @@ class Coordinator:
             for j in self.store.jobs()
         ]
 
-    def describe(self, job_id: str) -> JobStatus:
+    def describe(self, job_id: str, rounds_after: int = 0) -> JobStatus:
+        """The job as the API shows it, with the rounds numbered above ``rounds_after`` (0: all):
+        a follower asks for the new ones, or a long job's every round rereads its history."""
         job = self._job(job_id)
         spec = job.job_spec()
         active = self.inbox.job
@@ -279,22 +281,24 @@ class Coordinator:
             declined=self.store.declined(job_id),
             spec=spec,
             source=job.source,
-            rounds=[RoundRecord.model_validate(r) for r in self.store.rounds(job_id)],
+            rounds=[RoundRecord.model_validate(r) for r in self.store.rounds(job_id, rounds_after)],
             waiting_for=[
                 Waiting(dependency=o.dependency, since=o.since, error=o.error)
                 for o in (self.deps.outages() if job.status == "running" else [])
             ],
         )
 
-    async def wait_progress(self, job_id: str, after_round: int, timeout: float) -> JobStatus:
-        """Long-poll: return when the job passes ``after_round`` or ends, or at timeout."""
+    async def wait_progress(
+        self, job_id: str, after_round: int, timeout: float, rounds_after: int = 0
+    ) -> JobStatus:
+        """Long-poll: the job (as :meth:`describe`) once past ``after_round``, ended, or timed out."""
         end = time.monotonic() + timeout
         while True:
             job = await asyncio.to_thread(self._job, job_id)  # off the loop: the database
             remaining = end - time.monotonic()
             passed = job.round > after_round or job.status in TERMINAL
             if passed or remaining <= 0 or self.shutting_down:
-                return await asyncio.to_thread(self.describe, job_id)
+                return await asyncio.to_thread(self.describe, job_id, rounds_after)
             await self._progress.wait(remaining)
 
     # models ------------------------------------------------------------------------------

@@ -329,9 +329,11 @@ class Store:
             merged.update({k: v for k, v in defaults.items() if merged.get(k) is None})
             row.metrics = json.dumps(merged)
 
-    def rounds(self, job_id: str) -> list[dict[str, Any]]:
+    def rounds(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """The job's closed rounds numbered above ``after`` (0: all), oldest first."""
         with self.session() as s:
-            rows = s.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.number))
+            query = select(Round).where(Round.job_id == job_id, Round.number > after)
+            rows = s.scalars(query.order_by(Round.number))
             return [
                 {
                     "round": r.number,

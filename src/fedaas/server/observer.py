@@ -35,7 +35,11 @@ STOP_WAIT_S = 5.0  # how long stopping waits for a scan in progress
 
 
 class BaseListener:
-    """A listener that ignores everything; subclasses override what they need."""
+    """A listener that ignores everything; subclasses override what they need.
+
+    The ``job`` passed holds in ``rounds`` only what closed since the observer last
+    looked (it reads no more: a long job's history is not reread every tick).
+    """
 
     def close(self) -> None:
         """The coordinator is stopping."""
@@ -222,8 +226,8 @@ class Observer:
             seen = self._jobs.get(summary.id)
             if seen is not None and (seen.status, seen.round) == (summary.status, summary.round):
                 continue
-            job: JobStatus = self.coordinator.describe(summary.id)
             before = seen or _Seen("queued", 0)
+            job: JobStatus = self.coordinator.describe(summary.id, rounds_after=before.round)
             final = _final_round(job)
             self._jobs[summary.id] = _Seen(job.status, final)
             changed = True
