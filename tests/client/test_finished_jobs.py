@@ -76,6 +76,7 @@ def test_every_member_keeps_the_final_model_and_only_members_may_download_it(
             assert json.loads((folder / "spec.json").read_text()) == job.spec.to_dict()
             kept = json.loads((folder / "job.json").read_text())
             assert kept["status"] == "completed" and kept["round"] == 2
+            assert [r["round"] for r in kept["rounds"]] == [1, 2]  # the whole record
             assert all(r["participants"] == [] for r in kept["rounds"])
         assert not list(team.agents["gamma"].state_dir.glob("finished-*"))
         tokens = {n: _token(t) for n, t in team.transports.items()}

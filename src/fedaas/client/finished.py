@@ -4,7 +4,8 @@ The global model is the federation's shared result, and every member that
 trained for a job gets it when the job completes. The agent notes each job
 it sent an update for (:meth:`FinishedJobs.took_part`); while such a job is
 open it asks the coordinator for the job's state before a task poll, at most
-once per poll interval (``GET /v1/jobs/{id}``, the member's view: the coordinator answers only for
+once per poll interval (``GET /v1/jobs/{id}?rounds_after=N``, the rounds after the last it
+trained in; the member's view: the coordinator answers only for
 jobs this member took part in). Once the job is ``completed`` it downloads
 the final model (``GET /v1/jobs/{id}/model``, the round the job ended at)
 and keeps it, untouched, with the job's spec in
@@ -94,9 +95,9 @@ class FinishedJobs:
 
         Briefly (:data:`ENDING_POLL_S`) while a job this member trained the
         last round of is ending, so that its end is noticed at once; else
-        ``poll_s``. A job's state (every round's record) is asked for at most
-        once per ``poll_s`` otherwise: a member polling between fast rounds
-        would else fetch a record that grows with every round, every round.
+        ``poll_s``. A job's state is asked for at most once per ``poll_s``
+        otherwise: a member polling between fast rounds would else ask every
+        round.
         """
         if self._open and (self.ending or time.monotonic() >= self._next_check):
             self._next_check = time.monotonic() + poll_s
@@ -114,18 +115,16 @@ class FinishedJobs:
         agent to stop.
         """
         written = []
-        for job_id in list(self._open):
-            try:
-                job = JobStatus.model_validate(self.t.get_json(f"/v1/jobs/{job_id}"))
-                if job.id != job_id:
-                    raise ValueError(f"the coordinator answered job {job.id!r}")
+        for job_id, opened in list(self._open.items()):
+            try:  # the rounds after the member's last only: not a long job's history each time
+                job = self._job(job_id, opened.last_round)
                 if not job.finished:
                     continue
                 del self._open[job_id]
                 if job.status != "completed":
                     log.info("job %s %s: no final model to keep", job_id, job.status)
                     continue
-                written.append(self._keep(job_id, job))
+                written.append(self._keep(job_id, self._job(job_id, 0)))  # whole, for job.json
             except ApiClientError as exc:
                 if exc.status == 401:
                     raise
@@ -137,6 +136,13 @@ class FinishedJobs:
                 self._open.pop(job_id, None)
                 log.error("cannot keep the final model of job %s: %s", job_id, exc)
         return written
+
+    def _job(self, job_id: str, rounds_after: int) -> JobStatus:
+        params = {"rounds_after": rounds_after} if rounds_after else None
+        job = JobStatus.model_validate(self.t.get_json(f"/v1/jobs/{job_id}", params=params))
+        if job.id != job_id:
+            raise ValueError(f"the coordinator answered job {job.id!r}")
+        return job
 
     def _keep(self, job_id: str, job: JobStatus) -> Path:
         response = self.t.request("GET", f"/v1/jobs/{job_id}/model")
