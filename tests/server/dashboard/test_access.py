@@ -4,7 +4,8 @@ In-process (FastAPI's test client over a real coordinator app and SQLite):
 pages redirect to the login page until the admin token is given; a member's
 token is not enough; the session cookie is HttpOnly and SameSite=Strict; a
 form without its CSRF token changes nothing; an unauthenticated form body is
-capped small; a job's page streams its state as server-sent events.
+capped small; a job's page streams its state as server-sent events; the jobs
+list reads no round of any job.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -89,3 +91,30 @@ def test_the_api_docs_page_works_offline(client: TestClient) -> None:
     assert "cdn" not in page.text.lower() and "fastapi.tiangolo.com" not in page.text
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+def test_the_jobs_list_reads_no_rounds_however_long_the_jobs(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list refreshes every 5 s while a job runs; it shows no round, so it must not read
+    every past round of every job each time (its job's page does, for the charts)."""
+    _login(client)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    job = client.post("/v1/jobs", json={"spec": make_spec("long")}, headers=headers).json()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    store = client.app.state.coordinator.store  # type: ignore[attr-defined]
+    for number in range(1, 41):
+        store.close_round(job["id"], number, {"seconds": 0.1, "clients": 2}, [], [])
+    read: list[int] = []
+    rounds = store.rounds
+
+    def counted(job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        read.append(len(found := rounds(job_id, after)))
+        return found
+
+    monkeypatch.setattr(store, "rounds", counted)
+    listing = client.get("/ui/jobs").text
+    assert job["id"] in listing and "40/" in listing
+    assert sum(read) == 0
+    assert client.get(f"/ui/jobs/{job['id']}").status_code == 200
+    assert sum(read) == 40  # the job's own page: every round, for its charts and table

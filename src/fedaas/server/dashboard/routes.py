@@ -97,7 +97,9 @@ def mount(app: FastAPI, observer: Observer) -> None:
         return views.job_view(coordinator.describe(job_id))
 
     def job_rows() -> list[dict[str, Any]]:
-        return [job_view(j.id) for j in coordinator.jobs()[:200]]
+        """The jobs list (refreshed every 5 s while a job runs) shows no round: none is read."""
+        listed = coordinator.jobs()[:200]
+        return [views.job_view(coordinator.describe(j.id, rounds_after=j.round)) for j in listed]
 
     def member_rows() -> list[dict[str, Any]]:
         listed = coordinator.members()
