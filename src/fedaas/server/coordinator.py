@@ -253,7 +253,7 @@ class Coordinator:
 
     def describe(self, job_id: str, rounds_after: int = 0) -> JobStatus:
         """The job as the API shows it, with the rounds numbered above ``rounds_after`` (0: all):
-        a follower asks for the new ones, or a long job's every round rereads its history."""
+        a follower asks for the new ones only, not for the job's whole history every round."""
         job = self._job(job_id)
         spec = job.job_spec()
         active = self.inbox.job
