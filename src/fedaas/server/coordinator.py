@@ -245,10 +245,8 @@ class Coordinator:
 
     def jobs(self) -> list[JobSummary]:
         return [
-            JobSummary(
-                id=j.id, name=j.name, status=j.status, round=j.round, created_at=j.created_at
-            )
-            for j in self.store.jobs()
+            JobSummary(id=i, name=n, status=status, round=r, created_at=at)
+            for i, n, status, r, at in self.store.job_summaries()
         ]
 
     def describe(self, job_id: str, rounds_after: int = 0) -> JobStatus:

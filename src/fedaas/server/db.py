@@ -4,6 +4,9 @@ SQLite (a file in the state folder) is the default; any SQLAlchemy URL works.
 Only hashes of tokens are stored. A job row's ``round`` is the last round
 whose model is durable in the artifact store; a restarted coordinator
 continues from there.
+
+Long because it is the one place that knows the schema and every query
+the coordinator makes: how anything is stored is read here and only here.
 """
 
 from __future__ import annotations
@@ -214,12 +217,16 @@ class Store:
         with self.session() as s:
             return s.get(Job, job_id)
 
-    def jobs(self, statuses: tuple[str, ...] | None = None) -> list[Job]:
+    def jobs(self, statuses: tuple[str, ...]) -> list[Job]:
         with self.session() as s:
-            query = select(Job).order_by(Job.created_at)
-            if statuses:
-                query = query.where(Job.status.in_(statuses))
+            query = select(Job).where(Job.status.in_(statuses)).order_by(Job.created_at)
             return list(s.scalars(query))
+
+    def job_summaries(self) -> list[tuple[str, str, str, int, float]]:
+        """Each job's id, name, status, round, created_at (oldest first; not its spec, ledger)."""
+        query = select(Job.id, Job.name, Job.status, Job.round, Job.created_at)
+        with self.session() as s:
+            return [tuple(row) for row in s.execute(query.order_by(Job.created_at))]
 
     def start_job(self, job_id: str, started_at: float) -> bool:
         """Mark a queued (or resumed) job running, atomically; False if it ended meanwhile.
