@@ -126,7 +126,6 @@ def mount(app: FastAPI, coordinator: Coordinator, next_bundle: NextBundle) -> No
     @app.put("/v1/members/me/identity", response_model=IdentityRegistered)
     async def register(body: IdentityRegistration, who: Member) -> IdentityRegistered:
         """Register this member's long-term signing key (once; the same key again is fine)."""
-        assert who.member_id is not None
         await asyncio.to_thread(registered, who, body.signing_key)  # the database: in a thread
         return IdentityRegistered(name=who.name, signing_key=body.signing_key)
 

@@ -93,13 +93,12 @@ def mount(app: FastAPI, observer: Observer) -> None:
 
     # What reads the database runs in a thread: a hung database holds up these pages,
     # never the event loop (members' tasks and uploads, the health check).
-    def job_view(job_id: str) -> dict[str, Any]:
-        return views.job_view(coordinator.describe(job_id))
+    def job_view(job_id: str, rounds_after: int = 0) -> dict[str, Any]:
+        return views.job_view(coordinator.describe(job_id, rounds_after))
 
     def job_rows() -> list[dict[str, Any]]:
         """The jobs list (refreshed every 5 s while a job runs) shows no round: none is read."""
-        listed = coordinator.jobs()[:200]
-        return [views.job_view(coordinator.describe(j.id, rounds_after=j.round)) for j in listed]
+        return [job_view(j.id, rounds_after=j.round) for j in coordinator.jobs()[:200]]
 
     def member_rows() -> list[dict[str, Any]]:
         listed = coordinator.members()
