@@ -49,11 +49,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+MAX_ROUNDS = 100_000
+"""The most rounds a job may have."""
+
+
 class JobSection(_Section):
     """Identity and length of the job."""
 
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w.\- ]+$")]
-    rounds: Annotated[int, Field(ge=1, le=100_000)]
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
 
 

@@ -54,6 +54,7 @@ from fedaas.server.http_errors import ERROR_RESPONSES, install_handlers
 from fedaas.server.inbox import model_etag
 from fedaas.server.limits import BodyLimit
 from fedaas.server.uploads import MEMORY_SPOOL_BYTES, receive_body
+from fedaas.spec import MAX_ROUNDS
 
 MAX_POLL_S = 60.0
 
@@ -183,12 +184,11 @@ def create_app(
         who: Anyone,
         after_round: Annotated[int | None, Query(ge=0)] = None,
         timeout: Annotated[float, Query(ge=0, le=MAX_POLL_S)] = 25.0,
-        rounds_after: Annotated[int, Query(ge=0)] = 0,
+        rounds_after: Annotated[int, Query(ge=0, le=MAX_ROUNDS)] = 0,
     ) -> JobStatus:
         """The job; with ``after_round``, a long-poll that answers once the job passes it.
 
-        ``rounds_after``: only the rounds numbered above it in ``rounds`` (a
-        follower asks for the new ones, not the whole history every round).
+        ``rounds_after``: only the rounds after it (a follower asks for the new ones only).
         A member may read only a job it takes or took part in, and sees it
         without other members' details (``server/access.py``).
         """
