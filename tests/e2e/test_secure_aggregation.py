@@ -161,11 +161,18 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
 
 @pytest.fixture
 def clean(fed: Fed) -> Fed:
+    """The members reset and every one of them back to waiting for a task: a member that
+    dropped in the last test pauses before it polls again, and a round that opened meanwhile
+    would close its key stage with the quorum, without it."""
     for t in fed.transports.values():
         t.drop = t.both = t.tamper_ahead = False
         t.on_masked = None
         t.refused.clear()
     fed.seen.clear()
+    deadline = time.monotonic() + 30
+    while any(t.sent[-1] != ("GET", "/v1/tasks/next") for t in fed.transports.values()):
+        assert time.monotonic() < deadline, "a member did not come back to polling for tasks"
+        time.sleep(0.05)
     return fed
 
 
