@@ -47,9 +47,11 @@ def members(
     client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List enrolled members: name, whether revoked, whether online now, and the fingerprint
-    of the identity key each registered for secure aggregation (compare it with the one the
-    member's log shows)."""
+    """List enrolled members: name, revoked, online now, identity key fingerprint.
+
+    The fingerprint is of the identity key each member registered for secure
+    aggregation: compare it with the one the member's log shows.
+    """
     listed = connect(server, token, ca_cert, client_cert, client_key).members()
     if as_json:
         print_json(listed)
