@@ -3,6 +3,9 @@
 - ``fedaas --version``; the same connection options on every command that
   talks to a coordinator; ``--json`` on every listing and status command;
   ``member`` is the command's name and ``client`` still works;
+- every command is listed with a one-line summary; a coordinator that
+  cannot start (port taken, state path a file, admin token too short) says
+  why in one message;
 - ``enroll`` against a wrong URL fails in seconds; a member started on a
   missing file says so within seconds, before going online;
 - the unedited example (``examples/digits.toml``, min_clients 10) submitted
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -88,6 +92,39 @@ def test_version_and_one_set_of_connection_options_everywhere() -> None:
     for name in LISTINGS | {"job submit", "job cancel"}:
         assert "--json" in _options(commands[name]), name
     assert commands["client"].hidden and not commands["member"].hidden  # type: ignore[attr-defined]
+
+
+def test_every_command_is_listed_with_a_one_line_summary() -> None:
+    for name, command in _commands().items():
+        summary = (command.help or "").strip().split("\n\n")[0]  # type: ignore[attr-defined]
+        assert summary, f"{name} has no help"
+        # a first paragraph broken over lines is printed broken in `fedaas --help`
+        assert "\n" not in summary, f"{name}: its summary spans lines: {summary!r}"
+
+
+def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> None:
+    (tmp_path / "a-file").touch()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        tries = {
+            "port in use": (["--state", str(tmp_path / "s1"), "--port", port], "a" * 16),
+            "state is a file": (["--state", str(tmp_path / "a-file"), "--port", "0"], "a" * 16),
+            "short token": (["--state", str(tmp_path / "s2"), "--port", "0"], "short"),
+        }
+        results = {what: fedaas("server", *args, token=t) for what, (args, t) in tries.items()}
+    said = {}
+    for what, result in results.items():
+        assert result.returncode == 2, (what, result.stderr)
+        assert "Traceback" not in result.stderr, (what, result.stderr)
+        said[what] = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())  # unboxed
+    assert "Invalid value for --port" in said["port in use"]
+    assert "another coordinator" in said["port in use"]
+    assert "Invalid value for --state" in said["state is a file"]
+    assert "is a file" in said["state is a file"]
+    assert "at least 16 characters" in said["short token"]
+    assert not (tmp_path / "s2" / "admin.token").exists()
 
 
 def test_wrong_url_and_missing_data_fail_in_seconds(tmp_path: Path) -> None:

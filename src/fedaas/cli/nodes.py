@@ -97,7 +97,7 @@ def server(
     if tls_client_ca is not None and tls_cert is None:
         raise typer.BadParameter("--tls-client-ca needs --tls-cert", param_hint="--tls-cert")
     from fedaas.server.db import StoreError
-    from fedaas.server.run import TlsConfigError, serve
+    from fedaas.server.run import StartupError, serve
 
     setup_logging()
     from fedaas.storage import parse_storage_options
@@ -116,8 +116,8 @@ def server(
             tls_client_ca=tls_client_ca,
             allow_code=packages,
         )
-    except TlsConfigError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except StartupError as exc:  # TLS files, the state folder, the port, the admin token
+        raise typer.BadParameter(str(exc), param_hint=exc.option) from None
     except StoreError as exc:
         raise typer.BadParameter(str(exc), param_hint="--db") from None
 

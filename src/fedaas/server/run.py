@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
@@ -23,7 +24,15 @@ ENDPOINT_FILE = "endpoint.json"
 log = logging.getLogger("fedaas.server")
 
 
-class TlsConfigError(ValueError):
+class StartupError(ValueError):
+    """The coordinator cannot start with these settings; ``option`` names the one to change."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+class TlsConfigError(StartupError):
     """The coordinator's TLS files are missing, unreadable or do not match."""
 
 
@@ -98,15 +107,30 @@ def serve(
     if (tls_key is not None or tls_client_ca is not None) and tls_cert is None:
         raise TlsConfigError("--tls-key and --tls-client-ca need --tls-cert")
     context = server_ssl_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token, token_source = load_admin_token(state)
+    if state.exists() and not state.is_dir():
+        raise StartupError(f"{state} is a file; the state must be a folder", "--state")
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token, token_source = load_admin_token(state)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot keep the coordinator's state in {state}: {exc.strerror or exc}", "--state"
+        ) from None
+    except ValueError as exc:  # an admin token from the environment that is too weak
+        raise StartupError(str(exc)) from None
     db_url = db_url or f"sqlite:///{state / 'fedaas.db'}"
     app = create_app(state, db_url, token, artifacts_url, storage_options, tuple(allow_code))
     app.state.bind_certificates = tls_client_ca is not None  # a member's cert must name it
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        busy = " (is another coordinator running?)" if exc.errno == errno.EADDRINUSE else ""
+        blame = "--host" if exc.errno == errno.EADDRNOTAVAIL else "--port"
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}{busy}", blame) from None
     bound = sock.getsockname()[1]
     scheme = "https" if context is not None else "http"
     url = f"{scheme}://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound}"
