@@ -3,7 +3,8 @@
 - ``fedaas --version``; the same connection options on every command that
   talks to a coordinator; ``--json`` on every listing and status command;
   ``member`` is the command's name and ``client`` still works;
-- every command is listed with a one-line summary; a coordinator that
+- every command is listed with a one-line summary; a bad member name is
+  refused before anything is sent; a coordinator that
   cannot start (port taken, state path a file, admin token too short) says
   why in one message;
 - ``enroll`` against a wrong URL fails in seconds; a member started on a
@@ -102,6 +103,22 @@ def test_every_command_is_listed_with_a_one_line_summary() -> None:
         assert "\n" not in summary, f"{name}: its summary spans lines: {summary!r}"
 
 
+def _unboxed(text: str) -> str:
+    """A usage error as one line: the box around it and its line breaks taken out."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())
+
+
+def test_a_bad_member_name_is_refused_before_anything_is_sent() -> None:
+    with socket.socket() as s:  # nobody listens: a request would retry, then fail
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for bad in ("bad name!", ".leading-dot", "a" * 101):
+        refused = fedaas("enroll", bad, "--server", closed, token="t" * 16)
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr and "cannot reach" not in refused.stderr
+        assert "Invalid value for 'name'" in _unboxed(refused.stderr)
+
+
 def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> None:
     (tmp_path / "a-file").touch()
     with socket.socket() as taken:
@@ -118,7 +135,7 @@ def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path)
     for what, result in results.items():
         assert result.returncode == 2, (what, result.stderr)
         assert "Traceback" not in result.stderr, (what, result.stderr)
-        said[what] = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())  # unboxed
+        said[what] = _unboxed(result.stderr)
     assert "Invalid value for --port" in said["port in use"]
     assert "another coordinator" in said["port in use"]
     assert "Invalid value for --state" in said["state is a file"]

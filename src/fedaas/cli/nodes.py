@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from fedaas.cli.common import (
     DEFAULT_SERVER,
@@ -20,6 +21,7 @@ from fedaas.cli.common import (
     setup_logging,
     tls_options,
 )
+from fedaas.protocol import EnrollRequest
 
 
 def _pem(help_text: str) -> Any:
@@ -122,8 +124,22 @@ def server(
         raise typer.BadParameter(str(exc), param_hint="--db") from None
 
 
+def _member_name(value: str) -> str:
+    """The name as the coordinator accepts it, or a one-line refusal before anything is sent."""
+    try:
+        EnrollRequest(name=value)
+    except ValidationError:
+        raise typer.BadParameter(
+            "a member's name is 1-100 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
+        ) from None
+    return value
+
+
 def enroll(
-    name: Annotated[str, typer.Argument(help="The member organization's name.")],
+    name: Annotated[
+        str, typer.Argument(help="The member organization's name.", callback=_member_name)
+    ],
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
     ca_cert: CaCertOpt = None,
