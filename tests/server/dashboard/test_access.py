@@ -5,7 +5,8 @@ pages redirect to the login page until the admin token is given; a member's
 token is not enough; the session cookie is HttpOnly and SameSite=Strict; a
 form without its CSRF token changes nothing; an unauthenticated form body is
 capped small; a job's page streams its state as server-sent events; the jobs
-list reads no round of any job.
+list reads no round of any job; a job that does not exist is a 404 page (not
+the API's JSON) that says so, with the id escaped.
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ def test_a_jobs_page_streams_its_state(client: TestClient) -> None:
     view = json.loads(lines[1].removeprefix("data: "))
     assert view["id"] == job["id"] and view["status"] == "cancelled"
     assert view["reason"] == "cancelled by the operator"
+
+
+def test_a_job_that_does_not_exist_is_a_page_that_says_so(client: TestClient) -> None:
+    _login(client)
+    answer = client.get("/ui/jobs/job-nope")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "no job &#39;job-nope&#39;" in answer.text and 'href="/ui/jobs"' in answer.text
+    hostile = client.get("/ui/jobs/<img src=x onerror=alert(1)>")
+    assert hostile.status_code == 404 and "text/html" in hostile.headers["content-type"]
+    assert "<img" not in hostile.text and "&lt;img src=x" in hostile.text  # escaped
 
 
 def test_the_api_docs_page_works_offline(client: TestClient) -> None:

@@ -5,7 +5,7 @@
 - ``/ui/jobs/{id}``: live curves (accuracy, loss, epsilon against the budget,
   round duration, bytes up and down, every other metric), updated over SSE
   (``/ui/jobs/{id}/events``) without reloading; cancel; download the model
-  and the run folder (zip);
+  and the run folder (zip); an unknown job is a 404 page with a link back;
 - ``/ui/members``: online, last seen, rounds contributed, declines, revoke;
 - ``/ui/submit``: paste or upload a job's TOML; each validation error is
   shown next to the line of the key it names.
@@ -34,7 +34,7 @@ from fedaas import __version__
 from fedaas.protocol import TERMINAL
 from fedaas.server.dashboard import views
 from fedaas.server.dashboard.session import COOKIE, SESSION_S, Sessions
-from fedaas.server.errors import CoordinatorError, InvalidSpec
+from fedaas.server.errors import CoordinatorError, InvalidSpec, NotFound
 from fedaas.server.observer import Observer
 from fedaas.server.preflight import preflight
 from fedaas.spec import SpecError, parse_spec
@@ -163,7 +163,10 @@ def mount(app: FastAPI, observer: Observer) -> None:
     @app.get("/ui/jobs/{job_id}", include_in_schema=False)
     async def job(request: Request, job_id: str) -> Response:
         signed_in(request)
-        view = await asyncio.to_thread(job_view, job_id)
+        try:
+            view = await asyncio.to_thread(job_view, job_id)
+        except NotFound as exc:  # a stale link or a typo: a page, not the API's JSON
+            return page(request, "missing.html", status=404, message=str(exc))
         return page(
             request, "job.html", job=view, notes=notes.pop(job_id, []), data=json.dumps(view)
         )
