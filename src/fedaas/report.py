@@ -7,12 +7,34 @@ the demo print :func:`format_round`, and both write run folders here.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from fedaas.protocol import JobStatus, RoundRecord
 
 ROUND_KEYS = ("round", "accuracy", "loss", "clients", "seconds", "bytes_up", "bytes_down")
+
+
+def fresh_run_folder(out: Path, marker: str) -> None:
+    """Make ``out`` an empty folder for a new run, marked by the subfolder ``marker`` meanwhile.
+
+    What ``out`` holds already is replaced only when it is an earlier run's
+    folder (its ``metrics.json``, or the ``marker`` of a run that was
+    interrupted); a file, or a folder of anything else, is refused with
+    :class:`FileExistsError` and left as it is: a mistyped ``--out`` never
+    deletes someone's files.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a run folder")
+    if out.exists() and any(out.iterdir()):
+        if not ((out / "metrics.json").is_file() or (out / marker).is_dir()):
+            raise FileExistsError(
+                f"{out} is not empty and not an earlier run's folder: "
+                "choose another --out, or empty it first"
+            )
+        shutil.rmtree(out)
+    (out / marker).mkdir(parents=True)
 
 
 def format_round(r: RoundRecord, total: int) -> str:

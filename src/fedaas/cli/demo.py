@@ -49,9 +49,13 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Run folder (replaced if it exists).")] = Path(
-        "runs/demo"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Run folder (an earlier run's is replaced; any other folder is refused).",
+            file_okay=False,
+        ),
+    ] = Path("runs/demo"),
     privacy: Annotated[
         str, typer.Option(help="Differential privacy: none, gaussian or ou (Ornstein-Uhlenbeck).")
     ] = "none",
@@ -115,6 +119,6 @@ def demo(
             example=example,
             secure=secure_aggregation,
         )
-    except (ClusterError, RuntimeError, ValueError) as exc:  # one line, not a traceback
+    except (ClusterError, RuntimeError, ValueError, FileExistsError) as exc:  # one line
         err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None

@@ -86,7 +86,8 @@ def submit(
     client_key: ClientKeyOpt = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
     out: Annotated[
-        Path | None, typer.Option(help="Write the run folder here when the job ends.")
+        Path | None,
+        typer.Option(help="Write the run folder here when the job ends.", file_okay=False),
     ] = None,
     mlflow: Annotated[
         str | None,
@@ -249,7 +250,7 @@ def resume(
 @app.command("download")
 def download(
     job_id: str,
-    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.", file_okay=False)],
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     ca_cert: CaCertOpt = None,

@@ -13,7 +13,6 @@ a plot comparing the three on the example's headline metric.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,8 @@ from fedaas.storage import join as storage_join
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
 EXAMPLE_SPEC = EXAMPLES_DIR / "digits.toml"
+RUNNING = ".demo"
+"""Marks the run folder while a demo runs: an interrupted demo's folder is replaced too."""
 
 
 def example_spec(name: str) -> Path:
@@ -147,13 +148,12 @@ def run_demo(
     """
     console = console or Console()
     install_log_redaction()  # the demo hands cloud credentials around: keep them out of logs
-    from fedaas.report import format_round, write_run_folder
+    from fedaas.report import format_round, fresh_run_folder, write_run_folder
 
     spec_path = spec_path or example_spec(example)
-    if out.exists():
-        shutil.rmtree(out)
+    fresh_run_folder(out, RUNNING)  # an earlier demo's folder is replaced, nothing else
     data_dir = out / "data"
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir()
     found = example_data(example, clients, alpha, seed)
     clients = len(found.parts)
     test_url = write_dataset(str(data_dir.resolve()), "test", *found.test, found.format)
@@ -195,6 +195,7 @@ def run_demo(
     parts = [open_dataset(url, spec.data) for url in _local_copies(found, data_dir, storage)]
     refs = references(spec, parts, open_dataset(test_url, spec.data))
     write_run_folder(out, job, model, refs, metric=metric)
+    (out / RUNNING).rmdir()
     last = job.rounds[-1].model_dump()
     summary = {
         "example": example,

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from fedaas import tensors
 from fedaas.protocol import JobStatus, RoundRecord
-from fedaas.report import write_run_folder
+from fedaas.report import fresh_run_folder, write_run_folder
 from fedaas.server.errors import JobFailed
 from fedaas.server.privacy import BudgetReached
 from fedaas.sim.simulate.engine import Pool, RoundLoop, Stragglers
@@ -58,15 +58,6 @@ class SimulationResult:
     def accuracy(self) -> float | None:
         """The held-out accuracy after the last round (``None`` without a held-out set)."""
         return self.job.rounds[-1].accuracy if self.job.rounds else None
-
-
-def _prepare_out(out_dir: Path) -> None:
-    """An empty folder, or an earlier simulation's run folder (replaced); never anything else."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not ((out_dir / "metrics.json").exists() or (out_dir / WORK).exists()):
-            raise FileExistsError(f"{out_dir} is not empty and not a simulation's run folder")
-        shutil.rmtree(out_dir)
-    (out_dir / WORK).mkdir(parents=True)  # marks the folder as a simulation's from now on
 
 
 def _pool(
@@ -134,7 +125,7 @@ def simulate(
             "model; drop [secure_aggregation] to simulate the job"
         )
     out = Path(out_dir)
-    _prepare_out(out)
+    fresh_run_folder(out, WORK)
     parts = resolve_partitions(
         partitions, members=members, seed=spec.job.seed, data_dir=out / "data"
     )
