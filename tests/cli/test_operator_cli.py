@@ -4,9 +4,9 @@
   talks to a coordinator; ``--json`` on every listing and status command;
   ``member`` is the command's name and ``client`` still works;
 - every command is listed with a one-line summary; a bad member name is
-  refused before anything is sent; a coordinator that
-  cannot start (port taken, state path a file, admin token too short) says
-  why in one message;
+  refused before anything is sent; a coordinator or a member that
+  cannot start (port taken, state path a file, admin token too short, a
+  storage option that is not key=value) says why in one message;
 - ``enroll`` against a wrong URL fails in seconds; a member started on a
   missing file says so within seconds, before going online;
 - the unedited example (``examples/digits.toml``, min_clients 10) submitted
@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer.main
 
@@ -108,15 +109,37 @@ def _unboxed(text: str) -> str:
     return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())
 
 
-def test_a_bad_member_name_is_refused_before_anything_is_sent() -> None:
-    with socket.socket() as s:  # nobody listens: a request would retry, then fail
+def _closed_url() -> str:
+    """A coordinator URL nobody listens on: a request there retries, then fails."""
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_bad_member_name_is_refused_before_anything_is_sent() -> None:
+    closed = _closed_url()
     for bad in ("bad name!", ".leading-dot", "a" * 101):
         refused = fedaas("enroll", bad, "--server", closed, token="t" * 16)
         assert refused.returncode == 2, refused.stderr
         assert "Traceback" not in refused.stderr and "cannot reach" not in refused.stderr
         assert "Invalid value for 'name'" in _unboxed(refused.stderr)
+
+
+def test_a_member_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> None:
+    data, a_file = tmp_path / "train.npz", tmp_path / "notes.txt"
+    np.savez(data, x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.int64))
+    a_file.write_text("keep me")
+    closed = _closed_url()
+    tries = {
+        "--state": ["--state", str(a_file)],
+        "--storage-option": ["--storage-option", "no-equals-sign"],
+    }
+    for option, args in tries.items():
+        result = fedaas("member", "--data", str(data), "--token", "t", *args, "--server", closed)
+        assert result.returncode == 2, (option, result.stderr)
+        assert "Traceback" not in result.stderr, (option, result.stderr)
+        assert f"Invalid value for '{option}'" in _unboxed(result.stderr), result.stderr
+    assert a_file.read_text() == "keep me"
 
 
 def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> None:
@@ -145,9 +168,7 @@ def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path)
 
 
 def test_wrong_url_and_missing_data_fail_in_seconds(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = _closed_url()
     started = time.monotonic()
     enrolled = fedaas("enroll", "ana", "--server", closed, token="t")
     assert enrolled.returncode == 2, enrolled.stderr

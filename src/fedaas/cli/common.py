@@ -21,7 +21,7 @@ from fedaas.client.transport import (
     TlsOptions,
     Transport,
 )
-from fedaas.storage import install_log_redaction
+from fedaas.storage import install_log_redaction, parse_storage_options
 
 console = Console()
 
@@ -38,6 +38,17 @@ AdminTokenOpt = Annotated[
     ),
 ]
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+def _storage_options(values: list[str] | None) -> list[str] | None:
+    """``--storage-option`` checked as the command line is read: a bad one is a usage error."""
+    try:
+        parse_storage_options(values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return values
+
+
 StorageOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -45,6 +56,7 @@ StorageOpt = Annotated[
         help="key=value passed to the storage backend (repeatable), e.g. endpoint_url=...; "
         "credentials otherwise come from each cloud's standard environment variables.",
         show_default=False,
+        callback=_storage_options,
     ),
 ]
 

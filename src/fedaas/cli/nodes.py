@@ -205,7 +205,8 @@ def client(
     state: Annotated[
         Path,
         typer.Option(
-            help="Folder for the member's own state (privacy noise that must survive restarts)."
+            help="Folder for the member's own state (privacy noise that must survive restarts).",
+            file_okay=False,
         ),
     ] = Path("fedaas-member-state"),
     threads: Annotated[
@@ -246,6 +247,12 @@ def client(
 
     options = parse_storage_options(storage_option)
     check_data(data, options)  # a missing dataset fails now, not when the first job arrives
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot keep state in {state}: {exc.strerror}", param_hint="--state"
+        ) from None
     transport = Transport(server, token, give_up_after=None, tls=tls)
     agent = Agent(transport, data, options, state_dir=state, policy=rules)
     agent.run()
