@@ -166,3 +166,17 @@ def test_a_real_ray_cluster_gives_the_same_model(tmp_path: Path, ray_cluster: st
     )
     assert summary["status"] == "completed"
     assert summary["model_sha256"] == expected
+    began = time.monotonic()  # more GPUs than the cluster has: refused, not waited for forever
+    cli = Path(sys.executable).with_name("fedaas")
+    args = [str(path), "--partitions", PARTITIONS, "--out", str(tmp_path / "gpu")]
+    ray_args = ["--backend", "ray", "--address", ray_cluster, "--gpus-per-member", "1"]
+    refused = subprocess.run(
+        [str(cli), "simulate", *args, *ray_args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **RAY_ENV},
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "reserves 1 GPU(s) but the Ray cluster has 0" in " ".join(refused.stderr.split())
+    assert time.monotonic() - began < 60

@@ -10,12 +10,11 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from fedaas import __version__
 from fedaas.cli import datasets, demo, jobs, members, nodes, simulate
-from fedaas.cli.common import LOG_FORMAT
+from fedaas.cli.common import LOG_FORMAT, err
 from fedaas.cli.logs import FORMAT_ENV, FORMATS
 from fedaas.cli.privacy import privacy
 from fedaas.client.transport import ApiClientError
@@ -42,8 +41,6 @@ app.command("simulate")(simulate.simulate)
 app.command("privacy")(privacy)
 app.command("members")(members.members)
 app.command("revoke")(members.revoke)
-
-err = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:

@@ -24,6 +24,9 @@ from fedaas.client.transport import (
 from fedaas.storage import install_log_redaction, parse_storage_options
 
 console = Console()
+err = Console(stderr=True, soft_wrap=True)
+"""Errors, warnings and notes: on stderr, one line each (never wrapped), so stdout stays the
+command's answer (``--json``)."""
 
 ServerOpt = Annotated[
     str, typer.Option("--server", envvar="FEDAAS_SERVER", help="Coordinator URL.")

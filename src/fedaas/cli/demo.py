@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from fedaas.cli.common import console
+from fedaas.cli.common import console, err
 
 EXAMPLES = ("digits", "digits_images", "breast_cancer", "diabetes")
-err = Console(stderr=True, soft_wrap=True)
 
 
 def demo(

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -30,6 +29,7 @@ from fedaas.cli.common import (
     ServerOpt,
     connect,
     console,
+    err,
     print_json,
 )
 from fedaas.client.admin import AdminClient
@@ -39,7 +39,6 @@ from fedaas.server.preflight import preflight
 from fedaas.spec import SpecError, load_spec
 
 app = typer.Typer(help="Submit and manage jobs.", no_args_is_help=True)
-err = Console(stderr=True, soft_wrap=True)
 
 TokenOpt = Annotated[
     str | None,

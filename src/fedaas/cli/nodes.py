@@ -18,6 +18,7 @@ from fedaas.cli.common import (
     StorageOpt,
     admin_client,
     check_data,
+    err,
     setup_logging,
     tls_options,
 )
@@ -229,10 +230,9 @@ def client(
     try:
         rules = load_policy(policy) if policy is not None else DEFAULT_POLICY
     except PolicyError as exc:  # one line, status 2, like every other user error
-        from rich.console import Console
         from rich.markup import escape
 
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     rules = rules.with_code(allow_code_packages(allow_code))
     import torch

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedaas.cli.common import console
+from fedaas.cli.common import console, err
 from fedaas.cli.nodes import AllowCodeOpt, allow_code_packages
 
 
@@ -75,6 +75,7 @@ def simulate(
     from fedaas.report import format_round
     from fedaas.sim.simulate import NotSimulated, PartitionError, Stragglers
     from fedaas.sim.simulate import simulate as run
+    from fedaas.sim.simulate.ray_pool import RayUnavailable
 
     if backend not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--backend")
@@ -82,6 +83,11 @@ def simulate(
         raise typer.BadParameter("use epochs or drop", param_hint="--straggler-mode")
     if address is not None and backend != "ray":
         raise typer.BadParameter("--address needs --backend ray", param_hint="--address")
+    if backend != "ray" and (cpus_per_member, gpus_per_member) != (1.0, 0.0):
+        raise typer.BadParameter(
+            "what each Ray actor reserves: it needs --backend ray",
+            param_hint="--cpus-per-member / --gpus-per-member",
+        )
     late = Stragglers(stragglers, drop=straggler_mode == "drop") if stragglers > 0 else None
     try:
         result = run(
@@ -100,8 +106,8 @@ def simulate(
             allow_code=tuple(allow_code_packages(allow_code)),
             console=console,
         )
-    except (PartitionError, NotSimulated, FileExistsError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+    except (PartitionError, NotSimulated, FileExistsError, RayUnavailable) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     job = result.job
     summary = {

@@ -16,6 +16,8 @@ and gives answers to the caller as they arrive, like the local pool.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +25,37 @@ from fedaas.sim.simulate.members import VirtualMembers
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 """Object store of a local Ray started here (frames are small; Ray's default is 30% of RAM)."""
+PROBE_S = 5.0
+"""How long the cluster's address is given to accept a connection before Ray is asked."""
+
+
+class RayUnavailable(RuntimeError):
+    """No Ray cluster answers at the address, or it lacks what each member reserves."""
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds when nothing listens at ``HOST:PORT`` (Ray itself retries for minutes)."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d{1,5})", address)
+    if found is None:
+        return  # "auto" and the like: Ray's own lookup
+    host, port = found.group(1), int(found.group(2))
+    try:
+        socket.create_connection((host, port), timeout=PROBE_S).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}); "
+            "start one with `ray start --head` and pass the address it prints"
+        ) from None
+
+
+def _check_resources(cluster: dict[str, float], cpus: float, gpus: float) -> None:
+    """A member that reserves more than the whole cluster has would wait for it forever."""
+    for name, wanted in (("CPU", cpus), ("GPU", gpus)):
+        have = float(cluster.get(name, 0.0))
+        if wanted > have:
+            raise RayUnavailable(
+                f"each member reserves {wanted:g} {name}(s) but the Ray cluster has {have:g}"
+            )
 
 
 class RayMembers:
@@ -55,6 +88,7 @@ class RayPool:
         self._owns = False
         if not ray.is_initialized():
             if address:
+                _probe(address)
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(  # "local": a new Ray here, never a cluster that happens to run
@@ -65,7 +99,14 @@ class RayPool:
                     log_to_driver=False,
                 )
             self._owns = True
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        resources = ray.cluster_resources()
+        try:
+            _check_resources(resources, cpus_per_member, gpus_per_member)
+        except RayUnavailable:
+            if self._owns:
+                ray.shutdown()
+            raise
+        cpus = float(resources.get("CPU", 1.0))
         self.size = max(1, workers or int(cpus // max(cpus_per_member, 1e-9)))
         actor = ray.remote(RayMembers).options(
             num_cpus=cpus_per_member,

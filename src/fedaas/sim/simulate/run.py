@@ -73,6 +73,10 @@ def _pool(
     if backend == "local":
         if address is not None:
             raise ValueError("address is for backend='ray'")
+        if (cpus_per_member, gpus_per_member) != (1.0, 0.0):
+            raise ValueError(
+                "cpus and gpus per member are what each Ray actor reserves: use backend='ray'"
+            )
         from fedaas.sim.simulate.pool import LocalPool
 
         return LocalPool(workers, log_path)
