@@ -161,6 +161,18 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         loads_spec("[job\nname=")
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "nope.toml")
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(SpecError, match="is not UTF-8 text"):
+        load_spec(binary)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_named_as_such(value: str) -> None:
+    text = EXAMPLE.read_text().replace("lr = 0.05", f"lr = {value}", 1)
+    assert text != EXAMPLE.read_text()
+    with pytest.raises(SpecError, match="train.lr: Input should be a finite number"):
+        loads_spec(text)
 
 
 def test_spec_is_immutable(spec_data: dict[str, Any]) -> None:

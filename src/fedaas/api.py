@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from fedaas.client.admin import AdminClient
 from fedaas.client.transport import TlsOptions, Transport
 from fedaas.protocol import Enrolled, JobStatus, JobSummary, MemberInfo, RoundRecord
-from fedaas.spec import JobSpec, SpecError, parse_spec
+from fedaas.spec import JobSpec, SpecError, parse_spec, read_spec_source
 
 if TYPE_CHECKING:  # torch, the local federation and the simulator load on first use
     import numpy as np
@@ -70,11 +70,7 @@ def read_spec(spec: SpecLike) -> tuple[dict[str, Any], str | None]:
         data = dict(spec)
         parse_spec(data)
         return data, None
-    path = Path(spec)
-    try:
-        source = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError([f"cannot read {path}: {exc.strerror}"]) from None
+    source = read_spec_source(spec)
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:

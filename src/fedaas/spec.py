@@ -46,7 +46,7 @@ class SpecError(ValueError):
 class _Section(BaseModel):
     # strict: a value of the wrong type (``rounds = true``, ``batch_size = "32"``,
     # ``hidden = [64.5]``) is an error, not silently coerced; ints still pass as floats.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 MAX_ROUNDS = 100_000
@@ -270,10 +270,18 @@ def loads_spec(text: str) -> JobSpec:
     return parse_spec(data)
 
 
-def load_spec(path: str | Path) -> JobSpec:
-    """Read and validate a job spec from a TOML file."""
+def read_spec_source(path: str | Path) -> str:
+    """The text of a spec file; :class:`SpecError` when it cannot be read as UTF-8 text."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError([f"cannot read {path}: {exc.strerror}"]) from None
-    return loads_spec(text)
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            [f"{path} is not UTF-8 text (byte {exc.start}); a job spec is a TOML file"]
+        ) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a job spec from a TOML file."""
+    return loads_spec(read_spec_source(path))

@@ -31,7 +31,7 @@ from pydantic import (
 
 class _Privacy(BaseModel):
     # the same rules as every section of fedaas.spec: unknown keys and wrong types are errors
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     label: ClassVar[str]
     """How error messages name the variant."""

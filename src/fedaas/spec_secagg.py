@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class SecureAggregationSection(BaseModel):
     """``[secure_aggregation]``: mask the updates so the coordinator sees only their sum."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     enabled: bool = False
     threshold: Annotated[int, Field(ge=2, le=100_000)] | None = None

@@ -22,7 +22,7 @@ NEEDS_2F_3 = ("krum", "screened_mean")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class StrategySection(_Section):

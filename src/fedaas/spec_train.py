@@ -56,7 +56,7 @@ _Option = int | float | str | bool | list[int] | list[float]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class TrainSection(_Section):

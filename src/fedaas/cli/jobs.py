@@ -36,7 +36,7 @@ from fedaas.client.admin import AdminClient
 from fedaas.protocol import JobStatus, RoundRecord
 from fedaas.report import format_round
 from fedaas.server.preflight import preflight
-from fedaas.spec import SpecError, load_spec
+from fedaas.spec import SpecError, loads_spec, read_spec_source
 
 app = typer.Typer(help="Submit and manage jobs.", no_args_is_help=True)
 
@@ -110,11 +110,11 @@ def submit(
     Warns (with --strict: refuses) when fewer members are enrolled or online
     than the job's min_clients, and says so when the job has no evaluation.
     """
-    load_spec(spec_file)  # a bad spec fails here, naming the key, before any network call
-    source = spec_file.read_text(encoding="utf-8")
+    source = read_spec_source(spec_file)
+    loads_spec(source)  # a bad spec fails here, naming the key, before any network call
     try:
         data = tomllib.loads(source)
-    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - load_spec already parsed it
+    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - loads_spec already parsed it
         raise SpecError([str(exc)]) from None
     if mlflow is not None:
         data["tracking"] = {**data.get("tracking", {}), "mlflow": mlflow}

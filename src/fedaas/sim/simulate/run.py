@@ -31,7 +31,7 @@ from fedaas.server.privacy import BudgetReached
 from fedaas.sim.simulate.engine import Pool, RoundLoop, Stragglers
 from fedaas.sim.simulate.partitions import resolve_partitions
 from fedaas.sim.simulate.progress import RoundProgress
-from fedaas.spec import JobSpec, loads_spec, parse_spec
+from fedaas.spec import JobSpec, loads_spec, parse_spec, read_spec_source
 
 WORK = ".sim"
 """The run folder's scratch space (spool, current model, members' state); removed at the end."""
@@ -116,7 +116,7 @@ def simulate(
     console = console or Console(stderr=True)
     source = None
     if not isinstance(spec, JobSpec):
-        source = Path(spec).read_text(encoding="utf-8")
+        source = read_spec_source(spec)
         spec = loads_spec(source)
     if seed is not None:
         data = spec.to_dict()
