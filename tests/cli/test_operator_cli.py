@@ -130,7 +130,10 @@ def test_a_member_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> N
     np.savez(data, x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.int64))
     a_file.write_text("keep me")
     closed = _closed_url()
+    binary = tmp_path / "token"
+    binary.write_bytes(b"\xff\xfe")
     tries = {
+        "--token-file": ["--token-file", str(binary)],
         "--state": ["--state", str(a_file)],
         "--storage-option": ["--storage-option", "no-equals-sign"],
     }

@@ -219,7 +219,13 @@ def client(
 ) -> None:
     """Run a member agent next to its data: pull tasks, train locally, send updates."""
     if token_file is not None:
-        token = token_file.read_text(encoding="utf-8").strip()
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise typer.BadParameter(
+                f"cannot read {token_file}: {why}", param_hint="--token-file"
+            ) from None
     if not token:
         raise typer.BadParameter(
             "a member token is required (fedaas enroll prints one)", param_hint="--token"
