@@ -1,5 +1,8 @@
 """HTTP transport to the coordinator: bearer auth, JSON errors, retries with backoff.
 
+A URL that is not ``http://`` or ``https://`` with a host is refused when the
+transport is made (``localhost:8080`` is a typo, not an outage to wait out).
+
 Connection failures and 5xx answers are retried with capped exponential
 backoff and jitter (so a restarting coordinator is not stampeded); a 4xx
 answer is final and raised as :class:`ApiClientError` carrying the server's
@@ -168,6 +171,16 @@ class Transport:
         tls: TlsOptions | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        try:
+            url = httpx.URL(self.server) if "://" in self.server else None
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise ApiClientError(
+                0,
+                "bad_url",
+                f"the coordinator URL is http://HOST:PORT or https://HOST:PORT, not {server!r}",
+            )
         self.give_up_after = give_up_after
         self.identity = hashlib.sha256(token.encode()).hexdigest()
         """A stable, non-secret name for this member's credential (seeds its training)."""
