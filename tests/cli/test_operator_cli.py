@@ -6,7 +6,8 @@
 - every command is listed with a one-line summary; a bad member name is
   refused before anything is sent; a coordinator or a member that
   cannot start (port taken, state path a file, admin token too short, a
-  storage option that is not key=value) says why in one message;
+  storage option that is not key=value, code allowed from a package that is
+  not installed) says why in one message;
 - ``enroll`` against a wrong URL fails in seconds; a member started on a
   missing file says so within seconds, before going online;
 - the unedited example (``examples/digits.toml``, min_clients 10) submitted
@@ -155,6 +156,17 @@ def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path)
             "port in use": (["--state", str(tmp_path / "s1"), "--port", port], "a" * 16),
             "state is a file": (["--state", str(tmp_path / "a-file"), "--port", "0"], "a" * 16),
             "short token": (["--state", str(tmp_path / "s2"), "--port", "0"], "short"),
+            "no such package": (
+                [
+                    "--state",
+                    str(tmp_path / "s3"),
+                    "--port",
+                    "0",
+                    "--allow-code",
+                    "nosuchpkg.models",
+                ],
+                "a" * 16,
+            ),
         }
         results = {what: fedaas("server", *args, token=t) for what, (args, t) in tries.items()}
     said = {}
@@ -167,6 +179,7 @@ def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path)
     assert "Invalid value for --state" in said["state is a file"]
     assert "is a file" in said["state is a file"]
     assert "at least 16 characters" in said["short token"]
+    assert "no package 'nosuchpkg' is installed" in said["no such package"]
     assert not (tmp_path / "s2" / "admin.token").exists()
 
 

@@ -28,6 +28,14 @@ err = Console(stderr=True, soft_wrap=True)
 """Errors, warnings and notes: on stderr, one line each (never wrapped), so stdout stays the
 command's answer (``--json``)."""
 
+RunFolderOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="Run folder (an earlier run's is replaced; any other folder is refused).",
+        file_okay=False,
+    ),
+]
 ServerOpt = Annotated[
     str, typer.Option("--server", envvar="FEDAAS_SERVER", help="Coordinator URL.")
 ]

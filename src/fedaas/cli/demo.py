@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedaas.cli.common import console, err
+from fedaas.cli.common import RunFolderOpt, console, err
 
 EXAMPLES = ("digits", "digits_images", "breast_cancer", "diabetes")
 
@@ -47,13 +47,7 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Run folder (an earlier run's is replaced; any other folder is refused).",
-            file_okay=False,
-        ),
-    ] = Path("runs/demo"),
+    out: RunFolderOpt = Path("runs/demo"),
     privacy: Annotated[
         str, typer.Option(help="Differential privacy: none, gaussian or ou (Ornstein-Uhlenbeck).")
     ] = "none",

@@ -43,13 +43,25 @@ AllowCodeOpt = Annotated[
 
 
 def allow_code_packages(values: list[str] | None) -> list[str]:
-    """``--allow-code`` values, each a dotted module name (never a path)."""
+    """``--allow-code`` values, each a dotted module name (never a path) of an installed package.
+
+    Only the top-level package is looked up (nothing of it runs here): a name
+    that no installed package has is a typo, refused now rather than when a
+    job that needs it fails.
+    """
+    import importlib.util
     import re
 
     for value in values or []:
         if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", value, flags=re.ASCII):
             raise typer.BadParameter(
                 f"{value!r} is not a package or module name (e.g. mypkg or mypkg.models)",
+                param_hint="--allow-code",
+            )
+        top = value.split(".")[0]
+        if importlib.util.find_spec(top) is None:
+            raise typer.BadParameter(
+                f"no package {top!r} is installed in this Python environment",
                 param_hint="--allow-code",
             )
     return list(values or [])

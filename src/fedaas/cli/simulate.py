@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedaas.cli.common import console, err
+from fedaas.cli.common import RunFolderOpt, console, err
 from fedaas.cli.nodes import AllowCodeOpt, allow_code_packages
 
 
@@ -60,13 +60,7 @@ def simulate(
     seed: Annotated[
         int | None, typer.Option(min=0, help="Replaces the spec's job seed.", show_default=False)
     ] = None,
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Run folder (an earlier run's is replaced; any other folder is refused).",
-            file_okay=False,
-        ),
-    ] = Path("runs/simulate"),
+    out: RunFolderOpt = Path("runs/simulate"),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     allow_code: AllowCodeOpt = None,
