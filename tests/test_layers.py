@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "spec": 1,
     "spec_privacy": 1,
     "spec_secagg": 1,
+    "spec_section": 1,
     "spec_strategy": 1,
     "spec_train": 1,
     "protocol": 1,

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 # the [privacy] section, a union of variants, has its own module; its names are ours too
 from fedaas.spec_privacy import PrivacyGaussian as PrivacyGaussian
@@ -21,6 +21,7 @@ from fedaas.spec_privacy import PrivacyNone, PrivacySection, privacy_problem
 from fedaas.spec_privacy import PrivacyOU as PrivacyOU
 from fedaas.spec_privacy import PrivacyRecord as PrivacyRecord
 from fedaas.spec_secagg import SecureAggregationSection, secure_aggregation_fits
+from fedaas.spec_section import Section as _Section
 
 # [strategy] has its own module; its name is ours too
 from fedaas.spec_strategy import StrategySection as StrategySection
@@ -41,12 +42,6 @@ class SpecError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid job spec: " + "; ".join(problems))
-
-
-class _Section(BaseModel):
-    # strict: a value of the wrong type (``rounds = true``, ``batch_size = "32"``,
-    # ``hidden = [64.5]``) is an error, not silently coerced; ints still pass as floats.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 MAX_ROUNDS = 100_000

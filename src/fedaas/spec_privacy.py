@@ -19,8 +19,6 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -28,11 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from fedaas.spec_section import Section
 
-class _Privacy(BaseModel):
-    # the same rules as every section of fedaas.spec: unknown keys and wrong types are errors
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+class _Privacy(Section):
     label: ClassVar[str]
     """How error messages name the variant."""
     absent: ClassVar[dict[str, str]] = {}

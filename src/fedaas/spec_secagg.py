@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fedaas.spec_section import Section
 
 
-class SecureAggregationSection(BaseModel):
+class SecureAggregationSection(Section):
     """``[secure_aggregation]``: mask the updates so the coordinator sees only their sum."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     enabled: bool = False
     threshold: Annotated[int, Field(ge=2, le=100_000)] | None = None

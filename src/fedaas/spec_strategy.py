@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fedaas.spec_privacy import PrivacyGaussian, PrivacyOU
+from fedaas.spec_section import Section as _Section
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "screened_mean")
 NEEDS_2F_3 = ("krum", "screened_mean")
 """Rules that score updates by Krum (``n > 2f + 2`` updates per round)."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class StrategySection(_Section):

@@ -18,7 +18,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from fedaas.spec_section import Section as _Section
 
 if TYPE_CHECKING:
     from fedaas.spec import JobSpec
@@ -53,10 +55,6 @@ RESERVED_OPTIONS = ("lr", "epochs", "batch_size", "round", "rounds", "weight_dec
 """Keys fedaas adds to the ``options`` a custom step receives; ``[train.options]`` may not use them."""
 
 _Option = int | float | str | bool | list[int] | list[float]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class TrainSection(_Section):
