@@ -25,16 +25,27 @@ def fresh_run_folder(out: Path, marker: str) -> None:
     :class:`FileExistsError` and left as it is: a mistyped ``--out`` never
     deletes someone's files.
     """
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file, not a run folder")
-    if out.exists() and any(out.iterdir()):
-        if not ((out / "metrics.json").is_file() or (out / marker).is_dir()):
-            raise FileExistsError(
-                f"{out} is not empty and not an earlier run's folder: "
-                "choose another --out, or empty it first"
-            )
+    if check_run_folder(out, marker):
         shutil.rmtree(out)
     (out / marker).mkdir(parents=True)
+
+
+def check_run_folder(out: Path, marker: str) -> bool:
+    """Whether ``out`` holds an earlier run (which a new run would replace); changes nothing.
+
+    :class:`FileExistsError` when ``out`` is a file or a folder of anything
+    else (see :func:`fresh_run_folder`).
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a run folder")
+    if not (out.exists() and any(out.iterdir())):
+        return False
+    if not ((out / "metrics.json").is_file() or (out / marker).is_dir()):
+        raise FileExistsError(
+            f"{out} is not empty and not an earlier run's folder: "
+            "choose another --out, or empty it first"
+        )
+    return True
 
 
 def format_round(r: RoundRecord, total: int) -> str:

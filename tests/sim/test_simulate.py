@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,52 @@ def test_partitions_are_checked(spec, tmp_path: Path) -> None:
     assert (keep / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    ("partitions", "says"),
+    [
+        ("dirichlet:digits:5:-1", "alpha must be positive"),
+        ("dirichlet:digits:5:nan", "alpha must be positive"),
+        ("dirichlet:digits:5000", "cannot split 1437 examples across 5000"),
+        ("synthetic:-1,1:5", "alpha must be a finite number >= 0"),
+        ("synthetic:1,inf:5", "beta must be a finite number >= 0"),
+    ],
+)
+def test_generator_values_it_cannot_use_are_refused_by_name(
+    spec, tmp_path: Path, partitions: str, says: str
+) -> None:
+    with pytest.raises(PartitionError, match=says) as refused:
+        simulate(spec, partitions, backend=InlinePool(), out_dir=tmp_path / "o")
+    assert str(refused.value).startswith(partitions.split(":")[0])  # names the generator
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_refused_rerun_leaves_the_earlier_run_folder_as_it_was(spec, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    simulate(spec, "dirichlet:digits:6", backend=InlinePool(), out_dir=out, progress=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("metrics.json") in before
+    with pytest.raises(PartitionError, match="alpha must be positive"):
+        simulate(spec, "dirichlet:digits:6:0", backend=InlinePool(), out_dir=out)
+    with pytest.raises(ValueError, match="unknown backend"):
+        simulate(spec, "dirichlet:digits:6", backend="spark", out_dir=out)  # type: ignore[arg-type]
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_an_object_store_it_cannot_list_is_one_line(spec, tmp_path: Path, monkeypatch) -> None:
+    """No credentials, or a store that does not answer: a PartitionError naming the URL."""
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret-value")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(PartitionError, match="cannot list s3://parts/members") as refused:
+        simulate(spec, "s3://parts/members", backend=InlinePool(), out_dir=tmp_path / "o")
+    assert "\n" not in str(refused.value) and "s3cret-value" not in str(refused.value)
+
+
 def test_a_folder_of_partitions_one_member_per_file(tmp_path: Path) -> None:
     parts, _ = digits_federation(3, 0.5, 0)
     folder = tmp_path / "parts"
@@ -242,6 +289,18 @@ def test_the_command_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
     )
     assert done.exit_code == 2
     assert "say how many members" in done.output and "Traceback" not in done.output
+    done = runner.invoke(  # ":-1:" is text, not rich's thumbs-down emoji
+        app,
+        [
+            "simulate",
+            str(job),
+            "--partitions",
+            "dirichlet:digits:5:-1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert done.exit_code == 2 and "dirichlet:digits:5:-1: alpha must be positive" in done.output
     done = runner.invoke(app, ["simulate", str(job), "--partitions", "x", "--backend", "spark"])
     assert done.exit_code == 2 and "use local or ray" in done.output
 

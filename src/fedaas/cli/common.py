@@ -23,8 +23,8 @@ from fedaas.client.transport import (
 )
 from fedaas.storage import install_log_redaction, parse_storage_options
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 """Errors, warnings and notes: on stderr, one line each (never wrapped), so stdout stays the
 command's answer (``--json``)."""
 

@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-_out = Console()
-_err = Console(stderr=True)
+_out = Console(emoji=False)
+_err = Console(stderr=True, emoji=False)
 
 
 def _fail(message: str) -> None:

@@ -18,6 +18,11 @@ folder, ``members`` takes the first ``N`` entries. Generated and in-memory
 partitions are written once to ``data_dir/member-<i>.npz`` (and the
 generator's held-out split to ``data_dir/test.npz``), so that every worker
 reads a member's data with the service's own reader, when it trains it.
+
+:func:`plan_partitions` does everything that can fail (parsing, generating,
+listing) and writes nothing; :func:`write_partitions` then writes into the
+run folder. A mistyped ``--partitions`` therefore never replaces an earlier
+run's folder.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ DIRICHLET_ALPHA = 0.5
 
 class PartitionError(ValueError):
     """The partitions cannot be resolved (one line for the command line)."""
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Partitions made in memory, not yet written (:func:`write_partitions`)."""
+
+    parts: Sequence[tuple[np.ndarray, np.ndarray]]
+    test: tuple[np.ndarray, np.ndarray] | None
+    description: str
 
 
 @dataclass(frozen=True)
@@ -84,7 +98,7 @@ def _write(
     return Partitions(members, holdout, description)
 
 
-def _generated(text: str, members: int | None, seed: int, data_dir: Path) -> Partitions:
+def _generated(text: str, members: int | None, seed: int) -> Generated:
     kind, _, rest = text.partition(":")
     fields = rest.split(":")
     if kind == "dirichlet":
@@ -99,8 +113,11 @@ def _generated(text: str, members: int | None, seed: int, data_dir: Path) -> Par
             raise PartitionError(f"dirichlet:digits: alpha {fields[2]!r} is not a number") from None
         from fedaas.data.digits import digits_federation
 
-        parts, test = digits_federation(n, alpha, seed)
-        return _write(parts, test, data_dir, f"digits, Dirichlet(alpha={alpha:g}) over {n}")
+        try:
+            parts, test = digits_federation(n, alpha, seed)
+        except ValueError as exc:  # alpha not positive, more members than examples
+            raise PartitionError(f"dirichlet:digits:{n}:{alpha:g}: {exc}") from None
+        return Generated(parts, test, f"digits, Dirichlet(alpha={alpha:g}) over {n}")
     # synthetic:A,B:N
     if len(fields) > 2 or fields[0].count(",") != 1:
         raise PartitionError("use synthetic:ALPHA,BETA:N (the FedProx paper's Synthetic(a, b))")
@@ -111,19 +128,23 @@ def _generated(text: str, members: int | None, seed: int, data_dir: Path) -> Par
     n = _count(fields[1] if len(fields) > 1 else None, members, "synthetic")
     from fedaas.data.synthetic import synthetic_federation
 
-    parts, test = synthetic_federation(alpha, beta, n, seed)
-    return _write(parts, test, data_dir, f"Synthetic({alpha:g},{beta:g}) over {n}")
+    try:
+        parts, test = synthetic_federation(alpha, beta, n, seed)
+    except ValueError as exc:  # alpha or beta negative or not finite
+        raise PartitionError(f"synthetic:{alpha:g},{beta:g}:{n}: {exc}") from None
+    return Generated(parts, test, f"Synthetic({alpha:g},{beta:g}) over {n}")
 
 
 def _listed(url: str, members: int | None) -> Partitions:
     """One member per entry of a folder or object-store prefix, in name order."""
-    fs, path = storage.resolve(url)
+    fs, path = None, ""
     try:
+        fs, path = storage.resolve(url)
         entries = sorted(fs.ls(path, detail=False))
     except FileNotFoundError:
         raise PartitionError(f"no folder {storage.redact(url)}") from None
-    except OSError as exc:
-        raise PartitionError(f"cannot list {storage.redact(url)}: {exc}") from None
+    except Exception as exc:  # credentials, options, an unreachable store: one line
+        raise PartitionError(f"cannot list {storage.explain(exc, url, fs, path)}") from None
     base = url.rstrip("/")
     found: list[tuple[str, str]] = []
     for entry in entries:
@@ -150,15 +171,14 @@ def _unique(names: list[str], where: str) -> None:
         seen.add(name)
 
 
-def resolve_partitions(
-    partitions: Any, *, members: int | None, seed: int, data_dir: Path
-) -> Partitions:
-    """The members and their data (see the module docstring); :class:`PartitionError` if not."""
+def plan_partitions(partitions: Any, *, members: int | None, seed: int) -> Partitions | Generated:
+    """The members and their data (see the module docstring), written nowhere yet;
+    :class:`PartitionError` if they cannot be had."""
     if isinstance(partitions, Path):
         partitions = str(partitions)
     if isinstance(partitions, str):
         if partitions.startswith(("dirichlet:", "synthetic:")):
-            return _generated(partitions, members, seed, data_dir)
+            return _generated(partitions, members, seed)
         return _listed(partitions, members)
     if isinstance(partitions, Mapping):
         pairs = [(str(k), str(v)) for k, v in partitions.items()]
@@ -172,4 +192,11 @@ def resolve_partitions(
     if all(isinstance(p, str | Path) for p in items):
         return Partitions([(f"member-{i}", str(p)) for i, p in enumerate(items)], None, "")
     arrays = [(np.asarray(x), np.asarray(y)) for x, y in items]
-    return _write(arrays, None, data_dir, f"{len(arrays)} in-memory partitions")
+    return Generated(arrays, None, f"{len(arrays)} in-memory partitions")
+
+
+def write_partitions(plan: Partitions | Generated, data_dir: Path) -> Partitions:
+    """Generated partitions written to ``data_dir`` (listed ones are used where they lie)."""
+    if isinstance(plan, Partitions):
+        return plan
+    return _write(plan.parts, plan.test, data_dir, plan.description)

@@ -25,11 +25,11 @@ from rich.console import Console
 
 from fedaas import tensors
 from fedaas.protocol import JobStatus, RoundRecord
-from fedaas.report import fresh_run_folder, write_run_folder
+from fedaas.report import check_run_folder, fresh_run_folder, write_run_folder
 from fedaas.server.errors import JobFailed
 from fedaas.server.privacy import BudgetReached
 from fedaas.sim.simulate.engine import Pool, RoundLoop, Stragglers
-from fedaas.sim.simulate.partitions import resolve_partitions
+from fedaas.sim.simulate.partitions import plan_partitions, write_partitions
 from fedaas.sim.simulate.progress import RoundProgress
 from fedaas.spec import JobSpec, loads_spec, parse_spec, read_spec_source
 
@@ -60,31 +60,41 @@ class SimulationResult:
         return self.job.rounds[-1].accuracy if self.job.rounds else None
 
 
+def _check_backend(
+    backend: str | Pool, address: str | None, cpus_per_member: float, gpus_per_member: float
+) -> None:
+    """Options that do not fit the backend: :class:`ValueError` before anything starts."""
+    if not isinstance(backend, str):  # a ready pool (anything with Pool's methods)
+        return
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}: use local or ray")
+    if backend == "local" and address is not None:
+        raise ValueError("address is for backend='ray'")
+    if backend == "local" and (cpus_per_member, gpus_per_member) != (1.0, 0.0):
+        raise ValueError(
+            "cpus and gpus per member are what each Ray actor reserves: use backend='ray'"
+        )
+
+
 def _pool(
     backend: str | Pool,
     workers: int | None,
     address: str | None,
     cpus_per_member: float,
     gpus_per_member: float,
-    log_path: Path,
+    log_path: Path | None = None,
 ) -> Pool:
-    if not isinstance(backend, str):  # a ready pool (anything with Pool's methods)
+    """The backend's workers (``log_path``: the local workers' log); options already checked
+    (:func:`_check_backend`)."""
+    if not isinstance(backend, str):
         return backend
     if backend == "local":
-        if address is not None:
-            raise ValueError("address is for backend='ray'")
-        if (cpus_per_member, gpus_per_member) != (1.0, 0.0):
-            raise ValueError(
-                "cpus and gpus per member are what each Ray actor reserves: use backend='ray'"
-            )
         from fedaas.sim.simulate.pool import LocalPool
 
         return LocalPool(workers, log_path)
-    if backend == "ray":
-        from fedaas.sim.simulate.ray_pool import RayPool
+    from fedaas.sim.simulate.ray_pool import RayPool
 
-        return RayPool(workers, address, cpus_per_member, gpus_per_member)
-    raise ValueError(f"unknown backend {backend!r}: use local or ray")
+    return RayPool(workers, address, cpus_per_member, gpus_per_member)
 
 
 def simulate(
@@ -129,17 +139,33 @@ def simulate(
             "model; drop [secure_aggregation] to simulate the job"
         )
     out = Path(out_dir)
-    fresh_run_folder(out, WORK)
-    parts = resolve_partitions(
-        partitions, members=members, seed=spec.job.seed, data_dir=out / "data"
-    )
+    # what can be refused is refused before an earlier run's folder is replaced
+    check_run_folder(out, WORK)
+    plan = plan_partitions(partitions, members=members, seed=spec.job.seed)
+    _check_backend(backend, address, cpus_per_member, gpus_per_member)
+    ready = None  # Ray (or a given pool) is reached first; local workers log to the folder
+    if backend != "local":
+        ready = _pool(backend, workers, address, cpus_per_member, gpus_per_member)
+    try:
+        fresh_run_folder(out, WORK)
+        parts = write_partitions(plan, out / "data")
+        pool = (
+            ready
+            if ready is not None
+            else _pool(
+                backend, workers, address, cpus_per_member, gpus_per_member, out / "workers.log"
+            )
+        )
+    except BaseException:
+        if ready is not None:
+            ready.close()
+        raise
     names = [name for name, _ in parts.members]
     digest = hashlib.sha256(json.dumps([spec.to_dict(), names], sort_keys=True).encode())
     job_id = "sim-" + digest.hexdigest()[:12]
     rounds: list[RoundRecord] = []
     status, reason = "completed", None
     created = time.time()
-    pool = _pool(backend, workers, address, cpus_per_member, gpus_per_member, out / "workers.log")
     threads = torch.get_num_threads()
     # the workers have the cores; the driver's own torch work (the held-out evaluation) is
     # small, and its idle OpenMP threads would spin on the workers' cores after each use
