@@ -35,6 +35,12 @@ def test_a_listening_address_and_rays_own_lookup_pass() -> None:
     _probe("auto")  # left to Ray
 
 
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", "http://127.0.0.1:6379", ":6379"])
+def test_an_address_that_is_not_host_port_is_refused_by_name(address: str) -> None:
+    with pytest.raises(RayUnavailable, match="is not HOST:PORT"):
+        _probe(address)
+
+
 def test_a_member_reserving_more_than_the_cluster_has_is_refused() -> None:
     cluster = {"CPU": 2.0, "memory": 1e9}
     _check_resources(cluster, 2.0, 0.0)

@@ -35,10 +35,14 @@ class RayUnavailable(RuntimeError):
 
 def _probe(address: str) -> None:
     """Fail in seconds when nothing listens at ``HOST:PORT`` (Ray itself retries for minutes)."""
-    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d{1,5})", address)
+    if address == "auto":
+        return  # Ray's own lookup of the cluster started on this machine
+    found = re.fullmatch(r"(?:ray://)?(?:\[([^\]]+)\]|([^\[\]/:\s]+)):(\d{1,5})", address)
     if found is None:
-        return  # "auto" and the like: Ray's own lookup
-    host, port = found.group(1), int(found.group(2))
+        raise RayUnavailable(
+            f"the Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT, or auto)"
+        )
+    host, port = found.group(1) or found.group(2), int(found.group(3))
     try:
         socket.create_connection((host, port), timeout=PROBE_S).close()
     except OSError as exc:
@@ -89,7 +93,12 @@ class RayPool:
         if not ray.is_initialized():
             if address:
                 _probe(address)
-                ray.init(address=address, log_to_driver=False)
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                except (ValueError, ConnectionError) as exc:  # e.g. no Ray at a port that answers
+                    raise RayUnavailable(
+                        f"cannot join the Ray cluster at {address}: {exc}"
+                    ) from None
             else:
                 ray.init(  # "local": a new Ray here, never a cluster that happens to run
                     address="local",
