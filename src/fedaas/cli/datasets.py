@@ -46,13 +46,50 @@ def digits(
     if format not in FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
     options = parse_storage_options(storage_option)
-    parts, (x_test, y_test) = digits_federation(clients, alpha, seed)
     base = out.rstrip("/")
+    _refuse_filled(base, options)
+    parts, (x_test, y_test) = digits_federation(clients, alpha, seed)
     for i, (x, y) in enumerate(parts):
         write_dataset(base, f"client_{i}", x, y, format, options)
     write_dataset(base, "test", x_test, y_test, format, options)
-    sizes = ", ".join(str(len(y)) for _, y in parts)
-    console.print(
-        f"wrote {clients} partitions ({sizes} examples) and test ({len(y_test)}) "
-        f"as {format} to {base}"
+    sizes = [len(y) for _, y in parts]
+    shown = (
+        ", ".join(map(str, sizes)) + " examples"
+        if len(sizes) <= SIZES_SHOWN
+        else f"{min(sizes)} to {max(sizes)} examples each, {sum(sizes)} in all"
     )
+    console.print(
+        f"wrote {clients} partitions ({shown}) and test ({len(y_test)}) as {format} to {base}"
+    )
+
+
+SIZES_SHOWN = 20
+"""Up to this many members each partition's size is printed; past it, the range and total."""
+
+
+def _refuse_filled(url: str, options: dict) -> None:
+    """An export goes to a new or empty folder: into an earlier export's, with fewer members
+    or another format, its leftover partitions would be read as members with this one's."""
+    from fedaas import storage
+
+    fs, path = storage.resolve(url, options)
+    try:
+        if fs.isfile(path):
+            raise typer.BadParameter(
+                f"{storage.redact(url)} is a file, not a folder", param_hint="--out"
+            )
+        entries = sorted(fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return
+    except typer.BadParameter:
+        raise
+    except Exception as exc:
+        raise storage.explain(exc, url, fs, path) from None
+    if entries:
+        first = str(entries[0]).rstrip("/").rsplit("/", 1)[-1]
+        raise typer.BadParameter(
+            f"{storage.redact(url)} is not empty (it holds {first}"
+            f"{f' and {len(entries) - 1} more' if len(entries) > 1 else ''}): export into a new "
+            "or empty folder, so no earlier partition is mixed with these",
+            param_hint="--out",
+        )
