@@ -223,7 +223,12 @@ def client(
         ),
     ] = Path("fedaas-member-state"),
     threads: Annotated[
-        int, typer.Option(help="Torch CPU threads (0: torch's default).", min=0)
+        int,
+        typer.Option(
+            help="Torch CPU threads (0: torch's default, one per core; 1 for each of several "
+            "members sharing a machine).",
+            min=0,
+        ),
     ] = 0,
     ca_cert: CaCertOpt = None,
     client_cert: ClientCertOpt = None,
