@@ -8,6 +8,8 @@
   cannot start (port taken, state path a file, admin token too short, a
   storage option that is not key=value, code allowed from a package that is
   not installed) says why in one message;
+- a job id is one path segment (``job status ../members`` is "no such
+  job", not a request to another route);
 - ``enroll`` against a wrong URL fails in seconds; a member started on a
   missing file says so within seconds, before going online;
 - the unedited example (``examples/digits.toml``, min_clients 10) submitted
@@ -214,6 +216,17 @@ def test_listings_answer_json(cluster: LocalCluster, tmp_path: Path) -> None:
     assert json.loads(status.stdout)["spec"]["job"]["name"] == "listed"
     cancelled = fedaas("job", "cancel", job["id"], "--server", url, "--json", token=token)
     assert json.loads(cancelled.stdout)["status"] == "cancelled"
+
+
+def test_a_job_id_is_one_path_segment_never_another_route(cluster: LocalCluster) -> None:
+    """``job status ../members`` once asked for ``/v1/members`` (httpx resolves ``..``) and
+    died on its answer; ``job cancel ../../v1/jobs`` posted to the jobs list."""
+    token, url = cluster.admin_token, cluster.url
+    for args in (("status", "../members"), ("cancel", "../../v1/jobs"), ("status", "x?y=1")):
+        done = fedaas("job", *args, "--server", url, token=token)
+        assert done.returncode == 2, done.stderr
+        assert "404" in done.stderr and "Traceback" not in done.stderr
+    assert len(cluster.admin.members()) == 3  # nothing else was touched
 
 
 def test_the_unedited_example_is_flagged_before_it_runs(cluster: LocalCluster) -> None:

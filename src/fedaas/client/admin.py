@@ -32,6 +32,12 @@ _MEMBERS = TypeAdapter(list[MemberInfo])
 _JOBS = TypeAdapter(list[JobSummary])
 
 
+def _job(job_id: str, action: str = "") -> str:
+    """The job's path, its id quoted: whatever it holds (``/``, ``..``, ``?``) stays the id."""
+    path = f"/v1/jobs/{quote(job_id, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
 class AdminClient:
     def __init__(self, transport: Transport) -> None:
         self.t = transport
@@ -70,21 +76,21 @@ class AdminClient:
         ``rounds_after``: only the rounds numbered above it in ``rounds``."""
         params: dict[str, Any] = {"rounds_after": rounds_after} if rounds_after else {}
         if after_round is None:
-            return JobStatus.model_validate(self.t.get_json(f"/v1/jobs/{job_id}", params=params))
+            return JobStatus.model_validate(self.t.get_json(_job(job_id), params=params))
         params.update(after_round=after_round, timeout=timeout)
-        data = self.t.get_json(f"/v1/jobs/{job_id}", params=params, timeout=timeout)
+        data = self.t.get_json(_job(job_id), params=params, timeout=timeout)
         return JobStatus.model_validate(data)
 
     def resume(self, job_id: str) -> JobStatus:
         """Continue a failed job from its last committed round."""
-        return JobStatus.model_validate(self.t.post_json(f"/v1/jobs/{job_id}/resume", None))
+        return JobStatus.model_validate(self.t.post_json(_job(job_id, "resume"), None))
 
     def cancel(self, job_id: str) -> JobStatus:
-        return JobStatus.model_validate(self.t.post_json(f"/v1/jobs/{job_id}/cancel", None))
+        return JobStatus.model_validate(self.t.post_json(_job(job_id, "cancel"), None))
 
     def download_model(self, job_id: str, out: Path) -> int:
         """Write the job's latest model to ``out``; returns the round it is from."""
-        response = self.t.request("GET", f"/v1/jobs/{job_id}/model")
+        response = self.t.request("GET", _job(job_id, "model"))
         out.write_bytes(response.content)
         return int(response.headers.get(ROUND_HEADER, "0"))
 
