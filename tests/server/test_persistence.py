@@ -176,3 +176,19 @@ def test_a_database_that_cannot_be_opened_is_one_clear_error(tmp_path: Path) -> 
     assert "cannot open the database" in result.output and "Connection refused" in result.output
     assert "s3cret-pw" not in result.output and "fedaas:***@127.0.0.1:1" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_database_fedaas_does_not_run_on_is_named_before_any_driver_is_tried(
+    tmp_path: Path,
+) -> None:
+    """MySQL said "No module named 'MySQLdb'"; now: which databases the coordinator keeps its
+    state in. A URL that does not parse says so."""
+    from fedaas.server.db import Store, StoreError
+
+    for url in ("mysql://u:pw-123@db/x", "oracle+cx_oracle://u:pw-123@db/x"):
+        with pytest.raises(StoreError, match=r"SQLite \(sqlite:///PATH\) or PostgreSQL") as no:
+            Store(url)
+        assert "pw-123" not in str(no.value)
+    with pytest.raises(StoreError, match="Could not parse"):
+        Store("not a url")
+    Store(f"sqlite:///{tmp_path / 'state.db'}")  # what it runs on still opens

@@ -125,10 +125,12 @@ class StoreError(RuntimeError):
 def redacted(url: str) -> str:
     """``url`` with its password masked, for messages (an unparsable one is not shown)."""
     try:
-        make_url(url)
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "<unparsable database URL>"
-    return redact_url(url, keep_user=True)
+    # SQLAlchemy's own masking: urlsplit takes no '_' in a scheme ("oracle+cx_oracle://")
+    # and would leave its password in place
+    return redact_url(parsed.render_as_string(hide_password=True), keep_user=True)
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -150,6 +152,10 @@ def upgrade_schema(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+BACKENDS = ("sqlite", "postgresql")
+"""The databases the coordinator is built and tested on."""
+
+
 class Store:
     """Typed access to the coordinator's database.
 
@@ -159,6 +165,15 @@ class Store:
     """
 
     def __init__(self, url: str) -> None:
+        try:
+            backend = make_url(url).get_backend_name()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database {redacted(url)}: {one_line(exc)}") from None
+        if backend not in BACKENDS:
+            raise StoreError(
+                f"cannot open the database {redacted(url)}: the coordinator keeps its state in "
+                "SQLite (sqlite:///PATH) or PostgreSQL (postgresql+psycopg://USER@HOST/DB)"
+            )
         try:
             # a lost server is noticed in seconds, not after the OS's TCP timeout
             connect = {"connect_timeout": 5} if url.startswith("postgresql") else {}
