@@ -9,15 +9,14 @@ every round. Register with ``app.command("privacy")(privacy)``.
 from __future__ import annotations
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-_out = Console(emoji=False)
-_err = Console(stderr=True, emoji=False)
+from fedaas.cli.common import console, err
 
 
 def _fail(message: str) -> None:
-    _err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -92,10 +91,10 @@ def privacy(
             table.add_row(accountant.upper(), f"{z:.4g}", f"{eps:.3f}")
     except ValueError as exc:
         _fail(str(exc))
-    _out.print(table)
+    console.print(table)
     if theta and noise_multiplier is not None:
         independent = epsilon(noise_multiplier, 1.0, rounds, delta, accountant="pld")
-        _out.print(
+        console.print(
             f"The same per-round noise without correlation (theta=0) gives epsilon "
             f"{independent:.3f} (PLD): correlated noise costs more privacy."
         )
