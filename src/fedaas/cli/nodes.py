@@ -1,4 +1,4 @@
-"""``fedaas server``, ``fedaas enroll`` and ``fedaas client``: the long-running parts."""
+"""``fedaas server``, ``fedaas enroll`` and ``fedaas member`` (alias ``client``): the long-running parts."""
 
 from __future__ import annotations
 

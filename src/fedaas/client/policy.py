@@ -2,7 +2,7 @@
 
 A federation of organizations cannot ask each member to trust the operator
 of the coordinator. The member's operator writes a policy file
-(``fedaas client --policy member.toml``) and the agent checks every job's
+(``fedaas member --policy member.toml``) and the agent checks every job's
 spec against it before it touches a record:
 
 .. code-block:: toml
