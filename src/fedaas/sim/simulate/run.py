@@ -157,7 +157,7 @@ def simulate(
             )
         )
     except BaseException:
-        if ready is not None:
+        if ready is not None and isinstance(backend, str):  # ours: a given pool stays open
             ready.close()
         raise
     names = [name for name, _ in parts.members]
