@@ -121,8 +121,11 @@ def _closed_url() -> str:
 
 def test_a_bad_member_name_is_refused_before_anything_is_sent() -> None:
     closed = _closed_url()
-    for bad in ("bad name!", ".leading-dot", "a" * 101):
-        refused = fedaas("enroll", bad, "--server", closed, token="t" * 16)
+    for command, bad in [
+        *((c, b) for c in ("enroll", "revoke") for b in ("bad name!", ".leading-dot", "a" * 101)),
+        ("revoke", "../jobs"),
+    ]:
+        refused = fedaas(command, bad, "--server", closed, token="t" * 16)
         assert refused.returncode == 2, refused.stderr
         assert "Traceback" not in refused.stderr and "cannot reach" not in refused.stderr
         assert "Invalid value for 'name'" in _unboxed(refused.stderr)

@@ -162,6 +162,26 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _member_name(value: str) -> str:
+    """The name as the coordinator accepts it, or a one-line refusal before anything is sent."""
+    from pydantic import ValidationError
+
+    from fedaas.protocol import EnrollRequest
+
+    try:
+        EnrollRequest(name=value)
+    except ValidationError:
+        raise typer.BadParameter(
+            "a member's name is 1-100 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
+        ) from None
+    return value
+
+
+MemberNameArg = Annotated[
+    str, typer.Argument(help="The member organization's name.", callback=_member_name)
+]
+
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the coordinator's answer as JSON (for scripts).")
 ]

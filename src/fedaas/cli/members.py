@@ -6,9 +6,6 @@ permanent: it survives coordinator restarts, and the name stays taken.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,6 +16,7 @@ from fedaas.cli.common import (
     ClientCertOpt,
     ClientKeyOpt,
     JsonOpt,
+    MemberNameArg,
     ServerOpt,
     connect,
     console,
@@ -27,7 +25,7 @@ from fedaas.cli.common import (
 
 
 def revoke(
-    name: Annotated[str, typer.Argument(help="The member organization's name.")],
+    name: MemberNameArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
     ca_cert: CaCertOpt = None,

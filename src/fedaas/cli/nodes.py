@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
 from fedaas.cli.common import (
     DEFAULT_SERVER,
@@ -14,6 +13,7 @@ from fedaas.cli.common import (
     CaCertOpt,
     ClientCertOpt,
     ClientKeyOpt,
+    MemberNameArg,
     ServerOpt,
     StorageOpt,
     admin_client,
@@ -22,7 +22,6 @@ from fedaas.cli.common import (
     setup_logging,
     tls_options,
 )
-from fedaas.protocol import EnrollRequest
 
 
 def _pem(help_text: str) -> Any:
@@ -137,22 +136,8 @@ def server(
         raise typer.BadParameter(str(exc), param_hint="--db") from None
 
 
-def _member_name(value: str) -> str:
-    """The name as the coordinator accepts it, or a one-line refusal before anything is sent."""
-    try:
-        EnrollRequest(name=value)
-    except ValidationError:
-        raise typer.BadParameter(
-            "a member's name is 1-100 letters, digits, '_', '.' or '-', starting with a "
-            "letter or digit"
-        ) from None
-    return value
-
-
 def enroll(
-    name: Annotated[
-        str, typer.Argument(help="The member organization's name.", callback=_member_name)
-    ],
+    name: MemberNameArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
     ca_cert: CaCertOpt = None,
