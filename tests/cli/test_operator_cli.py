@@ -7,7 +7,7 @@
   refused before anything is sent; a coordinator or a member that
   cannot start (port taken, state path a file, admin token too short, a
   storage option that is not key=value, code allowed from a package that is
-  not installed) says why in one message;
+  not installed, a second coordinator on the same state) says why in one message;
 - a job id is one path segment (``job status ../members`` is "no such
   job", not a request to another route);
 - ``enroll`` against a wrong URL fails in seconds; a member started on a
@@ -186,6 +186,18 @@ def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path)
     assert "at least 16 characters" in said["short token"]
     assert "no package 'nosuchpkg' is installed" in said["no such package"]
     assert not (tmp_path / "s2" / "admin.token").exists()
+
+
+def test_a_second_coordinator_on_the_same_state_is_refused(cluster: LocalCluster) -> None:
+    """Two coordinators on one folder would both run its jobs (rounds twice, one ledger
+    counted by both); the second refuses to start, naming the first, which goes on."""
+    assert cluster.server is not None
+    second = fedaas("server", "--state", str(cluster.state), "--port", "0", token="a" * 16)
+    assert second.returncode == 2, second.stderr
+    said = _unboxed(second.stderr)
+    assert f"another coordinator (pid {cluster.server.pid}) is using the state" in said
+    assert "Invalid value for --state" in said
+    assert len(cluster.admin.members()) == 3  # the first one still answers
 
 
 def test_wrong_url_and_missing_data_fail_in_seconds(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import json
 import logging
@@ -11,7 +12,7 @@ import socket
 import ssl
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 
@@ -21,6 +22,8 @@ from fedaas.server.connections import MAX_CONNECTIONS, guarded
 from fedaas.server.tls_identity import CertificateProtocol
 
 ENDPOINT_FILE = "endpoint.json"
+LOCK_FILE = "coordinator.lock"
+"""Held (``flock``) by the coordinator using the state folder; it names that process."""
 log = logging.getLogger("fedaas.server")
 
 
@@ -34,6 +37,32 @@ class StartupError(ValueError):
 
 class TlsConfigError(StartupError):
     """The coordinator's TLS files are missing, unreadable or do not match."""
+
+
+def lock_state(state: Path) -> IO[str]:
+    """One coordinator per state folder: an exclusive lock on :data:`LOCK_FILE`, held until
+    the process ends (the OS releases it however it ends, ``kill -9`` included).
+
+    Two coordinators on one folder would both run its jobs: rounds twice, the same model
+    files written by both, the privacy ledger counted by each.
+    """
+    handle = open(state / LOCK_FILE, "a+")  # held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise StartupError(
+            f"another coordinator (pid {holder}) is using the state in {state}: stop it first, "
+            "or give this one its own --state",
+            "--state",
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def server_ssl_context(
@@ -103,6 +132,7 @@ def serve(
     to ``<state>/endpoint.json`` so scripts and tests can find the server.
     With ``tls_cert`` (and ``tls_key``) it speaks HTTPS only; ``tls_client_ca``
     adds mutual TLS: every client must present a certificate signed by it.
+    One coordinator per state folder (:func:`lock_state`).
     """
     if (tls_key is not None or tls_client_ca is not None) and tls_cert is None:
         raise TlsConfigError("--tls-key and --tls-client-ca need --tls-cert")
@@ -111,6 +141,40 @@ def serve(
         raise StartupError(f"{state} is a file; the state must be a folder", "--state")
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = lock_state(state)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot keep the coordinator's state in {state}: {exc.strerror or exc}", "--state"
+        ) from None
+    try:
+        _serve(
+            state,
+            host,
+            port,
+            db_url,
+            artifacts_url,
+            storage_options,
+            context,
+            tls_client_ca,
+            allow_code,
+        )
+    finally:
+        lock.close()
+
+
+def _serve(
+    state: Path,
+    host: str,
+    port: int,
+    db_url: str | None,
+    artifacts_url: str | None,
+    storage_options: dict[str, Any] | None,
+    context: ssl.SSLContext | None,
+    tls_client_ca: Path | None,
+    allow_code: list[str] | tuple[str, ...],
+) -> None:
+    """:func:`serve` once the state folder is this process's."""
+    try:
         token, token_source = load_admin_token(state)
     except OSError as exc:
         raise StartupError(
