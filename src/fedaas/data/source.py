@@ -146,11 +146,17 @@ def open_dataset(
 
 
 def write_npz(
-    url: str, x: np.ndarray, y: np.ndarray, storage_options: dict[str, Any] | None = None
+    url: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    compressed: bool = True,
 ) -> None:
-    """Write arrays ``x`` and ``y`` as a compressed NPZ at ``url``."""
+    """Write arrays ``x`` and ``y`` as an NPZ at ``url`` (``compressed``: zlib, for data that
+    is kept; scratch data read again every round is faster to write and read without)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, x=x, y=y)
+    (np.savez_compressed if compressed else np.savez)(buffer, x=x, y=y)
     storage.write_bytes(url, buffer.getvalue(), storage_options)
 
 

@@ -4,7 +4,8 @@ A worker holds one model and, at any moment, one member's data. A training
 task names a chunk of members, trained one after another and answered in one
 frame (their updates back to back: one pipe round trip for many small
 members). For each member it opens its partition (:func:`fedaas.data.source.open_dataset`,
-as the agent does; recently used small partitions stay in a bounded cache),
+as the agent does; the first partitions that fit stay in a bounded cache: a round visits the
+members in turn, so least-recently-used eviction would drop each one just before its next use),
 loads its privacy state from its own folder under the run's state directory
 (:class:`~fedaas.client.privacy.MemberPrivacy`: OU noise state, record-level
 ledger; nothing else is kept per member) and trains it with
@@ -23,7 +24,6 @@ and safetensors bodies only.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from fedaas.sim.simulate.wire import WireError, pack, unpack
 from fedaas.spec import JobSpec, parse_spec
 
 CACHE_BYTES = 64 * 1024 * 1024
-"""Partitions kept in memory per worker (least recently used go first)."""
+"""Partitions kept in memory per worker: those that fit, kept until the next job."""
 
 _INSTRUCTIONS: TypeAdapter[Any] = TypeAdapter(PrivacyInstructions)
 
@@ -67,7 +67,7 @@ class VirtualMembers:
         self.model: dict[str, np.ndarray] | None = None
         self.model_round = -1
         self.allow_code: tuple[str, ...] = ()
-        self._cache: OrderedDict[str, tuple[tuple[Dataset, Dataset | None], int]] = OrderedDict()
+        self._cache: dict[str, tuple[tuple[Dataset, Dataset | None], int]] = {}
         self._cached_bytes = 0
 
     def handle(self, frame: bytes) -> bytes:
@@ -109,7 +109,6 @@ class VirtualMembers:
         """The member's training (and validation) data, split as the agent splits it."""
         assert self.spec is not None
         if name in self._cache:
-            self._cache.move_to_end(name)
             return self._cache[name][0]
         data = open_dataset(url, self.spec.data)
         parts: tuple[Dataset, Dataset | None] = (data, None)
@@ -117,12 +116,9 @@ class VirtualMembers:
             parts = data.split(self.spec.evaluation.validation_split, self.spec.job.seed)
         if isinstance(data, ArrayDataset):
             size = data.x.nbytes + data.y.nbytes
-            if size <= CACHE_BYTES // 4:
-                self._cache[name] = (parts, size)  # the size counted is the size released
+            if self._cached_bytes + size <= CACHE_BYTES:  # kept while it fits, never evicted
+                self._cache[name] = (parts, size)
                 self._cached_bytes += size
-                while self._cached_bytes > CACHE_BYTES:
-                    _, (_, released) = self._cache.popitem(last=False)
-                    self._cached_bytes -= released
         return parts
 
     def _train_all(self, header: dict[str, Any]) -> bytes:

@@ -89,7 +89,7 @@ def _write(
     members = []
     for i, (x, y) in enumerate(parts):
         path = data_dir / f"member-{i}.npz"
-        write_npz(str(path), np.asarray(x, np.float32), np.asarray(y, np.int64))
+        write_npz(str(path), np.asarray(x, np.float32), np.asarray(y, np.int64), compressed=False)
         members.append((f"member-{i}", str(path.resolve())))
     holdout = None
     if test is not None:
