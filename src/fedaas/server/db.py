@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -267,6 +268,28 @@ class Store:
         """Members that declined the job, by name, with their reasons."""
         with self.session() as s:
             return dict(self._extra(s, job_id).get("declined", {}))
+
+    def declines(self, job_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """Each member's declines among ``job_ids``, in their order: ``(job id, reason)``."""
+        with self.session() as s:
+            rows = s.execute(select(Job.id, Job.extra).where(Job.id.in_(job_ids)))
+            extras = {job_id: extra for job_id, extra in rows}
+        out: dict[str, list[tuple[str, str]]] = {}
+        for job_id in job_ids:
+            declined = json.loads(extras.get(job_id) or "{}").get("declined", {})
+            for name, reason in declined.items():
+                out.setdefault(name, []).append((job_id, reason))
+        return out
+
+    def contributions(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """How many rounds of ``job_ids`` each member took part in, as published (under
+        client-level DP none are). Reads the participants alone: parsing every round's
+        metrics made the members page take seconds on a coordinator with long jobs."""
+        counts: Counter[str] = Counter()
+        with self.session() as s:
+            for text in s.scalars(select(Round.participants).where(Round.job_id.in_(job_ids))):
+                counts.update(json.loads(text))
+        return dict(counts)
 
     def record_decline(self, job_id: str, name: str, reason: str) -> None:
         with self.session() as s:

@@ -84,7 +84,32 @@ def test_under_dp_the_page_shows_what_the_status_publishes() -> None:
     assert view["progress"] == 67 and view["x"] == [1, 2]
     members = [MemberInfo(id=1, name="ana", revoked=False, online=True)]
     members.append(MemberInfo(id=2, name="bo", revoked=False, online=False))
-    shown = views.members_view(members, [job], {1: 100.0, 2: None})
-    assert [m["rounds"] for m in shown] == [0, 0]  # no participants published, none counted
+    declines = {"bo": [("job-p", "data does not fit: 5 features, the job has 16")]}
+    shown = views.members_view(members, {"ana": 3}, declines, {1: 100.0, 2: None})
+    assert [m["rounds"] for m in shown] == [3, 0]
     assert shown[1]["declines"] == [("job-p", "data does not fit: 5 features, the job has 16")]
     assert shown[1]["last_seen"] == "-" and shown[0]["online"]
+
+
+def test_the_members_page_counts_published_participants_and_declines(tmp_path) -> None:
+    """From the participants and the jobs' declines alone (parsing every round's metrics made
+    the page take seconds with long jobs); a round that published no participants (client-
+    level DP) counts for no one; only the jobs asked about count."""
+    import time
+
+    from fedaas.server.db import Job, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    for job_id in ("job-a", "job-b", "job-c"):
+        store.add_job(
+            Job(id=job_id, name="x", status="completed", spec="{}", created_at=time.time())
+        )
+    store.close_round("job-a", 1, {"accuracy": 0.5}, ["ana", "bo"], [])
+    store.close_round("job-a", 2, {"accuracy": 0.6}, ["ana"], [])
+    store.close_round("job-b", 1, {"epsilon": 0.4}, [], [])  # under DP: none published
+    store.close_round("job-c", 1, {}, ["ana", "bo", "cy"], [])
+    store.record_decline("job-b", "bo", "over its budget")
+    store.record_decline("job-c", "cy", "no data")
+    assert store.contributions(["job-a", "job-b"]) == {"ana": 2, "bo": 1}
+    assert store.declines(["job-b", "job-a"]) == {"bo": [("job-b", "over its budget")]}
+    assert store.contributions([]) == {} and store.declines([]) == {}

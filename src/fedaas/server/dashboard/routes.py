@@ -102,9 +102,10 @@ def mount(app: FastAPI, observer: Observer) -> None:
 
     def member_rows() -> list[dict[str, Any]]:
         listed = coordinator.members()
-        recent = [coordinator.describe(j.id) for j in coordinator.jobs()[: views.MAX_JOBS_SCANNED]]
+        recent = [j.id for j in coordinator.jobs()[: views.MAX_JOBS_SCANNED]]
         seen = {m.id: coordinator.presence.last_seen(m.id) for m in listed}
-        return views.members_view(listed, recent, seen)
+        store = coordinator.store
+        return views.members_view(listed, store.contributions(recent), store.declines(recent), seen)
 
     def run_zip(job_id: str) -> bytes:
         status = coordinator.describe(job_id)

@@ -14,6 +14,7 @@ import json
 import re
 import time
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 from fedaas.protocol import JobStatus, MemberInfo
@@ -107,17 +108,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def members_view(
-    members: list[MemberInfo], jobs: list[JobStatus], last_seen: dict[int, float | None]
+    members: list[MemberInfo],
+    contributed: Mapping[str, int],
+    declines: Mapping[str, list[tuple[str, str]]],
+    last_seen: dict[int, float | None],
 ) -> list[dict[str, Any]]:
-    """Each member: online, last seen, rounds contributed (as published), declines."""
-    contributed: dict[str, int] = {}
-    declines: dict[str, list[tuple[str, str]]] = {}
-    for job in jobs:
-        for record in job.rounds:
-            for name in record.participants:
-                contributed[name] = contributed.get(name, 0) + 1
-        for name, reason in job.declined.items():
-            declines.setdefault(name, []).append((job.id, reason))
+    """Each member: online, last seen, rounds contributed (as published), declines
+    (``(job id, reason)``), from :meth:`Store.contributions` and :meth:`Store.declines`."""
     return [
         {
             "name": m.name,
@@ -126,7 +123,7 @@ def members_view(
             "online": m.online and not m.revoked,
             "last_seen": when(last_seen.get(m.id)),
             "rounds": contributed.get(m.name, 0),
-            "declines": declines.get(m.name, []),
+            "declines": list(declines.get(m.name, [])),
         }
         for m in members
     ]
