@@ -130,3 +130,62 @@ def test_the_jobs_list_reads_no_rounds_however_long_the_jobs(
     assert sum(read) == 0
     assert client.get(f"/ui/jobs/{job['id']}").status_code == 200
     assert sum(read) == 40  # the job's own page: every round, for its charts and table
+
+
+def test_a_jobs_stream_reads_its_rounds_once_then_only_the_newest(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long job's page stays open for hours: after the first read, each refresh reads the
+    last known round again (its federated evaluation lands after it closes) and the new ones,
+    not the whole history, and still ends up with every round as the API shows it."""
+    from fedaas.server.dashboard import views
+
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    job = client.post("/v1/jobs", json={"spec": make_spec("watched")}, headers=headers).json()
+    coordinator = client.app.state.coordinator  # type: ignore[attr-defined]
+    store = coordinator.store
+    for number in range(1, 41):
+        store.close_round(job["id"], number, {"seconds": 0.1, "accuracy": 0.5}, [], [])
+    read: list[int] = []
+    rounds = store.rounds
+
+    def counted(job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        read.append(len(found := rounds(job_id, after)))
+        return found
+
+    monkeypatch.setattr(store, "rounds", counted)
+    known = views.refreshed(coordinator.describe, job["id"], None)
+    store.close_round(job["id"], 41, {"seconds": 0.1, "accuracy": 0.6}, [], [])
+    known = views.refreshed(coordinator.describe, job["id"], known)
+    store.add_round_metrics(job["id"], 41, {"federated_accuracy": 0.7})
+    known = views.refreshed(coordinator.describe, job["id"], known)
+    assert read == [40, 2, 1]
+    assert known.rounds == coordinator.describe(job["id"]).rounds
+    assert known.rounds[-1].model_dump()["federated_accuracy"] == 0.7
+
+
+def test_a_jobs_stream_sends_rounds_and_late_evaluations_as_they_come(
+    client: TestClient,
+) -> None:
+    _login(client)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    job = client.post("/v1/jobs", json={"spec": make_spec("live")}, headers=headers).json()
+    store = client.app.state.coordinator.store  # type: ignore[attr-defined]
+    for number in range(1, 41):
+        store.close_round(job["id"], number, {"seconds": 0.1, "accuracy": 0.5}, [], [])
+    sent = []
+    with client.stream("GET", f"/ui/jobs/{job['id']}/events") as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            sent.append(view := json.loads(line.removeprefix("data: ")))
+            if len(sent) == 1:  # a round closes, then its evaluation adds to it
+                store.close_round(job["id"], 41, {"seconds": 0.1, "accuracy": 0.6}, [], [])
+            elif view["x"][-1] == 41 and "federated_accuracy" not in view["series"]:
+                store.add_round_metrics(job["id"], 41, {"federated_accuracy": 0.7})
+            elif "federated_accuracy" in view["series"]:
+                client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    last = sent[-1]
+    assert last["status"] == "cancelled" and last["x"] == list(range(1, 42))
+    assert last["series"]["accuracy"][-2:] == [0.5, 0.6]
+    assert last["series"]["federated_accuracy"][-1] == 0.7

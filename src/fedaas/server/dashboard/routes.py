@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from fedaas import __version__
-from fedaas.protocol import TERMINAL
+from fedaas.protocol import TERMINAL, JobStatus
 from fedaas.server.dashboard import views
 from fedaas.server.dashboard.session import COOKIE, SESSION_S, Sessions
 from fedaas.server.errors import CoordinatorError, InvalidSpec, NotFound
@@ -181,8 +181,12 @@ def mount(app: FastAPI, observer: Observer) -> None:
         async def stream() -> AsyncIterator[str]:
             last = ""
             quiet = 0.0
+            known: JobStatus | None = None
             while not await request.is_disconnected() and not coordinator.shutting_down:
-                view = await asyncio.to_thread(job_view, job_id)
+                known = await asyncio.to_thread(
+                    views.refreshed, coordinator.describe, job_id, known
+                )
+                view = views.job_view(known)
                 text = json.dumps(view)
                 if text != last:
                     last, quiet = text, 0.0

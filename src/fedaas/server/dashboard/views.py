@@ -14,7 +14,7 @@ import json
 import re
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedaas.protocol import JobStatus, MemberInfo
@@ -37,6 +37,19 @@ def when(stamp: float | None) -> str:
 def epsilon_budget(job: JobStatus) -> float | None:
     budget = getattr(job.spec.privacy, "epsilon_budget", None)
     return float(budget) if isinstance(budget, int | float) else None
+
+
+def refreshed(
+    describe: Callable[..., JobStatus], job_id: str, known: JobStatus | None
+) -> JobStatus:
+    """The job with every round, ``known`` brought up to date: read whole the first time,
+    then only its last known round again (a round's federated evaluation lands after it
+    closes) and those after it. ``describe``: :meth:`Coordinator.describe`."""
+    if known is None or not known.rounds:
+        return describe(job_id)
+    kept = known.rounds[:-1]
+    fresh = describe(job_id, rounds_after=kept[-1].round if kept else 0)
+    return fresh.model_copy(update={"rounds": [*kept, *fresh.rounds]})
 
 
 def job_view(job: JobStatus) -> dict[str, Any]:
