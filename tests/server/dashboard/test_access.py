@@ -105,18 +105,18 @@ def test_the_api_docs_page_works_offline(client: TestClient) -> None:
         assert client.get(asset).status_code == 200, asset
 
 
-def test_the_jobs_list_reads_no_rounds_however_long_the_jobs(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The list refreshes every 5 s while a job runs; it shows no round, so it must not read
-    every past round of every job each time (its job's page does, for the charts)."""
-    _login(client)
+def _job_of_40_rounds(client: TestClient, name: str, metrics: dict[str, Any]) -> tuple[dict, Any]:
+    """A submitted job (no member runs it) with 40 closed rounds; the job and the store."""
     headers = {"Authorization": f"Bearer {ADMIN}"}
-    job = client.post("/v1/jobs", json={"spec": make_spec("long")}, headers=headers).json()
-    client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    job = client.post("/v1/jobs", json={"spec": make_spec(name)}, headers=headers).json()
     store = client.app.state.coordinator.store  # type: ignore[attr-defined]
     for number in range(1, 41):
-        store.close_round(job["id"], number, {"seconds": 0.1, "clients": 2}, [], [])
+        store.close_round(job["id"], number, metrics, [], [])
+    return job, store
+
+
+def _count_round_reads(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of rounds of each ``store.rounds`` call from now on."""
     read: list[int] = []
     rounds = store.rounds
 
@@ -125,6 +125,18 @@ def test_the_jobs_list_reads_no_rounds_however_long_the_jobs(
         return found
 
     monkeypatch.setattr(store, "rounds", counted)
+    return read
+
+
+def test_the_jobs_list_reads_no_rounds_however_long_the_jobs(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list refreshes every 5 s while a job runs; it shows no round, so it must not read
+    every past round of every job each time (its job's page does, for the charts)."""
+    _login(client)
+    job, store = _job_of_40_rounds(client, "long", {"seconds": 0.1, "clients": 2})
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {ADMIN}"})
+    read = _count_round_reads(store, monkeypatch)
     listing = client.get("/ui/jobs").text
     assert job["id"] in listing and "40/" in listing
     assert sum(read) == 0
@@ -140,20 +152,9 @@ def test_a_jobs_stream_reads_its_rounds_once_then_only_the_newest(
     not the whole history, and still ends up with every round as the API shows it."""
     from fedaas.server.dashboard import views
 
-    headers = {"Authorization": f"Bearer {ADMIN}"}
-    job = client.post("/v1/jobs", json={"spec": make_spec("watched")}, headers=headers).json()
+    job, store = _job_of_40_rounds(client, "watched", {"seconds": 0.1, "accuracy": 0.5})
     coordinator = client.app.state.coordinator  # type: ignore[attr-defined]
-    store = coordinator.store
-    for number in range(1, 41):
-        store.close_round(job["id"], number, {"seconds": 0.1, "accuracy": 0.5}, [], [])
-    read: list[int] = []
-    rounds = store.rounds
-
-    def counted(job_id: str, after: int = 0) -> list[dict[str, Any]]:
-        read.append(len(found := rounds(job_id, after)))
-        return found
-
-    monkeypatch.setattr(store, "rounds", counted)
+    read = _count_round_reads(store, monkeypatch)
     known = views.refreshed(coordinator.describe, job["id"], None)
     store.close_round(job["id"], 41, {"seconds": 0.1, "accuracy": 0.6}, [], [])
     known = views.refreshed(coordinator.describe, job["id"], known)
@@ -169,10 +170,7 @@ def test_a_jobs_stream_sends_rounds_and_late_evaluations_as_they_come(
 ) -> None:
     _login(client)
     headers = {"Authorization": f"Bearer {ADMIN}"}
-    job = client.post("/v1/jobs", json={"spec": make_spec("live")}, headers=headers).json()
-    store = client.app.state.coordinator.store  # type: ignore[attr-defined]
-    for number in range(1, 41):
-        store.close_round(job["id"], number, {"seconds": 0.1, "accuracy": 0.5}, [], [])
+    job, store = _job_of_40_rounds(client, "live", {"seconds": 0.1, "accuracy": 0.5})
     sent = []
     with client.stream("GET", f"/ui/jobs/{job['id']}/events") as stream:
         for line in stream.iter_lines():
