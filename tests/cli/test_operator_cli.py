@@ -277,6 +277,8 @@ def test_mlflow_option_sets_the_jobs_tracking(cluster: LocalCluster, tmp_path: P
         "job", "submit", str(spec), "--server", url, "--mlflow", "http://u:pw@h", token=token
     )
     assert bad.returncode == 2 and "credentials do not belong in the URI" in bad.stderr
+    shown = _unboxed(fedaas("job", "submit", "--help").stdout)
+    assert "(sets [tracking] mlflow)" in shown  # not eaten as rich markup
 
 
 def _toml(spec: dict[str, object]) -> str:

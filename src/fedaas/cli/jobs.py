@@ -92,7 +92,7 @@ def submit(
         str | None,
         typer.Option(
             "--mlflow",
-            help="Track the job in MLflow at this URI (sets [tracking] mlflow): "
+            help="Track the job in MLflow at this URI (sets \\[tracking] mlflow): "
             "http(s)://, sqlite:///path/mlflow.db or file:///folder.",
             show_default=False,
         ),
