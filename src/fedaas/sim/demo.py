@@ -24,7 +24,7 @@ from rich.table import Table
 from fedaas.data.examples import ExampleData, example_data
 from fedaas.data.source import open_dataset, write_dataset
 from fedaas.sim import baselines
-from fedaas.sim.federation import Place, references, run_cluster
+from fedaas.sim.federation import Place, check_memory, references, run_cluster
 from fedaas.spec import JobSpec, load_spec, parse_spec
 from fedaas.storage import install_log_redaction
 from fedaas.storage import join as storage_join
@@ -125,25 +125,6 @@ def demo_spec(
     if secure:  # SecAgg: the coordinator sees only the sum of each round's updates
         data["secure_aggregation"] = {"enabled": True}
     return parse_spec(data), data
-
-
-MEMBER_PROCESS_BYTES = 320 * 2**20
-"""Memory one member process takes (measured: 250 MiB unique, 270 MiB proportional, after a
-digits job), with a margin; the coordinator counts as one more."""
-
-
-def check_memory(members: int, available: int | None = None) -> None:
-    """Refuse (``ValueError``) a demo whose member processes would not fit in memory now."""
-    import psutil
-
-    need = (members + 1) * MEMBER_PROCESS_BYTES
-    have = psutil.virtual_memory().available if available is None else available
-    if need > have:
-        raise ValueError(
-            f"{members} member processes need about {need / 2**30:.1f} GiB and this machine "
-            f"has {have / 2**30:.1f} GiB available: use fewer --members, or `fedaas simulate` "
-            "(virtual members, memory flat in their number)"
-        )
 
 
 def run_demo(

@@ -90,6 +90,26 @@ def _url(value: str | Path) -> str:
     return text if "://" in text else str(Path(text).expanduser().resolve())
 
 
+MEMBER_PROCESS_BYTES = 320 * 2**20
+"""Memory one member process takes (measured: 250 MiB unique, 270 MiB proportional, after a
+digits job), with a margin; the coordinator counts as one more."""
+
+
+def check_memory(members: int, available: int | None = None) -> None:
+    """Refuse (``ValueError``) a federation whose member processes would not fit in memory
+    now (before anything is written or started: ``fedaas demo``, :func:`federate`)."""
+    import psutil
+
+    need = (members + 1) * MEMBER_PROCESS_BYTES
+    have = psutil.virtual_memory().available if available is None else available
+    if need > have:
+        raise ValueError(
+            f"{members} member processes need about {need / 2**30:.1f} GiB and this machine "
+            f"has {have / 2**30:.1f} GiB available: use fewer members, or `fedaas simulate` "
+            "(virtual members, memory flat in their number)"
+        )
+
+
 def run_cluster(
     spec_data: dict[str, Any],
     places: list[Place],
@@ -154,6 +174,7 @@ def federate(
     """
     from fedaas.report import write_run_folder
 
+    check_memory(len(partitions))
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     spec_data = {key: dict(value) for key, value in spec_data.items()}
