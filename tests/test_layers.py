@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "tensors": 1,
     "storage": 1,
     "algorithms": 2,
+    "folder_lock": 2,
     "data": 2,
     "models": 2,
     "train": 2,

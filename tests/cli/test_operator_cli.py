@@ -7,7 +7,8 @@
   refused before anything is sent; a coordinator or a member that
   cannot start (port taken, state path a file, admin token too short, a
   storage option that is not key=value, code allowed from a package that is
-  not installed, a second coordinator on the same state) says why in one message;
+  not installed, a second coordinator or member agent on the same state) says
+  why in one message;
 - a job id is one path segment (``job status ../members`` is "no such
   job", not a request to another route);
 - ``enroll`` against a wrong URL fails in seconds; a member started on a
@@ -149,6 +150,25 @@ def test_a_member_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> N
         assert "Traceback" not in result.stderr, (option, result.stderr)
         assert re.search(f"Invalid value for '?{option}'?:", _unboxed(result.stderr)), result.stderr
     assert a_file.read_text() == "keep me"
+
+
+def test_a_second_member_agent_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    """Two agents on one state folder would spend, and write, one privacy ledger."""
+    from fedaas.folder_lock import lock_folder
+
+    data, state = tmp_path / "train.npz", tmp_path / "state"
+    np.savez(data, x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.int64))
+    state.mkdir()
+    held = lock_folder(state, "member.lock")  # as the first agent holds it
+    try:
+        args = ("--data", str(data), "--state", str(state), "--server", _closed_url())
+        second = fedaas("member", *args, "--token", "t")
+    finally:
+        held.close()
+    assert second.returncode == 2, second.stderr
+    said = _unboxed(second.stderr)
+    assert f"another member agent (pid {os.getpid()}) is using the state" in said, said
+    assert "Invalid value for --state" in said
 
 
 def test_a_coordinator_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> None:

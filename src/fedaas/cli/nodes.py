@@ -23,6 +23,9 @@ from fedaas.cli.common import (
     tls_options,
 )
 
+MEMBER_LOCK = "member.lock"
+"""Held (``flock``) by the member agent using the state folder; it names that process."""
+
 
 def _pem(help_text: str) -> Any:
     return typer.Option(help=help_text, exists=True, dir_okay=False, show_default=False)
@@ -255,12 +258,24 @@ def client(
 
     options = parse_storage_options(storage_option)
     check_data(data, options)  # a missing dataset fails now, not when the first job arrives
+    from fedaas.folder_lock import FolderInUse, lock_folder
+
     try:
         state.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(state, MEMBER_LOCK)  # held while the agent runs
     except OSError as exc:
         raise typer.BadParameter(
             f"cannot keep state in {state}: {exc.strerror}", param_hint="--state"
         ) from None
+    except FolderInUse as exc:  # two agents would spend and write one privacy ledger
+        raise typer.BadParameter(
+            f"another member agent (pid {exc.holder}) is using the state in {state}: stop it "
+            "first, or give this one its own --state",
+            param_hint="--state",
+        ) from None
     transport = Transport(server, token, give_up_after=None, tls=tls)
     agent = Agent(transport, data, options, state_dir=state, policy=rules)
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        lock.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import json
 import logging
@@ -16,6 +15,7 @@ from typing import IO, Any
 
 import uvicorn
 
+from fedaas.folder_lock import FolderInUse, lock_folder
 from fedaas.server.app import create_app
 from fedaas.server.auth import load_admin_token
 from fedaas.server.connections import MAX_CONNECTIONS, guarded
@@ -40,29 +40,16 @@ class TlsConfigError(StartupError):
 
 
 def lock_state(state: Path) -> IO[str]:
-    """One coordinator per state folder: an exclusive lock on :data:`LOCK_FILE`, held until
-    the process ends (the OS releases it however it ends, ``kill -9`` included).
-
-    Two coordinators on one folder would both run its jobs: rounds twice, the same model
-    files written by both, the privacy ledger counted by each.
-    """
-    handle = open(state / LOCK_FILE, "a+")  # held open for the life of the process
+    """One coordinator per state folder (:func:`fedaas.folder_lock.lock_folder` on
+    :data:`LOCK_FILE`), held until the process ends."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
+        return lock_folder(state, LOCK_FILE)
+    except FolderInUse as exc:
         raise StartupError(
-            f"another coordinator (pid {holder}) is using the state in {state}: stop it first, "
-            "or give this one its own --state",
+            f"another coordinator (pid {exc.holder}) is using the state in {state}: stop it "
+            "first, or give this one its own --state",
             "--state",
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def server_ssl_context(
