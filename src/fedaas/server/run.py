@@ -19,6 +19,7 @@ from fedaas.folder_lock import FolderInUse, lock_folder
 from fedaas.server.app import create_app
 from fedaas.server.auth import load_admin_token
 from fedaas.server.connections import MAX_CONNECTIONS, guarded
+from fedaas.server.db_lock import hold_database
 from fedaas.server.tls_identity import CertificateProtocol
 
 ENDPOINT_FILE = "endpoint.json"
@@ -134,6 +135,12 @@ def serve(
             f"cannot keep the coordinator's state in {state}: {exc.strerror or exc}", "--state"
         ) from None
     try:
+        db_url = db_url or f"sqlite:///{state / 'fedaas.db'}"
+        held = hold_database(db_url)  # StoreInUse: another coordinator runs on it
+    except BaseException:
+        lock.close()
+        raise
+    try:
         _serve(
             state,
             host,
@@ -146,6 +153,7 @@ def serve(
             allow_code,
         )
     finally:
+        held.close()
         lock.close()
 
 
@@ -153,7 +161,7 @@ def _serve(
     state: Path,
     host: str,
     port: int,
-    db_url: str | None,
+    db_url: str,
     artifacts_url: str | None,
     storage_options: dict[str, Any] | None,
     context: ssl.SSLContext | None,
@@ -169,7 +177,6 @@ def _serve(
         ) from None
     except ValueError as exc:  # an admin token from the environment that is too weak
         raise StartupError(str(exc)) from None
-    db_url = db_url or f"sqlite:///{state / 'fedaas.db'}"
     app = create_app(state, db_url, token, artifacts_url, storage_options, tuple(allow_code))
     app.state.bind_certificates = tls_client_ca is not None  # a member's cert must name it
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
