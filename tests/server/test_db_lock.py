@@ -40,7 +40,8 @@ def test_a_second_holder_of_a_postgresql_database_is_refused_until_the_first_let
     first = hold_database(url)
     try:
         began = time.monotonic()
-        with pytest.raises(StoreInUse, match="another coordinator is using the database"):
+        held_by = rf"another coordinator \(fedaas coordinator pid {os.getpid()} on [^)]+\)"
+        with pytest.raises(StoreInUse, match=held_by + " is using the database"):
             hold_database(url)
         assert time.monotonic() - began < 5
         hold_database(other).close()  # the lock is per database

@@ -11,9 +11,11 @@ it is not taken again (what is still weak: see docs/architecture.md).
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -24,6 +26,13 @@ from fedaas.server.db import BACKENDS, StoreError, redacted
 from fedaas.storage import one_line
 
 LOCK_KEY = 0x66656461617321  # "fedaas!": the advisory lock's key, per database
+HOLDER = text(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    f"AND l.classid::bigint = {LOCK_KEY >> 32} AND l.objid::bigint = {LOCK_KEY & 0xFFFFFFFF} "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+"""The session holding the lock, by the name its coordinator gave its connection."""
 HOLD_WAIT_S = 10.0
 """How long a starting coordinator waits for a lock to be released: the connections of one
 that was just killed close with it, and PostgreSQL ends their sessions moments later."""
@@ -34,7 +43,7 @@ class StoreInUse(StoreError):
 
 
 class _Held:
-    def __init__(self, closer: Any = None) -> None:
+    def __init__(self, closer: Callable[[], None] | None = None) -> None:
         self._closer = closer
 
     def close(self) -> None:
@@ -64,7 +73,10 @@ def hold_database(url: str) -> _Held:
         except OSError as exc:
             raise StoreError(f"cannot open the database {redacted(url)}: {one_line(exc)}") from None
         return _Held(handle.close)
-    engine = create_engine(url, pool_size=1, max_overflow=0, connect_args={"connect_timeout": 5})
+    me = f"fedaas coordinator pid {os.getpid()} on {socket.gethostname()}"[:63]
+    engine = create_engine(
+        url, pool_size=1, connect_args={"connect_timeout": 5, "application_name": me}
+    )
     try:
         connection = engine.connect()
         deadline = time.monotonic() + HOLD_WAIT_S
@@ -75,9 +87,10 @@ def hold_database(url: str) -> _Held:
             if taken:
                 break
             if time.monotonic() >= deadline:
+                holder = connection.execute(HOLDER).scalar()
                 connection.close()
                 engine.dispose()
-                raise StoreInUse(_in_use(url, None))
+                raise StoreInUse(_in_use(url, holder))
             time.sleep(0.2)
     except SQLAlchemyError as exc:
         engine.dispose()
@@ -92,7 +105,11 @@ def hold_database(url: str) -> _Held:
 
 
 def _in_use(url: str, holder: str | None) -> str:
-    who = f"another coordinator (pid {holder})" if holder else "another coordinator"
+    """``holder``: a pid (SQLite) or the holding connection's name (PostgreSQL)."""
+    if holder and holder.isdigit():
+        who = f"another coordinator (pid {holder})"
+    else:
+        who = f"another coordinator ({holder})" if holder else "another coordinator"
     return (
         f"{who} is using the database {redacted(url)}: stop it first, or give this one its own --db"
     )
