@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,12 +26,36 @@ from fedaas.sim.cluster import LocalCluster
 pytestmark = pytest.mark.slow
 
 HOLDER = """
-import sys, time
-from fedaas.server.db_lock import hold_database
-hold_database(sys.argv[1])
+import logging, sys, time
+from fedaas.server import db_lock
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+db_lock.WATCH_S = 0.3
+db_lock.hold_database(sys.argv[1])
 print("held", flush=True)
 time.sleep(600)
 """
+
+
+def _holder(url: str) -> subprocess.Popen[str]:
+    """A process that holds the database (its watchdog checks every 0.3 s), once it says so."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _holding_session(admin: Any, pid: int) -> int | None:
+    """The backend pid of the session that holds the lock for process ``pid``, if one does."""
+    row = admin.execute(
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE %s",
+        (f"fedaas coordinator pid {pid} %",),
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def test_a_second_holder_of_a_postgresql_database_is_refused_until_the_first_lets_go(
@@ -53,11 +79,8 @@ def test_a_second_holder_of_a_postgresql_database_is_refused_until_the_first_let
 def test_a_killed_holder_lets_go_with_its_process(postgres) -> None:
     """A crashed coordinator restarts at once: the server ends the dead one's session."""
     url = postgres.create_database()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, url], stdout=subprocess.PIPE, text=True
-    )
+    holder = _holder(url)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
         began = time.monotonic()
@@ -87,3 +110,44 @@ def test_a_second_coordinator_on_a_shared_sqlite_database_is_refused(tmp_path: P
         said = " ".join(second.stderr.replace("│", " ").split())
         assert f"another coordinator (pid {cluster.server.pid}) is using the database" in said
         assert len(cluster.admin.members()) == 0  # the first one goes on
+
+
+def test_a_lost_session_is_held_again_or_the_coordinator_stops(postgres) -> None:
+    """The database ends the lock's session (as a restart does). Nobody else waiting: the
+    coordinator takes the lock again. Another one waiting, and granted it first: this one
+    stops itself (SIGTERM) instead of running the same jobs beside it."""
+    import psycopg
+
+    url = postgres.create_database()
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        alone = _holder(url)
+        try:
+            first = _holding_session(admin, alone.pid)
+            assert first is not None
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+            deadline = time.monotonic() + 10
+            while _holding_session(admin, alone.pid) in (None, first):
+                assert time.monotonic() < deadline, "the lock was not taken again"
+                time.sleep(0.1)
+            assert alone.poll() is None  # still running, lock held by a new session
+        finally:
+            alone.kill()
+            alone.wait()
+        loser = _holder(url)
+        with psycopg.connect(dsn, autocommit=True) as rival:
+            waiting = threading.Thread(  # queued for the lock: granted as the session ends
+                target=rival.execute, args=("SELECT pg_advisory_lock(%s)", (db_lock.LOCK_KEY,))
+            )
+            waiting.start()
+            time.sleep(0.2)
+            session = _holding_session(admin, loser.pid)
+            admin.execute("SELECT pg_terminate_backend(%s)", (session,))
+            waiting.join(timeout=10)
+            assert not waiting.is_alive()
+            try:
+                loser.wait(timeout=10)  # it stopped itself
+            finally:
+                loser.kill()
+            assert loser.returncode == -signal.SIGTERM
+            assert loser.stderr is not None and "took the database" in loser.stderr.read()

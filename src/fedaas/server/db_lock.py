@@ -5,20 +5,26 @@ the old one stops, a copy-pasted command line). Both would run the same jobs.
 PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection held for the
 coordinator's life; the server releases it when that connection ends, a killed coordinator's
 included. SQLite: an ``flock`` on a file beside the database (:mod:`fedaas.folder_lock`).
-A database that restarts drops the advisory lock while the coordinator rides out the outage;
-it is not taken again (what is still weak: see docs/architecture.md).
+A database that restarts (or ends the session) drops the advisory lock while the
+coordinator rides out the outage: a watchdog takes it again every :data:`WATCH_S`, and a
+coordinator that finds another one holding it by then stops itself (``SIGTERM``, the
+operator's own way to stop it) rather than run the same jobs beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from fedaas.folder_lock import FolderInUse, lock_folder
@@ -33,9 +39,15 @@ HOLDER = text(
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 """The session holding the lock, by the name its coordinator gave its connection."""
+WATCH_S = 5.0
+"""How often the coordinator checks that its lock's session is alive (else takes it again)."""
 HOLD_WAIT_S = 10.0
 """How long a starting coordinator waits for a lock to be released: the connections of one
 that was just killed close with it, and PostgreSQL ends their sessions moments later."""
+
+
+log = logging.getLogger("fedaas.coordinator")
+TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
 
 
 class StoreInUse(StoreError):
@@ -75,15 +87,16 @@ def hold_database(url: str) -> _Held:
         return _Held(handle.close)
     me = f"fedaas coordinator pid {os.getpid()} on {socket.gethostname()}"[:63]
     engine = create_engine(
-        url, pool_size=1, connect_args={"connect_timeout": 5, "application_name": me}
+        url,
+        pool_size=1,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5, "application_name": me},
     )
     try:
         connection = engine.connect()
         deadline = time.monotonic() + HOLD_WAIT_S
         while True:
-            got = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})
-            taken = bool(got.scalar())
-            connection.commit()  # the lock is the session's: no transaction is left open
+            taken = _try_lock(connection)
             if taken:
                 break
             if time.monotonic() >= deadline:
@@ -97,11 +110,56 @@ def hold_database(url: str) -> _Held:
         cause = getattr(exc, "orig", None) or exc
         raise StoreError(f"cannot open the database {redacted(url)}: {one_line(cause)}") from None
 
+    stop = threading.Event()
+    watch = threading.Thread(
+        target=_watch, args=(engine, connection, stop), name="db-lock", daemon=True
+    )
+    watch.start()
+
     def release() -> None:
-        connection.close()
-        engine.dispose()
+        stop.set()  # the watchdog closes the connection (never two threads on one)
+        watch.join(timeout=2.0)
 
     return _Held(release)
+
+
+def _try_lock(connection: Connection) -> bool:
+    taken = bool(connection.execute(TRY_LOCK, {"key": LOCK_KEY}).scalar())
+    connection.commit()  # the lock is the session's: no transaction is left open
+    return taken
+
+
+def _watch(engine: Engine, connection: Connection, stop: threading.Event) -> None:
+    """Keep the lock's session alive; take the lock again when the session was lost; stop
+    this coordinator when another one took it meanwhile."""
+    while not stop.wait(WATCH_S):
+        try:
+            connection.execute(text("SELECT 1"))
+            connection.commit()
+            continue
+        except SQLAlchemyError:
+            pass  # the session is gone (a restarted database): the lock went with it
+        with contextlib.suppress(SQLAlchemyError):
+            connection.close()
+        try:
+            connection = engine.connect()
+            taken = _try_lock(connection)
+        except SQLAlchemyError:
+            continue  # the database is still away: the next check tries again
+        if taken:
+            log.warning("the database lock went with its session; this coordinator holds it again")
+            continue
+        holder = connection.execute(HOLDER).scalar()
+        log.critical(
+            "another coordinator (%s) took the database while this one's session was lost: "
+            "stopping this one, so that the two do not run the same jobs",
+            holder or "unknown",
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        break
+    with contextlib.suppress(SQLAlchemyError):
+        connection.close()
+    engine.dispose()
 
 
 def _in_use(url: str, holder: str | None) -> str:
