@@ -132,6 +132,13 @@ def _try_lock(connection: Connection) -> bool:
 def _watch(engine: Engine, connection: Connection, stop: threading.Event) -> None:
     """Keep the lock's session alive; take the lock again when the session was lost; stop
     this coordinator when another one took it meanwhile."""
+    try:
+        _keep(engine, connection, stop)
+    except Exception as exc:  # a dead watchdog leaves the lock unguarded: say so, once
+        log.error("the database lock's watchdog stopped: %s", one_line(exc))
+
+
+def _keep(engine: Engine, connection: Connection, stop: threading.Event) -> None:
     while not stop.wait(WATCH_S):
         try:
             connection.execute(text("SELECT 1"))
@@ -149,7 +156,9 @@ def _watch(engine: Engine, connection: Connection, stop: threading.Event) -> Non
         if taken:
             log.warning("the database lock went with its session; this coordinator holds it again")
             continue
-        holder = connection.execute(HOLDER).scalar()
+        holder = None
+        with contextlib.suppress(SQLAlchemyError):
+            holder = connection.execute(HOLDER).scalar()
         log.critical(
             "another coordinator (%s) took the database while this one's session was lost: "
             "stopping this one, so that the two do not run the same jobs",
