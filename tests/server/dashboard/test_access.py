@@ -12,6 +12,7 @@ the API's JSON) that says so, with the id escaped.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,10 +106,20 @@ def test_the_api_docs_page_works_offline(client: TestClient) -> None:
         assert client.get(asset).status_code == 200, asset
 
 
-def _job_of_40_rounds(client: TestClient, name: str, metrics: dict[str, Any]) -> tuple[dict, Any]:
-    """A submitted job (no member runs it) with 40 closed rounds; the job and the store."""
+def _job_of_40_rounds(
+    client: TestClient, name: str, metrics: dict[str, Any], cancelled: bool = False
+) -> tuple[dict, Any]:
+    """A submitted job with 40 closed rounds written straight to the store; the job and the
+    store. The rounds go in once the job is cancelled (``cancelled``) or running (waiting
+    for members that never come): a job activated after them would look for their models."""
     headers = {"Authorization": f"Bearer {ADMIN}"}
     job = client.post("/v1/jobs", json={"spec": make_spec(name)}, headers=headers).json()
+    if cancelled:
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    deadline = time.monotonic() + 10
+    while client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["status"] == "queued":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
     store = client.app.state.coordinator.store  # type: ignore[attr-defined]
     for number in range(1, 41):
         store.close_round(job["id"], number, metrics, [], [])
@@ -134,8 +145,7 @@ def test_the_jobs_list_reads_no_rounds_however_long_the_jobs(
     """The list refreshes every 5 s while a job runs; it shows no round, so it must not read
     every past round of every job each time (its job's page does, for the charts)."""
     _login(client)
-    job, store = _job_of_40_rounds(client, "long", {"seconds": 0.1, "clients": 2})
-    client.post(f"/v1/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {ADMIN}"})
+    job, store = _job_of_40_rounds(client, "long", {"seconds": 0.1, "clients": 2}, True)
     read = _count_round_reads(store, monkeypatch)
     listing = client.get("/ui/jobs").text
     assert job["id"] in listing and "40/" in listing
@@ -144,9 +154,7 @@ def test_the_jobs_list_reads_no_rounds_however_long_the_jobs(
     assert sum(read) == 40  # the job's own page: every round, for its charts and table
 
 
-def test_a_jobs_stream_reads_its_rounds_once_then_only_the_newest(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_jobs_stream_reads_its_rounds_once_then_only_the_newest(client: TestClient) -> None:
     """A long job's page stays open for hours: after the first read, each refresh reads the
     last known round again (its federated evaluation lands after it closes) and the new ones,
     not the whole history, and still ends up with every round as the API shows it."""
@@ -154,13 +162,19 @@ def test_a_jobs_stream_reads_its_rounds_once_then_only_the_newest(
 
     job, store = _job_of_40_rounds(client, "watched", {"seconds": 0.1, "accuracy": 0.5})
     coordinator = client.app.state.coordinator  # type: ignore[attr-defined]
-    read = _count_round_reads(store, monkeypatch)
-    known = views.refreshed(coordinator.describe, job["id"], None)
+    read: list[tuple[int, int]] = []  # (rounds_after, rounds read): the stream's own reads
+
+    def describe(job_id: str, rounds_after: int = 0) -> Any:
+        job = coordinator.describe(job_id, rounds_after)
+        read.append((rounds_after, len(job.rounds)))
+        return job
+
+    known = views.refreshed(describe, job["id"], None)
     store.close_round(job["id"], 41, {"seconds": 0.1, "accuracy": 0.6}, [], [])
-    known = views.refreshed(coordinator.describe, job["id"], known)
+    known = views.refreshed(describe, job["id"], known)
     store.add_round_metrics(job["id"], 41, {"federated_accuracy": 0.7})
-    known = views.refreshed(coordinator.describe, job["id"], known)
-    assert read == [40, 2, 1]
+    known = views.refreshed(describe, job["id"], known)
+    assert read == [(0, 40), (39, 2), (40, 1)]
     assert known.rounds == coordinator.describe(job["id"]).rounds
     assert known.rounds[-1].model_dump()["federated_accuracy"] == 0.7
 
