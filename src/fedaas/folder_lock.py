@@ -23,6 +23,13 @@ class FolderInUse(RuntimeError):
         self.holder = holder
 
 
+def in_use(who: str, holder: str | None, what: str, option: str) -> str:
+    """The refusal a second process prints: ``who`` holds ``what`` (``holder``: a pid, or a
+    name where the lock holds no pid), and the option that gives this one its own."""
+    tag = f" (pid {holder})" if holder and holder.isdigit() else f" ({holder})" if holder else ""
+    return f"another {who}{tag} is using {what}: stop it first, or give this one its own {option}"
+
+
 def lock_folder(folder: Path, name: str) -> IO[str]:
     """Take the lock file ``folder/name`` for this process's life (keep the handle), or raise
     :class:`FolderInUse`. The file names the holding process's pid."""

@@ -74,17 +74,16 @@ def _refuse_filled(url: str, options: dict) -> None:
 
     fs, path = storage.resolve(url, options)
     try:
-        if fs.isfile(path):
-            raise typer.BadParameter(
-                f"{storage.redact(url)} is a file, not a folder", param_hint="--out"
-            )
-        entries = sorted(fs.ls(path, detail=False))
+        is_file = fs.isfile(path)
+        entries = [] if is_file else sorted(fs.ls(path, detail=False))
     except FileNotFoundError:
         return
-    except typer.BadParameter:
-        raise
     except Exception as exc:
         raise storage.explain(exc, url, fs, path) from None
+    if is_file:
+        raise typer.BadParameter(
+            f"{storage.redact(url)} is a file, not a folder", param_hint="--out"
+        )
     if entries:
         first = str(entries[0]).rstrip("/").rsplit("/", 1)[-1]
         raise typer.BadParameter(

@@ -258,7 +258,7 @@ def client(
 
     options = parse_storage_options(storage_option)
     check_data(data, options)  # a missing dataset fails now, not when the first job arrives
-    from fedaas.folder_lock import FolderInUse, lock_folder
+    from fedaas.folder_lock import FolderInUse, in_use, lock_folder
 
     try:
         state.mkdir(parents=True, exist_ok=True)
@@ -269,8 +269,7 @@ def client(
         ) from None
     except FolderInUse as exc:  # two agents would spend and write one privacy ledger
         raise typer.BadParameter(
-            f"another member agent (pid {exc.holder}) is using the state in {state}: stop it "
-            "first, or give this one its own --state",
+            in_use("member agent", exc.holder, f"the state in {state}", "--state"),
             param_hint="--state",
         ) from None
     transport = Transport(server, token, give_up_after=None, tls=tls)

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from fedaas.folder_lock import FolderInUse, lock_folder
+from fedaas.folder_lock import FolderInUse, in_use, lock_folder
 from fedaas.server.db import BACKENDS, StoreError, redacted
 from fedaas.storage import one_line
 
@@ -173,10 +173,4 @@ def _keep(engine: Engine, connection: Connection, stop: threading.Event) -> None
 
 def _in_use(url: str, holder: str | None) -> str:
     """``holder``: a pid (SQLite) or the holding connection's name (PostgreSQL)."""
-    if holder and holder.isdigit():
-        who = f"another coordinator (pid {holder})"
-    else:
-        who = f"another coordinator ({holder})" if holder else "another coordinator"
-    return (
-        f"{who} is using the database {redacted(url)}: stop it first, or give this one its own --db"
-    )
+    return in_use("coordinator", holder, f"the database {redacted(url)}", "--db")

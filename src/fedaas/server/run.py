@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import uvicorn
 
-from fedaas.folder_lock import FolderInUse, lock_folder
+from fedaas.folder_lock import FolderInUse, in_use, lock_folder
 from fedaas.server.app import create_app
 from fedaas.server.auth import load_admin_token
 from fedaas.server.connections import MAX_CONNECTIONS, guarded
@@ -47,9 +47,7 @@ def lock_state(state: Path) -> IO[str]:
         return lock_folder(state, LOCK_FILE)
     except FolderInUse as exc:
         raise StartupError(
-            f"another coordinator (pid {exc.holder}) is using the state in {state}: stop it "
-            "first, or give this one its own --state",
-            "--state",
+            in_use("coordinator", exc.holder, f"the state in {state}", "--state"), "--state"
         ) from None
 
 
