@@ -24,12 +24,19 @@ trip, not a poll interval:
    ``next_timeout`` its answer is held for the member's next task (a task
    bundle, as an upload's).
 
-Stage 1 of the next round can ride on stage 4: the question names the next
-round's attempt, the answer carries the member's keys for it. When every
-member sampled in that round sent them, its train task carries the roster
-(:attr:`SecureSession.roster`) and the round costs three requests per
-member: shares, masked upload (answered with the unmask question), unmask
-(answered with the next task).
+Stages 1 and 2 of the next round ride on stages 3 and 4 of this one
+(pipelined): the task names the next round's attempt
+(:attr:`SecureSession.next_attempt`); the masked upload carries the member's
+keys for it (:func:`encode_masked`); the unmask question carries the next
+round's roster of those keys (:attr:`SecureUnmaskRequest.next_roster`); the
+unmask answer carries the member's encrypted shares for it
+(:attr:`UnmaskShares.next_shares`). When the next round samples exactly that
+roster and every member of it sent its shares, its train task carries the
+shares addressed to the member (:attr:`SecureSession.inbound`) and the round
+costs two requests per member: masked upload (answered with the unmask
+question), unmask (answered with the next task). Otherwise that round runs
+all four stages under a fresh attempt: shares made for one roster are never
+made again for another under the same keys.
 
 Byte fields travel as base64 strings with exact or capped decoded lengths.
 Like :mod:`fedaas.protocol` this module sits at the bottom: it imports
@@ -121,6 +128,14 @@ class SecureRoster(_Message):
     members: Annotated[list[RosterEntry], Field(min_length=1, max_length=MAX_MEMBERS)]
 
 
+class WireShare(_Message):
+    """One encrypted pair of Shamir shares, from ``sender`` to ``recipient``."""
+
+    sender: MemberRef
+    recipient: MemberRef
+    ciphertext: Ciphertext
+
+
 class SecureSession(_Message):
     """In a secure round's train task: what the member binds its keys to, and who it is."""
 
@@ -134,9 +149,12 @@ class SecureSession(_Message):
     scale: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     clip: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     max_weight: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    roster: SecureRoster | None = None
-    """Stage 1's answer already, when every sampled member advertised its keys for this
-    session ahead (with its last unmask answer): the member skips ``POST .../secagg/keys``."""
+    next_attempt: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+    """The attempt drawn for the next round (``None`` on the job's last): the member may send
+    that round's keys with its masked upload (stage 1 ahead)."""
+    inbound: Annotated[list[WireShare], Field(max_length=MAX_MEMBERS)] | None = None
+    """Stage 2's answer already, when stages 1 and 2 of this session ran during the last round
+    (the member sent its shares with its unmask answer): the member goes on to train."""
 
 
 class IdentityRegistration(_Message):
@@ -157,14 +175,6 @@ class IdentityCleared(_Message):
     cleared: bool = True
 
 
-class WireShare(_Message):
-    """One encrypted pair of Shamir shares, from ``sender`` to ``recipient``."""
-
-    sender: MemberRef
-    recipient: MemberRef
-    ciphertext: Ciphertext
-
-
 class ShareKeys(_Message):
     """Stage 2: one encrypted share pair per neighbour."""
 
@@ -182,9 +192,9 @@ class SecureUnmaskRequest(_Message):
 
     survivors: Annotated[list[MemberRef], Field(max_length=MAX_MEMBERS)]
     dropped: Annotated[list[MemberRef], Field(max_length=MAX_MEMBERS)]
-    next_attempt: Annotated[int, Field(ge=0, lt=2**63)] | None = None
-    """The attempt the coordinator drew for the next round (``None`` on the job's last):
-    a member may advertise that round's keys with its answer (``UnmaskShares.next_keys``)."""
+    next_roster: SecureRoster | None = None
+    """The next round's roster: the keys sent ahead with this round's masked uploads (stage
+    1's answer ahead); a member answers it with its shares (``UnmaskShares.next_shares``)."""
 
 
 class MemberShare(_Message):
@@ -198,8 +208,8 @@ class UnmaskShares(_Message):
 
     seed_shares: Annotated[list[MemberShare], Field(max_length=MAX_MEMBERS)]
     key_shares: Annotated[list[MemberShare], Field(max_length=MAX_MEMBERS)]
-    next_keys: SecureKeys | None = None
-    """Fresh keys for the next round, signed for its ``next_attempt`` (stage 1 ahead of time)."""
+    next_shares: ShareKeys | None = None
+    """Stage 2 of the next round ahead of time: shares for ``next_roster``."""
 
 
 class UnmaskAccepted(_Message):
@@ -209,30 +219,40 @@ class UnmaskAccepted(_Message):
 
 _DTYPES = {32: ("U32", np.dtype("<u4")), 64: ("U64", np.dtype("<u8"))}
 MAX_HEADER = 4096
+NEXT_KEYS = "next_keys"
+"""The masked upload's metadata entry for the member's keys for the next round (JSON)."""
 
 
-def encode_masked(vector: np.ndarray, attempt: int) -> bytes:
+def encode_masked(vector: np.ndarray, attempt: int, next_keys: SecureKeys | None = None) -> bytes:
     """A masked vector as a safetensors file: one 1-D ``U32``/``U64`` tensor :data:`MASKED_TENSOR`,
-    and in its metadata only the round's ``attempt`` (a stale upload is told apart)."""
+    and in its metadata only the round's ``attempt`` (a stale upload is told apart) and the
+    member's signed keys for the next round, when it sends them (public keys, nothing of it)."""
     bits = 32 if vector.dtype == np.uint32 else 64 if vector.dtype == np.uint64 else 0
     if not bits or vector.ndim != 1:
         raise ValueError("a masked vector is a 1-D uint32 or uint64 array")
     name, dtype = _DTYPES[bits]
     data = np.ascontiguousarray(vector, dtype=dtype).tobytes()
     entry = {"dtype": name, "shape": [vector.size], "data_offsets": [0, len(data)]}
-    header = {"__metadata__": {"attempt": str(attempt)}, MASKED_TENSOR: entry}
+    metadata = {"attempt": str(attempt)}
+    if next_keys is not None:
+        metadata[NEXT_KEYS] = next_keys.model_dump_json()
+    header = {"__metadata__": metadata, MASKED_TENSOR: entry}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     return struct.pack("<Q", len(head)) + head + data
 
 
-def decode_masked(body: bytes, length: int, bits: int, attempt: int) -> np.ndarray:
-    """The masked vector of an upload; :class:`ValueError` saying what is wrong with it.
+def decode_masked(
+    body: bytes, length: int, bits: int, attempt: int
+) -> tuple[np.ndarray, SecureKeys | None]:
+    """The masked vector of an upload and the keys it carries for the next round (or ``None``);
+    :class:`ValueError` saying what is wrong with it.
 
     Exactly one tensor :data:`MASKED_TENSOR` of ``length`` elements of the
     round's dtype, nothing before or after it, and no metadata but the
-    round's ``attempt`` (a masked upload carries nothing about its member in
-    the clear; one masked for another run of the round is refused).
+    round's ``attempt`` and :data:`NEXT_KEYS` (a masked upload carries nothing
+    about its member in the clear but public keys; one masked for another run
+    of the round is refused).
     """
     name, dtype = _DTYPES[bits]
     if len(body) < 8:
@@ -245,16 +265,26 @@ def decode_masked(body: bytes, length: int, bits: int, attempt: int) -> np.ndarr
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("the masked upload's safetensors header is not JSON") from None
     expected = {"dtype": name, "shape": [length], "data_offsets": [0, length * dtype.itemsize]}
-    if isinstance(header, dict) and header.get("__metadata__") != {"attempt": str(attempt)}:
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("attempt") != str(attempt):
         raise ValueError("the masked upload belongs to another run of the round (attempt)")
-    if header != {"__metadata__": {"attempt": str(attempt)}, MASKED_TENSOR: expected}:
+    if header != {"__metadata__": metadata, MASKED_TENSOR: expected} or set(metadata) - {
+        "attempt",
+        NEXT_KEYS,
+    }:
         raise ValueError(
             f"a masked upload holds exactly one tensor {MASKED_TENSOR!r}: {name}, shape "
-            f"[{length}], and no metadata but the attempt"
+            f"[{length}], and no metadata but the attempt and the next round's keys"
         )
+    next_keys = None
+    if NEXT_KEYS in metadata:
+        try:
+            next_keys = SecureKeys.model_validate_json(metadata[NEXT_KEYS])
+        except ValueError:
+            raise ValueError("the next round's keys in the masked upload are malformed") from None
     data = body[8 + size :]
     if len(data) != length * dtype.itemsize:
         raise ValueError(
             f"the masked upload holds {len(data)} data bytes, not {length * dtype.itemsize}"
         )
-    return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="))
+    return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("=")), next_keys

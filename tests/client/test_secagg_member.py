@@ -159,3 +159,97 @@ def test_a_member_that_restarted_after_sending_keys_ahead_sits_the_round_out(
     assert SecureTraining(agent, task, SimpleNamespace(spec=spec), {}).run() is None
     assert sent == []
     restarted.note_attempt("job-1", 3, 7)  # the next round's session is a fresh one
+
+
+# stages 1 and 2 of the next round, done during this one ----------------------------------------
+def _ahead_setup(tmp_path: Path) -> tuple[Any, SecureState, Any]:
+    """Member alpha in round 1 of a secure job (3 sampled; the next round's attempt 41), and
+    a roster maker for round 2: alpha's keys sent ahead plus honest peers beta and gamma."""
+    import threading
+
+    from fedaas.algorithms.secagg import RoundContext
+    from fedaas.algorithms.secagg.member import RoundSecrets
+    from fedaas.client.secagg import SecureTraining
+    from fedaas.protocol_secagg import SecureSession
+
+    spec = parse_spec(
+        make_spec("ahead", 3, clients=3, min_clients=2, secure_aggregation={"enabled": True})
+    )
+    state = SecureState(tmp_path, "https://c")
+    state.registered = True
+    sent: list[Any] = []  # what reached the coordinator
+    transport = SimpleNamespace(request=lambda *a, **k: sent.append(a))
+    agent = SimpleNamespace(secure=state, stop=threading.Event(), t=transport, sent=sent)
+    session = SecureSession(
+        attempt=40, member="alpha", sampled=3, bits=32, scale=2.0**16, clip=10.0,
+        max_weight=1e4, next_attempt=41,
+    )  # fmt: skip
+    training = SecureTraining(agent, _train_task(spec, 1, session), SimpleNamespace(spec=spec), {})
+    peers = {m: IdentityKey.generate() for m in ("beta", "gamma")}
+
+    def roster(keys: Any, attempt: int = 41) -> SecureRoster:
+        context = RoundContext("job-1", 2, attempt)
+        entries = [
+            RosterEntry(
+                member="alpha", identity=state.identity.public_bytes(), c_public=keys.c_public,
+                s_public=keys.s_public, signature=keys.signature,
+            )
+        ]  # fmt: skip
+        for name, key in peers.items():
+            ad = RoundSecrets().advertise(key, context, name)
+            entries.append(
+                RosterEntry(
+                    member=name, identity=key.public_bytes(), c_public=ad.c_public,
+                    s_public=ad.s_public, signature=ad.signature,
+                )
+            )  # fmt: skip
+        return SecureRoster(job_id="job-1", round=2, attempt=attempt, members=entries)
+
+    return training, state, roster
+
+
+def test_a_member_shares_ahead_once_and_only_for_the_session_its_keys_are_signed_for(
+    tmp_path: Path,
+) -> None:
+    training, state, roster = _ahead_setup(tmp_path)
+    keys = training._keys_ahead(41)
+    assert keys is not None
+    sent = training._share_ahead(roster(keys))
+    assert sent is not None
+    assert sorted(s.recipient for s in sent.shares) == ["beta", "gamma"]
+    assert state.pending is not None and state.pending.context.attempt == 41
+    # the same keys for another roster: never (two share sets of one secret could open it)
+    assert training._share_ahead(roster(keys)) is None
+    assert training._keys_ahead(41) is None  # nor new keys for a session it already keyed
+    # a roster for another attempt than the one the keys are signed for
+    keys = training._keys_ahead(42)
+    assert training._share_ahead(roster(keys, attempt=43)) is None
+    # a roster that carries other keys for this member than the ones it sent
+    training._keys_ahead(44)
+    assert training._share_ahead(roster(keys, attempt=44)) is None
+    assert state.pending is not None and state.pending.shares == sent  # untouched by refusals
+
+
+def test_a_round_shared_ahead_goes_on_only_in_its_own_session_and_sample(
+    tmp_path: Path,
+) -> None:
+    from fedaas.algorithms.secagg import RoundContext
+    from fedaas.client.secagg import SecureTraining
+    from fedaas.protocol_secagg import SecureSession
+
+    training, state, roster = _ahead_setup(tmp_path)
+    assert training._share_ahead(roster(training._keys_ahead(41))) is not None
+    # a coordinator that opens round 2 under another attempt gets fresh keys: nothing of the
+    # session shared ahead is reused
+    assert state.take_pending(RoundContext("job-1", 2, 77)) is None and state.pending is None
+    assert training._share_ahead(roster(training._keys_ahead(45), attempt=45)) is not None
+    spec = training.ctx.spec
+    session = SecureSession(
+        attempt=45, member="alpha", sampled=4, bits=32, scale=2.0**16, clip=10.0, max_weight=1e4
+    )  # one more sampled than the roster it shared with: another threshold
+    later = SecureTraining(training.agent, _train_task(spec, 2, session), training.ctx, {})
+    with pytest.raises(SecureRefused, match="shared its keys with 3"):
+        later.run()
+    assert training.agent.sent == []  # nothing trained, nothing sent
+    with pytest.raises(SecureRefused, match="reuses attempt 45"):  # nor run afresh in it
+        state.note_attempt("job-1", 2, 45)

@@ -54,14 +54,20 @@ class MemberTransport(RecordingTransport):
         self.both = False  # this member sees an unmask request asking for both shares of a peer
         self.on_masked: Any = None  # called before the masked upload is sent
         self.tamper_ahead = False  # the keys sent ahead are not the ones signed
+        self.forge_shares = False  # the shares sent ahead claim another sender for one
         self.refused: list[tuple[str, str]] = []  # (path, error code) the coordinator answered
         self.bodies: list[tuple[str, str, bytes]] = []
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        ahead = (kwargs.get("json") or {}).get("next_keys")
-        if self.tamper_ahead and ahead:  # the keys swapped: the signature no longer holds
-            ahead = {**ahead, "c_public": ahead["s_public"], "s_public": ahead["c_public"]}
-            kwargs["json"] = {**kwargs["json"], "next_keys": ahead}
+        upload = method == "PUT" and path.endswith("/update")
+        if self.tamper_ahead and upload and (ahead := _keys_ahead(kwargs["content"])):
+            swapped = {**ahead, "c_public": ahead["s_public"], "s_public": ahead["c_public"]}
+            kwargs["content"] = _with_keys_ahead(kwargs["content"], swapped)  # signature broken
+        shared = (kwargs.get("json") or {}).get("next_shares")
+        if self.forge_shares and shared:
+            first = {**shared["shares"][0], "sender": shared["shares"][-1]["recipient"]}
+            forged = {"shares": [first, *shared["shares"][1:]]}
+            kwargs["json"] = {**kwargs["json"], "next_shares": forged}
         body = kwargs.get("content")
         if body is None and kwargs.get("json") is not None:
             body = json.dumps(kwargs["json"], sort_keys=True).encode()
@@ -86,6 +92,25 @@ class MemberTransport(RecordingTransport):
             asked["dropped"] = sorted({*asked["dropped"], asked["survivors"][-1]})
             return httpx.Response(200, json=asked, request=response.request)
         return response
+
+
+def _header(body: bytes) -> tuple[dict[str, Any], bytes]:
+    (size,) = struct.unpack("<Q", body[:8])
+    return json.loads(body[8 : 8 + size]), body[8 + size :]
+
+
+def _keys_ahead(body: bytes) -> dict[str, Any] | None:
+    """The next round's keys a masked upload carries in its metadata (``None``: none)."""
+    ahead = _header(body)[0]["__metadata__"].get("next_keys")
+    return json.loads(ahead) if ahead else None
+
+
+def _with_keys_ahead(body: bytes, keys: dict[str, Any]) -> bytes:
+    header, data = _header(body)
+    header["__metadata__"]["next_keys"] = json.dumps(keys)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + data
 
 
 @dataclass
@@ -165,7 +190,7 @@ def clean(fed: Fed) -> Fed:
     dropped in the last test pauses before it polls again, and a round that opened meanwhile
     would close its key stage with the quorum, without it."""
     for t in fed.transports.values():
-        t.drop = t.both = t.tamper_ahead = False
+        t.drop = t.both = t.tamper_ahead = t.forge_shares = False
         t.on_masked = None
         t.refused.clear()
     fed.seen.clear()
@@ -415,20 +440,20 @@ def test_a_restarted_coordinator_reruns_the_round_under_fresh_keys(tmp_path: Pat
         for _m, p, b in t.bodies:
             if p.endswith("/secagg/keys"):
                 current = json.loads(b)["s_public"]
-            elif p.endswith("/secagg/unmask") and b and json.loads(b).get("next_keys"):
-                current = json.loads(b)["next_keys"]["s_public"]
             elif p.endswith("/update"):
                 runs.setdefault(str(current), set()).add(hashlib.sha256(b).hexdigest())
+                if ahead := _keys_ahead(b):  # the next round's upload is under these
+                    current = ahead["s_public"]
         assert all(len(bodies) == 1 for bodies in runs.values()), "two vectors under one key"
         assert keys and masked
     assert len(_mask_keys(made[0])) >= 3  # round 1, round 2 (sent ahead), its rerun: fresh
 
 
 def _mask_keys(t: MemberTransport) -> set[str]:
-    """Every mask public key a member sent: in stage 1 and ahead with its unmask answers."""
+    """Every mask public key a member sent: in stage 1 and ahead with its masked uploads."""
     out = {json.loads(b)["s_public"] for m, p, b in t.bodies if p.endswith("/secagg/keys")}
-    for _m, p, b in t.bodies:
-        if p.endswith("/secagg/unmask") and b and (ahead := json.loads(b).get("next_keys")):
+    for m, p, b in t.bodies:
+        if m == "PUT" and p.endswith("/update") and (ahead := _keys_ahead(b)):
             out.add(ahead["s_public"])
     return out
 
@@ -440,26 +465,34 @@ def _sent(t: MemberTransport, job_id: str, suffix: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_keys_sent_with_the_unmask_answer_open_the_next_round(clean: Fed) -> None:
+def _uploads(t: MemberTransport, job_id: str) -> list[bytes]:
+    return [b for m, p, b in t.bodies if m == "PUT" and job_id in p and p.endswith("/update")]
+
+
+def test_stages_one_and_two_ride_on_the_last_round_two_requests_a_round(clean: Fed) -> None:
     job = clean.run(rounds=3)
     assert job.status == "completed", job.reason
     assert [r.clients for r in job.rounds] == [N, N, N]
-    posted = 0
     for t in clean.transports.values():
-        answers = _sent(t, job.id, "/secagg/unmask")
-        ahead = [a["next_keys"] for a in answers]
-        assert len(answers) == 3 and ahead[0] and ahead[1] and ahead[2] is None
+        ahead = [_keys_ahead(b) for b in _uploads(t, job.id)]
+        assert len(ahead) == 3 and ahead[0] and ahead[1] and ahead[2] is None
         assert ahead[0] != ahead[1]  # fresh keys for every round
-        keys = _sent(t, job.id, "/secagg/keys")
-        assert all(k in ahead for k in keys[1:])  # a later stage 1 resends the same keys
-        posted += len(keys)
-    assert posted < 3 * N  # a round whose members all sent keys ahead skips stage 1
+        answers = _sent(t, job.id, "/secagg/unmask")
+        shared = [a["next_shares"] for a in answers]
+        assert len(shared) == 3 and shared[0] and shared[1] and shared[2] is None
+        assert len(shared[0]["shares"]) == N - 1  # one to each peer of the roster
+        for number in (2, 3):  # the masked upload, answered with the question; the answer
+            here = f"/jobs/{job.id}/rounds/{number}/"
+            sent = [(m, p.rsplit("/", 1)[-1]) for m, p in t.sent if here in p]
+            assert sent == [("PUT", "update"), ("POST", "unmask")], sent
 
 
-def test_a_member_without_keys_ahead_joins_the_next_round_through_stage_one(clean: Fed) -> None:
+def test_a_member_that_drops_after_its_upload_makes_the_next_round_start_afresh(
+    clean: Fed,
+) -> None:
     m0, uploads = clean.transports["m0"], []
 
-    def drop_once() -> None:  # m0 drops after round 1's masked upload: it sends no keys ahead
+    def drop_once() -> None:  # m0 drops after round 1's masked upload: it shares nothing ahead
         uploads.append(1)
         m0.drop = len(uploads) == 1
 
@@ -467,22 +500,38 @@ def test_a_member_without_keys_ahead_joins_the_next_round_through_stage_one(clea
     job = clean.run(rounds=3)
     assert job.status == "completed", job.reason
     assert job.rounds[0].clients == N  # m0's masked input is in the sum
-    # back through stage 1 (in round 2, or in round 3 if it was still backing off from its
-    # abandoned task when round 2's key stage closed)
     back = next(r.round for r in job.rounds[1:] if "m0" in r.participants)
-    assert len(_sent(m0, job.id, "/secagg/keys")) == 2
+    assert len(_sent(m0, job.id, "/secagg/keys")) == 2  # round 1, and back through stage 1
     for name, t in clean.transports.items():
-        if name != "m0":  # its peers resent the keys they had sent ahead for that round
-            ahead = _sent(t, job.id, "/secagg/unmask")[back - 2]["next_keys"]
-            assert ahead in _sent(t, job.id, "/secagg/keys")
+        if name == "m0":
+            continue
+        # round 2 ran all four stages under a fresh attempt: the keys shared ahead for round 2
+        # were never sent again (shares of one secret for two rosters could unmask it)
+        ahead = _keys_ahead(_uploads(t, job.id)[0])
+        resent = _sent(t, job.id, "/secagg/keys")
+        assert len(resent) >= 2 and ahead not in resent
+        assert any(p.endswith(f"/rounds/{back}/secagg/keys") for _, p in t.sent)
 
 
 def test_keys_ahead_not_signed_for_the_next_round_are_refused(clean: Fed) -> None:
     m1 = clean.transports["m1"]
     m1.tamper_ahead = True
-    job = clean.run(rounds=3)
-    assert job.status == "completed", job.reason  # round 1 unmasks without m1's answer
+    job = clean.run(rounds=2)
+    assert job.status == "completed", job.reason
     # the round's refusals only: a final-model download of an earlier job may be refused too
     assert [code for path, code in m1.refused if "/rounds/" in path][0] == "invalid_keys"
-    assert job.rounds[0].clients == N
-    assert any("m1" in r.participants for r in job.rounds[1:])  # back through stage 1
+    assert job.rounds[0].clients == N - 1  # the upload that carried them was refused whole
+    assert "m1" not in job.rounds[0].participants
+
+
+def test_shares_ahead_in_another_members_name_are_refused_with_the_answer_they_came_in(
+    clean: Fed,
+) -> None:
+    m2 = clean.transports["m2"]
+    m2.forge_shares = True
+    job = clean.run(rounds=2)
+    assert job.status == "completed", job.reason  # round 1 unmasks without m2's answer
+    assert [code for path, code in m2.refused if "/rounds/" in path][0] == "invalid_shares"
+    assert job.rounds[0].clients == N  # its masked input was in before
+    for t in clean.transports.values():  # nothing of the refused answer opened round 2
+        assert any(p.endswith(f"/jobs/{job.id}/rounds/2/secagg/keys") for _, p in t.sent)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,10 @@ def test_a_masked_upload_is_one_integer_tensor_bound_to_its_attempt() -> None:
     vector = np.arange(7, dtype=np.uint32) * 1_000_000_007
     body = encode_masked(vector, 42)
     assert len(body) <= 4 * 7 + 160  # no bigger than the fp32 update, header aside
-    assert np.array_equal(decode_masked(body, 7, 32, 42), vector)
+    got, keys = decode_masked(body, 7, 32, 42)
+    assert np.array_equal(got, vector) and keys is None
     wide = encode_masked(vector.astype(np.uint64), 42)
-    assert np.array_equal(decode_masked(wide, 7, 64, 42), vector)
+    assert np.array_equal(decode_masked(wide, 7, 64, 42)[0], vector)
     with pytest.raises(ValueError, match="another run"):
         decode_masked(body, 7, 32, 43)
     with pytest.raises(ValueError, match="exactly one tensor"):
@@ -150,6 +152,32 @@ def test_a_masked_upload_is_one_integer_tensor_bound_to_its_attempt() -> None:
     for broken in (b"", body[:20], body[:-4], body + b"\0\0\0\0", b"\xff" * 8 + body[8:]):
         with pytest.raises(ValueError):
             decode_masked(broken, 7, 32, 42)
+
+
+def _with_metadata(body: bytes, **extra: str) -> bytes:
+    """``body`` with its safetensors metadata extended (the header re-padded)."""
+    (size,) = struct.unpack("<Q", body[:8])
+    header = json.loads(body[8 : 8 + size])
+    header["__metadata__"].update(extra)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + body[8 + size :]
+
+
+def test_a_masked_upload_may_carry_the_next_rounds_public_keys_and_nothing_else() -> None:
+    vector = np.arange(7, dtype=np.uint32)
+    keys = SecureKeys(c_public=bytes(range(32)), s_public=bytes(32), signature=bytes(64))
+    body = encode_masked(vector, 42, keys)
+    assert len(body) <= 4 * 7 + 400  # the keys: about 230 bytes of header
+    got, ahead = decode_masked(body, 7, 32, 42)
+    assert np.array_equal(got, vector) and ahead == keys
+    plain = encode_masked(vector, 42)
+    with pytest.raises(ValueError, match="no metadata but the attempt"):
+        decode_masked(_with_metadata(plain, member="m3"), 7, 32, 42)  # nothing about its member
+    with pytest.raises(ValueError, match="keys in the masked upload are malformed"):
+        decode_masked(_with_metadata(plain, next_keys='{"c_public": "AA=="}'), 7, 32, 42)
+    with pytest.raises(ValueError, match="malformed"):
+        decode_masked(_with_metadata(plain, next_keys="[1, 2"), 7, 32, 42)
 
 
 # the migration --------------------------------------------------------------------------------

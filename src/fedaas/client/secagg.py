@@ -25,11 +25,18 @@ it has seen, so a restarted (or replaying) coordinator gets new keys or
 nothing, and a member that restarted after sending keys ahead waits for the
 next round
 (:class:`~fedaas.client.secagg_state.SecureState`, which also keeps the
-identity key and the peers' pinned keys). With its unmask answer the member
-sends its keys for the next round (the coordinator named that round's
-attempt); when every sampled member did, the next task carries the roster
-and stage 1 costs nothing. The unmask answer is held for the next task, as
-a plain upload's is.
+identity key and the peers' pinned keys).
+
+Pipelined: with its masked upload the member sends its keys for the next
+round (the task named that round's attempt); the unmask question brings the
+next round's roster, and the member answers it with its shares for that
+roster (each peer checked as in stage 2), keeping the member object that
+made them (:class:`~fedaas.client.secagg_state.Pending`, memory only). The
+next round's task, for exactly that session, carries the shares addressed to
+it, and the member goes straight to training: two requests per round. Keys
+advertised ahead are shared once, for one roster; a round that runs its
+stages afresh comes with a new attempt and new keys. The unmask answer is
+held for the next task, as a plain upload's is.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from fedaas.algorithms.secagg import (
     FixedPoint,
     KeyAdvertisement,
     RoundContext,
+    SecAggError,
     SecAggMember,
     SecAggParams,
     UnmaskRequest,
@@ -55,7 +63,7 @@ from fedaas.algorithms.secagg import (
 )
 from fedaas.algorithms.seeds import member_seed
 from fedaas.client.finished import upload_wait
-from fedaas.client.secagg_state import SecureRefused, SecureState, SessionSeen
+from fedaas.client.secagg_state import Pending, SecureRefused, SecureState, SessionSeen
 from fedaas.client.training import train_round
 from fedaas.protocol import TASK_BUNDLE, ClientPrivacy, Task, UpdateMetadata
 from fedaas.protocol_secagg import (
@@ -113,20 +121,22 @@ class SecureTraining:
         secure.register(agent.t)  # done when the agent started, unless that failed
         if not secure.registered:
             raise SecureRefused("the coordinator keeps another identity key for this member")
-        secrets = secure.take_ahead(self.context)  # keys sent with the last round's answer
-        if secrets is None:
+        pending = secure.take_pending(self.context)  # stages 1 and 2 done in the last round
+        if pending is not None:
+            member, inbound = self._shared_ahead(pending)
+        else:
             try:
                 secure.note_attempt(task.job_id, task.round, s.attempt)
             except SessionSeen as exc:  # e.g. keys sent ahead, then this agent restarted
                 log.warning("sitting out round %d (nothing sent): %s", task.round, exc)
                 agent.stop.wait(min(self._wait(), 1.0))  # the round goes on without it
                 return None
-        member = SecAggMember(s.member, secure.identity, self.context, self.params, secrets)
-        # keys and shares first: the share stage's straggler grace never waits on training
-        roster, inbound = self._keys_and_shares(member, ahead=secrets is not None)
+            member = SecAggMember(s.member, secure.identity, self.context, self.params)
+            inbound = self._keys_and_shares(member)
         encoded = self.encode(*self.train())
-        received = [EncryptedShare(x.sender, x.recipient, x.ciphertext) for x in inbound.shares]
-        body = encode_masked(member.masked_input(received, encoded), s.attempt)
+        received = [EncryptedShare(x.sender, x.recipient, x.ciphertext) for x in inbound]
+        next_keys = self._keys_ahead(s.next_attempt)
+        body = encode_masked(member.masked_input(received, encoded), s.attempt, next_keys)
         wait = self._wait()
         response = agent.t.request(
             "PUT",
@@ -147,7 +157,7 @@ class SecureTraining:
         shares_back = UnmaskShares(
             seed_shares=[MemberShare(member=m, share=v) for m, v in answer.seed_shares],
             key_shares=[MemberShare(member=m, share=v) for m, v in answer.key_shares],
-            next_keys=self._keys_ahead(asked.next_attempt),
+            next_shares=self._share_ahead(asked.next_roster) if next_keys is not None else None,
         )
         rounds = self.ctx.spec.job.rounds
         wait = upload_wait(task.round, rounds, agent.poll_s)
@@ -162,7 +172,7 @@ class SecureTraining:
         log.info(
             "round %d: secure round done (%d members, threshold %d), sent %d masked bytes",
             task.round,
-            len(roster.members),
+            s.sampled,
             self.threshold,
             len(body),
         )
@@ -173,39 +183,82 @@ class SecureTraining:
     def _wait(self) -> float:
         return min(HOLD_S, max(1.0, self.end - time.monotonic()))
 
+    def _next_context(self, attempt: int) -> RoundContext:
+        return RoundContext(self.task.job_id, self.task.round + 1, attempt)
+
     def _keys_ahead(self, attempt: int | None) -> SecureKeys | None:
         """Keys for the next round, signed for the attempt the coordinator drew for it."""
-        task = self.task
-        if attempt is None or task.round >= self.ctx.spec.job.rounds:
+        if attempt is None or self.task.round >= self.ctx.spec.job.rounds:
             return None
-        ahead = RoundContext(task.job_id, task.round + 1, attempt)
-        return self.agent.secure.advertise_ahead(ahead, self.session.member)
+        try:
+            return self.agent.secure.advertise_ahead(
+                self._next_context(attempt), self.session.member
+            )
+        except SessionSeen as exc:  # named twice: this round's upload goes on without them
+            log.warning("round %d: no keys ahead: %s", self.task.round, exc)
+            return None
 
-    def _keys_and_shares(
-        self, member: SecAggMember, ahead: bool
-    ) -> tuple[SecureRoster, InboundShares]:
-        """Stages 1 and 2: the roster (in the task when every member sent keys ahead, else
-        after advertising signed round keys), checked; then relay the shares."""
+    def _share_ahead(self, roster: SecureRoster | None) -> ShareKeys | None:
+        """Stage 2 of the next round, for its roster (which came with this round's unmask
+        question), with the secrets advertised ahead; checked as in :meth:`_keys_and_shares`.
+        ``None`` (the next round then runs all its stages, fresh) when anything is amiss."""
+        secure: SecureState = self.agent.secure
+        if roster is None or secure.ahead is None:
+            return None
+        context = secure.ahead.context
+        secrets = secure.take_ahead(context)  # once: never shared twice under the same keys
+        assert secrets is not None
+        section = self.ctx.spec.secure_aggregation
+        try:
+            if (roster.job_id, roster.round, roster.attempt) != (
+                context.job_id,
+                context.round,
+                context.attempt,
+            ):
+                raise SecureRefused("the next round's roster names another session than its keys")
+            secure.check_peers(roster)
+            threshold = section.reconstruction_threshold(len(roster.members))
+            params = SecAggParams(threshold, section.neighbors, self.encoding)
+            member = SecAggMember(self.session.member, secure.identity, context, params, secrets)
+            member.advertise()
+            shares = member.share_keys(*_advertisements(roster))
+        except (SecureRefused, SecAggError, ValueError) as exc:
+            log.warning(
+                "round %d: no shares ahead for round %d: %s", self.task.round, context.round, exc
+            )
+            return None
+        body = ShareKeys(shares=[_wire(x) for x in shares])
+        secure.pending = Pending(context, member, body, len(roster.members))
+        return body
+
+    def _shared_ahead(self, pending: Pending) -> tuple[SecAggMember, list[WireShare]]:
+        """Stages 1 and 2 done during the last round: the member object that shared, bound to
+        this round's encoding; the inbound shares (in the task, or fetched with the same
+        shares again, which stage 2's request answers at once)."""
+        if pending.size != self.session.sampled:
+            raise SecureRefused(
+                f"the task samples {self.session.sampled} members; this member shared its keys "
+                f"with {pending.size}"
+            )
+        pending.member.bind(self.params)
+        inbound = self.session.inbound
+        if inbound is None:
+            inbound = self._held("POST", "/secagg/shares", pending.shares, InboundShares).shares
+        return pending.member, inbound
+
+    def _keys_and_shares(self, member: SecAggMember) -> list[WireShare]:
+        """Stages 1 and 2: advertise signed round keys, check the roster; relay the shares;
+        the shares addressed to this member."""
         task, s = self.task, self.session
         ad = member.advertise()  # the roster must carry exactly these keys (share_keys checks)
-        if ahead and s.roster is not None:
-            roster = s.roster
-        else:
-            keys = SecureKeys(c_public=ad.c_public, s_public=ad.s_public, signature=ad.signature)
-            roster = self._held("POST", "/secagg/keys", keys, SecureRoster)
+        keys = SecureKeys(c_public=ad.c_public, s_public=ad.s_public, signature=ad.signature)
+        roster = self._held("POST", "/secagg/keys", keys, SecureRoster)
         if (roster.job_id, roster.round, roster.attempt) != (task.job_id, task.round, s.attempt):
             raise SecureRefused("the roster names another round than the task")
         self.agent.secure.check_peers(roster)
-        ads = [
-            KeyAdvertisement(e.member, e.c_public, e.s_public, e.signature) for e in roster.members
-        ]
-        shares = member.share_keys(ads, {e.member: e.identity for e in roster.members})
-        wire = [
-            WireShare(sender=x.sender, recipient=x.recipient, ciphertext=x.ciphertext)
-            for x in shares
-        ]
-        inbound = self._held("POST", "/secagg/shares", ShareKeys(shares=wire), InboundShares)
-        return roster, inbound
+        shares = member.share_keys(*_advertisements(roster))
+        body = ShareKeys(shares=[_wire(x) for x in shares])
+        return self._held("POST", "/secagg/shares", body, InboundShares).shares
 
     def _check_noise(self) -> None:
         """Under distributed DP: the share must carry the full noise without this member's own."""
@@ -262,3 +315,13 @@ class SecureTraining:
                 return answer.model_validate_json(response.content)
             if time.monotonic() > self.end:
                 raise SecureRefused(f"the coordinator did not close stage {path} by the deadline")
+
+
+def _advertisements(roster: SecureRoster) -> tuple[list[KeyAdvertisement], dict[str, bytes]]:
+    """A roster as the pure core takes it: the advertisements and the peers' identity keys."""
+    ads = [KeyAdvertisement(e.member, e.c_public, e.s_public, e.signature) for e in roster.members]
+    return ads, {e.member: e.identity for e in roster.members}
+
+
+def _wire(share: EncryptedShare) -> WireShare:
+    return WireShare(sender=share.sender, recipient=share.recipient, ciphertext=share.ciphertext)

@@ -11,8 +11,9 @@
 * The long-term keys it saw for its peers, per coordinator
   (``secagg-peers.json``): a coordinator that later relays another key for
   a peer is refused (trust on first use).
-* The secrets it advertised ahead for its next round (memory only, never
-  written): see :meth:`SecureState.advertise_ahead`.
+* The secrets it advertised ahead for its next round, and once it shared
+  them, the round's member object (memory only, never written): see
+  :meth:`SecureState.advertise_ahead` and :class:`Pending`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedaas.algorithms.secagg import IdentityKey, KeyAdvertisement, RoundContext, fingerprint
-from fedaas.algorithms.secagg.member import RoundSecrets
+from fedaas.algorithms.secagg.member import RoundSecrets, SecAggMember
 from fedaas.client.transport import ApiClientError, Transport
-from fedaas.protocol_secagg import IdentityRegistration, SecureKeys, SecureRoster
+from fedaas.protocol_secagg import IdentityRegistration, SecureKeys, SecureRoster, ShareKeys
 
 log = logging.getLogger("fedaas.agent")
 
@@ -54,6 +55,17 @@ class Ahead:
     advertisement: KeyAdvertisement
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A round whose stages 1 and 2 this member did during the last one: the member object
+    that shared its secrets, the shares it sent, and how many members the roster named."""
+
+    context: RoundContext
+    member: SecAggMember
+    shares: ShareKeys
+    size: int
+
+
 class SecureState:
     """One member's secure-aggregation state in ``state_dir`` (see the module docstring)."""
 
@@ -64,6 +76,7 @@ class SecureState:
         self._pins: dict[str, dict[str, str]] | None = None
         self.registered = False
         self.ahead: Ahead | None = None
+        self.pending: Pending | None = None
 
     @property
     def identity(self) -> IdentityKey:
@@ -143,6 +156,11 @@ class SecureState:
         """The secrets advertised ahead for exactly this session (once), else ``None``."""
         ahead, self.ahead = self.ahead, None
         return ahead.secrets if ahead is not None and ahead.context == context else None
+
+    def take_pending(self, context: RoundContext) -> Pending | None:
+        """The round shared ahead for exactly this session (once), else ``None``."""
+        pending, self.pending = self.pending, None
+        return pending if pending is not None and pending.context == context else None
 
 
 def _write(path: Path, text: str) -> None:

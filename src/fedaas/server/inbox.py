@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedaas.protocol import Receipt, Task
+from fedaas.protocol_secagg import WireShare
 from fedaas.server.db import Store
 from fedaas.server.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from fedaas.server.member_reports import evaluation_problems
@@ -71,6 +72,8 @@ class Inbox:
                 self.presence.seen(member_id)
                 task = self.task_for(member_id, name)
                 remaining = end - time.monotonic()
+                if task is not None and task.secure is not None and task.secure.inbound:
+                    self._count_inbound(task.secure.inbound)
                 if task is not None or remaining <= 0 or self.closing:
                     return task
                 await self.tasks_changed.wait(
@@ -81,6 +84,12 @@ class Inbox:
                     if await gone():
                         poll.hung_up = True
                         return None
+
+    def _count_inbound(self, shares: list[WireShare]) -> None:
+        """Shares a secure task carries (stage 2's answer ahead) count as bytes down."""
+        state = self.job.round if self.job is not None else None
+        if state is not None and state.secure is not None:
+            state.secure.bytes_down += sum(len(s.model_dump_json()) for s in shares)
 
     def task_for(self, member_id: int, name: str | None = None) -> Task | None:
         job = self.job

@@ -135,7 +135,7 @@ class ActiveJob:
     holdout: ArrayDataset | None = None
     module: Any = None
     secure_ahead: Any = None
-    """Keys members sent for the next secure round (``server.secagg_setup.AheadKeys``)."""
+    """Keys and shares members sent for the next secure round (``server.secagg_ahead.AheadKeys``)."""
 
 
 def check_update(

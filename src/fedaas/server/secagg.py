@@ -9,7 +9,8 @@ keys, share keys, masked input, unmask) as
 :mod:`fedaas.server.secagg_stages` decides: never waiting for every reply.
 Members' requests for a stage's outcome are held until the stage closes, so
 a stage costs one round trip. The encoding, identities, noise shares and the
-mean of the recovered sum are in :mod:`fedaas.server.secagg_setup`.
+mean of the recovered sum are in :mod:`fedaas.server.secagg_setup`; stages 1
+and 2 of the next round done during this one in :mod:`fedaas.server.secagg_ahead`.
 
 What the coordinator keeps: the members' public keys and the opaque
 ciphertexts they relay (memory only), the running modular sum of the masked
@@ -18,11 +19,15 @@ Nothing of a secure round is written to the spool, the database or the log
 but the sum's consequences (the model) and who took part. Every run of a
 round draws a fresh ``attempt`` (cryptographic), so a coordinator that
 restarts mid-round reruns it under new keys.
+
+Long because one class holds the state every stage's handler reads and
+writes (keys, shares, the sum, who answered what), each handler a few lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 import threading
@@ -57,17 +62,24 @@ from fedaas.protocol_secagg import (
 from fedaas.server.aggregation import Bounded
 from fedaas.server.db import Store
 from fedaas.server.errors import Conflict, Forbidden, InvalidRequest
-from fedaas.server.secagg_setup import (
+from fedaas.server.secagg_ahead import (
     AheadKeys,
+    AheadUnusable,
     check_keys_ahead,
+    check_shares_ahead,
+    take_ahead,
+)
+from fedaas.server.secagg_setup import (
     distributed_share,
     encoding_for,
     identities,
     unmasked_mean,
 )
-from fedaas.server.secagg_stages import STAGES, drive, take_keys_ahead
+from fedaas.server.secagg_stages import INBOUND_IN_TASK_BYTES, STAGES, drive
 from fedaas.spec import JobSpec
 from fedaas.tensors import Manifest
+
+log = logging.getLogger("fedaas.coordinator")
 
 
 def open_secure_round(
@@ -82,16 +94,20 @@ def open_secure_round(
 
     Under ``placement = "distributed"`` it first resizes the members' noise
     share to the round's threshold (``state.privacy``). ``ahead``: keys
-    advertised for this round during the last one (used only if they name it).
+    stages 1 and 2 of this round, done during the last one (used when they fit it).
     """
     if not spec.secure_aggregation.enabled:
         return None
     threshold = spec.secure_aggregation.reconstruction_threshold(len(state.sampled))
     multiplier = getattr(spec.privacy, "noise_multiplier", 0.0)
     state.privacy = distributed_share(state.privacy, multiplier, threshold)
-    return SecureRound(
-        spec, job_id, state.number, state.sampled, store, manifest, state.privacy, ahead
-    )
+    args = (spec, job_id, state.number, state.sampled, store, manifest, state.privacy)
+    if ahead is not None and ahead.round == state.number:
+        try:
+            return SecureRound(*args, ahead)
+        except AheadUnusable as exc:
+            log.info("round %d: stages 1 and 2 run again, fresh: %s", state.number, exc)
+    return SecureRound(*args)
 
 
 class SecureRound:
@@ -115,7 +131,6 @@ class SecureRound:
         self.encoding = encoding_for(spec, privacy, len(sampled), self.size)
         self.threshold = spec.secure_aggregation.reconstruction_threshold(len(sampled))
         self.params = SecAggParams(self.threshold, spec.secure_aggregation.neighbors, self.encoding)
-        ahead = ahead if ahead is not None and ahead.round == number else None
         attempt = ahead.attempt if ahead is not None else secrets.randbelow(2**63)
         self.context = RoundContext(job_id, number, attempt)
         self.next_context = (  # what keys sent ahead for the next round are signed for
@@ -123,7 +138,9 @@ class SecureRound:
             if number < spec.job.rounds
             else None
         )
-        self._next_keys: dict[int, SecureKeys] = {}
+        self.next_keys: dict[int, SecureKeys] = {}  # sent with the masked inputs
+        self.next_roster: SecureRoster | None = None
+        self._next_shares: dict[int, ShareKeys] = {}  # sent with the unmask answers
         self.store = store
         self.identities = {sampled[m]: key for m, key in identities(store).items() if m in sampled}
         self.length = self.encoding.encoded_length(self.size)
@@ -138,6 +155,7 @@ class SecureRound:
         self._shares: dict[int, ShareKeys] = {}
         self.roster: SecureRoster | None = None
         self.inbound: dict[str, list[WireShare]] = {}
+        self.ahead = ahead is not None  # stages 1 and 2 ran during the last round
         self.request: SecureUnmaskRequest | None = None
         self.failure: str | None = None
         self.weighted_sum: np.ndarray | None = None
@@ -145,23 +163,30 @@ class SecureRound:
         self.survivors: list[int] = []
         self.bytes_up = 0
         self.bytes_down = 0
-        self.ahead: set[int] = set()  # members whose keys came with the last round
-        self.roster_in_task = False
-        if ahead is not None:
-            take_keys_ahead(self, ahead.keys)
+        if ahead is not None:  # AheadUnusable: the caller opens the round afresh
+            take_ahead(self, ahead)
 
     # what members see ---------------------------------------------------------------
     def session_for(self, member_id: int) -> SecureSession | None:
         """The session a train task carries; ``None`` once the member can no longer join.
 
-        A member whose keys came ahead is handed it until it sends its shares
-        (with the roster, when it is small enough to ride in the task).
+        Until it advertises keys; or, when stages 1 and 2 ran during the last
+        round, until it uploads, with its inbound shares when they are small
+        enough to ride in the task.
         """
-        fresh = member_id not in self.answered["advertise"]
-        ahead = member_id in self.ahead and member_id not in self.answered["share_keys"]
-        if not (self.stage == "advertise" and (fresh or ahead)):
-            if not (self.stage == "share_keys" and ahead):
+        inbound = None
+        if self.stage == "advertise":
+            if member_id in self.answered["advertise"]:
                 return None
+        elif self.stage == "masked_input" and self.closed["share_keys"].is_set() and self.ahead:
+            name = self.names.get(member_id)
+            if name not in self.inbound or member_id in self.answered["masked_input"]:
+                return None
+            inbound = self.inbound[name]
+            if sum(len(s.model_dump_json()) for s in inbound) > INBOUND_IN_TASK_BYTES:
+                inbound = None  # fetched with stage 2's request, answered at once
+        else:
+            return None
         enc = self.encoding
         return SecureSession(
             attempt=self.context.attempt,
@@ -171,7 +196,8 @@ class SecureRound:
             scale=enc.scale,
             clip=enc.clip,
             max_weight=enc.max_weight,
-            roster=self.roster if self.roster_in_task and self.stage != "advertise" else None,
+            next_attempt=self.next_context.attempt if self.next_context is not None else None,
+            inbound=inbound,
         )
 
     def _check(self, stage: str, member_id: int, attempt: int | None = None) -> None:
@@ -236,24 +262,29 @@ class SecureRound:
         if not counted:  # keys sent ahead were counted in the round they came with
             self.bytes_up += len(keys.model_dump_json())
 
+    def take_shares(self, member_id: int, body: ShareKeys, counted: bool = False) -> None:
+        """One member's encrypted shares checked (sender, recipients, sizes) and kept; it counts
+        as having answered stage 2 (shares sent ahead were counted in the round they came with)."""
+        self._check("share_keys", member_id)
+        name = self.names[member_id]
+        shares = [EncryptedShare(s.sender, s.recipient, s.ciphertext) for s in body.shares]
+        if any(s.sender != name for s in shares):
+            raise InvalidRequest("every share must name its sender: this member", "invalid_shares")
+        try:
+            self.server.receive_shares(name, shares)
+        except SecAggError as exc:
+            raise InvalidRequest(f"refused shares: {exc}", "invalid_shares") from None
+        self._shares[member_id] = body
+        if not counted:
+            self.bytes_up += len(body.model_dump_json())
+        self._touch("share_keys", member_id)
+
     async def share(self, member_id: int, body: ShareKeys, wait: float) -> InboundShares | None:
-        """Stage 2: relay the member's encrypted shares; its inbound ones once the stage closes."""
+        """Stage 2: relay the member's encrypted shares; its inbound ones once the stage closes
+        (at once when they came ahead: the same body again)."""
         prior = self._shares.get(member_id)
         if prior is None:
-            self._check("share_keys", member_id)
-            name = self.names[member_id]
-            shares = [EncryptedShare(s.sender, s.recipient, s.ciphertext) for s in body.shares]
-            if any(s.sender != name for s in shares):
-                raise InvalidRequest(
-                    "every share must name its sender: this member", "invalid_shares"
-                )
-            try:
-                self.server.receive_shares(name, shares)
-            except SecAggError as exc:
-                raise InvalidRequest(f"refused shares: {exc}", "invalid_shares") from None
-            self._shares[member_id] = body
-            self.bytes_up += len(body.model_dump_json())
-            self._touch("share_keys", member_id)
+            self.take_shares(member_id, body)
         elif prior != body:
             raise Conflict("this member already sent other shares this round", "duplicate")
         if not await self._held("share_keys", wait):
@@ -268,12 +299,18 @@ class SecureRound:
     def accept_masked(
         self, member_id: int, body: bytes | Path, nbytes: int, number: int
     ) -> Receipt:
-        """Stage 3: add the member's masked vector to the running sum (the vector is not kept)."""
+        """Stage 3: add the member's masked vector to the running sum (the vector is not kept);
+        keep the keys for the next round that came with it."""
         raw = body.read_bytes() if isinstance(body, Path) else body
         try:
-            vector = decode_masked(raw, self.length, self.encoding.bits, self.context.attempt)
+            vector, next_keys = decode_masked(
+                raw, self.length, self.encoding.bits, self.context.attempt
+            )
         except ValueError as exc:
             raise InvalidRequest(str(exc), "invalid_update") from None
+        name = self.names.get(member_id)
+        if next_keys is not None and name is not None:  # checked before the vector is added
+            check_keys_ahead(self.identities.get(name), name, next_keys, self.next_context)
         with self.lock:
             self._check("masked_input", member_id)
             if member_id in self.answered["masked_input"]:
@@ -283,6 +320,8 @@ class SecureRound:
             except SecAggError as exc:
                 raise InvalidRequest(f"refused masked input: {exc}", "invalid_update") from None
             self.answered["masked_input"].add(member_id)
+            if next_keys is not None:
+                self.next_keys[member_id] = next_keys
             self.bytes_up += nbytes
         self._loop.call_soon_threadsafe(self.changed.set)
         return Receipt(job_id=self.context.job_id, round=number)
@@ -298,13 +337,13 @@ class SecureRound:
         return self.request
 
     def unmask(self, member_id: int, body: UnmaskShares) -> UnmaskAccepted:
-        """Stage 4's answer: the member's shares (seed shares of survivors, key shares of dropped)."""
+        """Stage 4's answer: the member's shares (seed shares of survivors, key shares of dropped);
+        its shares for the next round's roster, when it sends them, are kept for that round."""
         self._check("unmask", member_id)
         if member_id in self.answered["unmask"]:
             raise Conflict("this member already answered the unmask stage", "duplicate")
-        if body.next_keys is not None:  # checked before anything of the answer is kept
-            name = self.names[member_id]
-            check_keys_ahead(self.identities.get(name), name, body.next_keys, self.next_context)
+        if body.next_shares is not None:  # checked before anything of the answer is kept
+            check_shares_ahead(self.names[member_id], body.next_shares, self.next_roster)
         response = UnmaskResponse(
             self.names[member_id],
             tuple((s.member, s.share) for s in body.seed_shares),
@@ -315,17 +354,17 @@ class SecureRound:
         except SecAggError as exc:
             raise InvalidRequest(f"refused unmask shares: {exc}", "invalid_shares") from None
         self.bytes_up += len(body.model_dump_json())
-        if body.next_keys is not None:
-            self._next_keys[member_id] = body.next_keys
+        if body.next_shares is not None:
+            self._next_shares[member_id] = body.next_shares
         self._touch("unmask", member_id)
         return UnmaskAccepted(round=self.context.round)
 
     def keys_ahead(self) -> AheadKeys | None:
-        """The keys members sent for the next round (``None``: it starts with stage 1)."""
-        if self.next_context is None or not self._next_keys:
+        """Stages 1 and 2 of the next round as done during this one (``None``: it starts fresh)."""
+        if self.next_context is None or self.next_roster is None or not self._next_shares:
             return None
         ahead = self.next_context
-        return AheadKeys(ahead.round, ahead.attempt, dict(self._next_keys))
+        return AheadKeys(ahead.round, ahead.attempt, dict(self.next_keys), dict(self._next_shares))
 
     # the round loop's side ---------------------------------------------------------------
     async def run(self, state: Any, declined: Iterable[int], min_clients: int) -> None:

@@ -5,14 +5,12 @@ the round's fixed-point encoding (:class:`fedaas.algorithms.secagg.FixedPoint`:
 its clip and weight cap from the spec and the round's privacy), the size of
 each member's noise share under ``placement = "distributed"`` (any
 ``threshold - 1`` shares other than the target's carry the full noise), and
-the mean delta from the recovered sum, with central DP noise on the sum;
-keys members send ahead for the next round (:class:`AheadKeys`).
+the mean delta from the recovered sum, with central DP noise on the sum.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,16 +18,10 @@ from sqlalchemy import update
 
 from fedaas.algorithms.secagg import (
     FixedPoint,
-    KeyAdvertisement,
-    RoundContext,
-    SecAggError,
     distributed_noise_std,
-    verify_advertisement,
 )
 from fedaas.protocol import ClientPrivacy, PrivacyInstructions
-from fedaas.protocol_secagg import SecureKeys
 from fedaas.server.db import Member, Store
-from fedaas.server.errors import InvalidRequest
 from fedaas.spec import JobSpec
 from fedaas.tensors import Manifest
 
@@ -51,32 +43,6 @@ def register_identity(store: Store, member_id: int, key: bytes | None) -> None:
 def identities(store: Store) -> dict[int, bytes]:
     """Every member's registered long-term key, by member id."""
     return {m.id: bytes.fromhex(m.signing_key) for m in store.members() if m.signing_key}
-
-
-@dataclass(frozen=True)
-class AheadKeys:
-    """Members' keys for run ``attempt`` of round ``round``, sent with their last unmask answer."""
-
-    round: int
-    attempt: int
-    keys: dict[int, SecureKeys]
-
-
-def check_keys_ahead(
-    identity: bytes | None, name: str, keys: SecureKeys, context: RoundContext | None
-) -> None:
-    """Keys sent ahead must be signed by the member's registered key for the next round's
-    ``context`` (``None``: the job has no next round); else :class:`InvalidRequest`. Their
-    points are checked with the rest of stage 1 when that round opens."""
-    if context is None:
-        raise InvalidRequest("this is the job's last round: no keys ahead", "invalid_keys")
-    ad = KeyAdvertisement(name, keys.c_public, keys.s_public, keys.signature)
-    try:
-        if identity is None:
-            raise SecAggError(f"{name} has no registered identity key")
-        verify_advertisement(ad, identity, context, points=False)  # points: when used
-    except SecAggError as exc:
-        raise InvalidRequest(f"refused next round's keys: {exc}", "invalid_keys") from None
 
 
 def encoding_for(

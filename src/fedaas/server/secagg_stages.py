@@ -10,6 +10,9 @@ shares of every secret the sum needs), after a straggler grace of
 :data:`GRACE_MIN_S`); at the round deadline with whoever is in. It never
 waits for every reply, and a stage below its quorum fails the round with the
 reason, releasing nothing. Closing a stage wakes the members' held requests.
+When stages 1 and 2 ran during the last round
+(:func:`fedaas.server.secagg_ahead.take_ahead`), the round opens at stage 3;
+closing stage 3 hands out the next round's roster (:func:`next_roster`).
 """
 
 from __future__ import annotations
@@ -20,15 +23,14 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from fedaas.algorithms.secagg import SecAggError
+from fedaas.algorithms.secagg import KeyAdvertisement, SecAggError
 from fedaas.protocol_secagg import (
     RosterEntry,
-    SecureKeys,
     SecureRoster,
     SecureUnmaskRequest,
     WireShare,
 )
-from fedaas.server.errors import InvalidRequest, JobFailed
+from fedaas.server.errors import JobFailed
 
 if TYPE_CHECKING:
     from fedaas.server.secagg import SecureRound
@@ -40,27 +42,9 @@ GRACE_MIN_S = 0.25
 GRACE_FACTOR = 0.5
 """Straggler grace as a share of the time the stage took to reach its quorum."""
 STAGES = ("advertise", "share_keys", "masked_input", "unmask")
-ROSTER_IN_TASK_BYTES = 8192
-"""Largest roster a train task carries (the task rides in a response header); a larger one
-is fetched with stage 1's request, which then answers at once."""
-
-
-def take_keys_ahead(rnd: SecureRound, keys: dict[int, SecureKeys]) -> None:
-    """Stage 1 from keys sent with the last round's unmask answers (checked as any keys):
-    closed at once when every sampled member sent them."""
-    for member_id, sent in keys.items():
-        if member_id in rnd.names:
-            try:
-                rnd.take_keys(member_id, sent, counted=True)
-            except InvalidRequest:
-                continue
-            rnd.ahead.add(member_id)
-    if rnd.ahead and rnd.ahead == set(rnd.names):  # else members confirm them in stage 1,
-        rnd.answered["advertise"] |= rnd.ahead  # so the stage's straggler grace is as ever
-        close_advertise(rnd)
-        rnd.closed["advertise"].set()
-        size = len(rnd.roster.model_dump_json()) if rnd.roster is not None else 0
-        rnd.roster_in_task = size <= ROSTER_IN_TASK_BYTES
+INBOUND_IN_TASK_BYTES = 8192
+"""Most bytes of shares ahead a train task carries (the task rides in a response header);
+more are fetched with stage 2's request, which then answers at once."""
 
 
 async def drive(
@@ -69,8 +53,8 @@ async def drive(
     """Run the four stages; :class:`JobFailed` with the reason if the sum can't be recovered."""
     expected = set(rnd.names) - set(declined)
     for stage in STAGES:
-        if stage == "advertise" and rnd.stage != "advertise":  # keys came ahead of the round
-            expected = {rnd.ids[e.member] for e in rnd.roster.members} if rnd.roster else set()
+        if rnd.closed[stage].is_set():  # stages 1 and 2 ran during the last round
+            expected = {rnd.ids[name] for name in rnd.inbound}
             continue
         need = max(rnd.threshold, min_clients) if stage == "masked_input" else rnd.threshold
         began = time.monotonic()
@@ -127,10 +111,43 @@ async def _quorum(
 def close_advertise(rnd: SecureRound) -> set[int]:
     """Close stage 1: the roster of every member whose keys arrived; those members."""
     ads = rnd.server.close_advertise()
-    rnd.roster = SecureRoster(
+    rnd.roster = _roster(rnd, rnd.context.round, rnd.context.attempt, ads)
+    rnd.stage = "share_keys"
+    return {rnd.ids[ad.member_id] for ad in ads}
+
+
+def close_share_keys(rnd: SecureRound) -> set[int]:
+    """Close stage 2: each member's inbound shares; the members that sent theirs."""
+    inbound = rnd.server.close_share_keys()
+    rnd.inbound = {
+        name: [
+            WireShare(sender=s.sender, recipient=s.recipient, ciphertext=s.ciphertext)
+            for s in shares
+        ]
+        for name, shares in inbound.items()
+    }
+    rnd.stage = "masked_input"
+    return {rnd.ids[name] for name in rnd.inbound}
+
+
+def next_roster(rnd: SecureRound) -> SecureRoster | None:
+    """Stage 1's answer for the next round, ahead: the keys that came with the masked inputs
+    (``None`` on the last round, or with fewer than two of them)."""
+    ahead = rnd.next_context
+    keys = {rnd.names[m]: k for m, k in rnd.next_keys.items()}
+    if ahead is None or len(keys) < 2:
+        return None
+    ads = [KeyAdvertisement(n, k.c_public, k.s_public, k.signature) for n, k in keys.items()]
+    return _roster(rnd, ahead.round, ahead.attempt, ads)
+
+
+def _roster(
+    rnd: SecureRound, number: int, attempt: int, ads: Iterable[KeyAdvertisement]
+) -> SecureRoster:
+    return SecureRoster(
         job_id=rnd.context.job_id,
-        round=rnd.context.round,
-        attempt=rnd.context.attempt,
+        round=number,
+        attempt=attempt,
         members=[
             RosterEntry(
                 member=ad.member_id,
@@ -142,8 +159,6 @@ def close_advertise(rnd: SecureRound) -> set[int]:
             for ad in sorted(ads, key=lambda a: a.member_id)
         ],
     )
-    rnd.stage = "share_keys"
-    return {rnd.ids[ad.member_id] for ad in ads}
 
 
 async def _close(rnd: SecureRound, stage: str) -> set[int]:
@@ -151,24 +166,16 @@ async def _close(rnd: SecureRound, stage: str) -> set[int]:
     if stage == "advertise":
         return close_advertise(rnd)
     if stage == "share_keys":
-        inbound = rnd.server.close_share_keys()
-        rnd.inbound = {
-            name: [
-                WireShare(sender=s.sender, recipient=s.recipient, ciphertext=s.ciphertext)
-                for s in shares
-            ]
-            for name, shares in inbound.items()
-        }
-        rnd.stage = "masked_input"
-        return {rnd.ids[name] for name in rnd.inbound}
+        return close_share_keys(rnd)
     if stage == "masked_input":
         with rnd.lock:
             request = rnd.server.close_masked_input()
             rnd.stage = "unmask"
+        rnd.next_roster = next_roster(rnd)
         rnd.request = SecureUnmaskRequest(
             survivors=list(request.survivors),
             dropped=list(request.dropped),
-            next_attempt=rnd.next_context.attempt if rnd.next_context is not None else None,
+            next_roster=rnd.next_roster,
         )
         rnd.survivors = sorted(rnd.ids[name] for name in request.survivors)
         return set(rnd.survivors)

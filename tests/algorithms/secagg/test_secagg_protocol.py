@@ -347,3 +347,19 @@ def test_the_sum_is_recoverable_only_once_every_needed_secret_has_enough_shares(
         rnd.server.receive_unmask(rnd.members[m].unmask(request))
     assert rnd.server.recoverable()
     rnd.check_exact(rnd.server.finish(), request.survivors)
+
+
+def test_shares_made_ahead_take_the_rounds_encoding_but_not_another_threshold() -> None:
+    rnd = Round(threshold=6, neighbors=None)
+    routed = rnd.setup()  # the shares were made before the round's encoding was known
+    member = rnd.members[IDS[0]]
+    wide = FixedPoint.for_round(100_000, clip=1.0, max_weight=200.0)
+    with pytest.raises(ProtocolViolation, match="threshold or neighbours"):
+        member.bind(SecAggParams(5, None, wide))  # fewer shares would open its secrets
+    with pytest.raises(ProtocolViolation, match="threshold or neighbours"):
+        member.bind(SecAggParams(6, 4, wide))
+    member.bind(SecAggParams(6, None, wide))
+    masked = member.masked_input(routed[IDS[0]], wide.encode(rnd.updates[IDS[0]], 10.0))
+    assert masked.dtype == np.uint64  # stage 3 under the encoding bound last
+    with pytest.raises(MaskReuse):
+        member.bind(SecAggParams(6, None, rnd.encoding))

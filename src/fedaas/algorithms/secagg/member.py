@@ -22,7 +22,9 @@ Make one object per member per (job, round, attempt) and never persist it:
 a rerun round then always has fresh keys and masks. Its secrets
 (:class:`RoundSecrets`) may be drawn and advertised before the round's
 parameters are known (a member advertises its next round's keys with its
-last answer), then handed to the object made when the round begins.
+masked upload), then handed to the object made for that round, which may
+share them before the round begins and learn the round's encoding when it
+does (:meth:`SecAggMember.bind`).
 """
 
 from __future__ import annotations
@@ -229,6 +231,18 @@ class SecAggMember:
         y.flags.writeable = False
         self._masked = y
         return y
+
+    def bind(self, params: SecAggParams) -> None:
+        """The round's parameters, once its task came, for shares made ahead of it: the
+        threshold and neighbours must be those the shares were made with (only the encoding,
+        which stage 3 uses, may be new)."""
+        if (params.threshold, params.neighbors) != (self.params.threshold, self.params.neighbors):
+            raise ProtocolViolation(
+                "the round's threshold or neighbours are not those its shares were made for"
+            )
+        if self._masked is not None:
+            raise MaskReuse(f"{self.member_id} already sent a masked input under these keys")
+        self.params = params
 
     @property
     def masked_upload(self) -> np.ndarray | None:
