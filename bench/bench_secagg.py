@@ -22,9 +22,12 @@ per round (member processes only: summed over their processes, divided by
 members and rounds), the final accuracy;
 then secure / plain ratios measured in the same run. ``--hidden 512 512``
 gives the MLP larger hidden layers, so that local training is not negligible.
+``--repeat N`` runs each setting N times, plain and secure alternating, and
+reports the median of each number (and the ratio of each back-to-back pair):
+on a shared machine one run's plain round swings by a third.
 
     .venv/bin/python bench/bench_secagg.py [--rounds 6] [--members 10 50] [--dropouts 0 0.2]
-        [--members-as process|thread] [--hidden 512 512]
+        [--members-as process|thread] [--hidden 512 512] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -154,6 +157,15 @@ def run(
     }
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one setting as one: the median of each measured number."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
 def member(url: str, data: str, state: str) -> None:
     """``--member``: one agent that drops out before every upload (its own process)."""
     import torch
@@ -177,6 +189,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="round_timeout (s)")
     parser.add_argument("--neighbors", type=int, default=None, help="also run SecAgg+ with k")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per setting, modes alternating (a noisy machine)",
+    )
+    parser.add_argument(
         "--members-as",
         choices=["process", "thread"],
         default="process",
@@ -193,31 +211,45 @@ def main() -> None:
     results = []
     for n in args.members:
         for dropout in args.dropouts:
-            for secure, k in modes:
-                if k is not None and k >= n:
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    r = run(
-                        n,
-                        secure,
-                        dropout,
-                        args.rounds,
-                        args.timeout,
-                        k,
-                        Path(tmp),
-                        processes=args.members_as == "process",
-                        hidden=args.hidden,
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for rep in range(args.repeat):  # the modes alternate: a slow spell hits both
+                for secure, k in modes:
+                    if k is not None and k >= n:
+                        continue
+                    with tempfile.TemporaryDirectory() as tmp:
+                        r = run(
+                            n,
+                            secure,
+                            dropout,
+                            args.rounds,
+                            args.timeout,
+                            k,
+                            Path(tmp),
+                            processes=args.members_as == "process",
+                            hidden=args.hidden,
+                        )
+                    runs.setdefault(r["mode"], []).append(r)
+                    print(
+                        f"{n} members, {r['mode']}, {dropout:.0%} dropouts, run {rep + 1}: "
+                        f"median round {r['median_s']:.3f} s",
+                        flush=True,
                     )
-                results.append(r)
-                print(
-                    f"{n} members, {r['mode']}, {dropout:.0%} dropouts: "
-                    f"median round {r['median_s']:.3f} s",
-                    flush=True,
-                )
+            results.extend(_median_run(rs) for rs in runs.values())
+            if args.repeat > 1 and "plain" in runs:
+                for mode, rs in runs.items():
+                    if mode != "plain":
+                        pairs = zip(rs, runs["plain"], strict=True)
+                        ratios = ", ".join(
+                            f"x{a['median_s'] / b['median_s']:.2f}" for a, b in pairs
+                        )
+                        print(
+                            f"{n} members, {dropout:.0%} dropouts, {mode} / plain by run: {ratios}"
+                        )
     print()
     model = "hidden " + " ".join(map(str, args.hidden or [64]))
     kind = "processes" if args.members_as == "process" else "threads"
-    print(f"members as {kind}, MLP {model}, {args.rounds} rounds")
+    runs_note = f", median of {args.repeat} runs each" if args.repeat > 1 else ""
+    print(f"members as {kind}, MLP {model}, {args.rounds} rounds{runs_note}")
     print(
         f"{'members':>7} {'mode':>8} {'drop':>5} {'s/round':>8} {'mean s':>7} {'up kB':>7} {'down kB':>8} "
         f"{'coord CPU s':>11} {'member CPU s':>12} {'accuracy':>8}"

@@ -34,6 +34,7 @@ import pytest
 from fedaas.algorithms.secagg import FixedPoint, fingerprint
 from fedaas.client.secagg import SecureTraining
 from fedaas.client.transport import ApiClientError
+from fedaas.protocol import TASK_HEADER
 from fedaas.sim.cluster import LocalCluster
 from fixtures.agents import RecordingTransport, agent_threads
 from fixtures.specs import make_spec
@@ -55,6 +56,7 @@ class MemberTransport(RecordingTransport):
         self.on_masked: Any = None  # called before the masked upload is sent
         self.tamper_ahead = False  # the keys sent ahead are not the ones signed
         self.forge_shares = False  # the shares sent ahead claim another sender for one
+        self.strip_inbound = False  # tasks arrive without the shares ahead (too big to ride)
         self.refused: list[tuple[str, str]] = []  # (path, error code) the coordinator answered
         self.bodies: list[tuple[str, str, bytes]] = []
 
@@ -87,6 +89,13 @@ class MemberTransport(RecordingTransport):
         )
         if question and self.drop:
             raise ApiClientError(0, "dropped", "test: this member dropped after its upload")
+        task = response.headers.get(TASK_HEADER)
+        if self.strip_inbound and task and (parsed := json.loads(task)).get("secure"):
+            parsed["secure"]["inbound"] = None
+            headers = {**response.headers, TASK_HEADER.lower(): json.dumps(parsed)}
+            return httpx.Response(
+                200, headers=headers, content=response.content, request=response.request
+            )
         if question and self.both:
             asked = response.json()
             asked["dropped"] = sorted({*asked["dropped"], asked["survivors"][-1]})
@@ -190,7 +199,7 @@ def clean(fed: Fed) -> Fed:
     dropped in the last test pauses before it polls again, and a round that opened meanwhile
     would close its key stage with the quorum, without it."""
     for t in fed.transports.values():
-        t.drop = t.both = t.tamper_ahead = t.forge_shares = False
+        t.drop = t.both = t.tamper_ahead = t.forge_shares = t.strip_inbound = False
         t.on_masked = None
         t.refused.clear()
     fed.seen.clear()
@@ -535,3 +544,18 @@ def test_shares_ahead_in_another_members_name_are_refused_with_the_answer_they_c
     assert job.rounds[0].clients == N  # its masked input was in before
     for t in clean.transports.values():  # nothing of the refused answer opened round 2
         assert any(p.endswith(f"/jobs/{job.id}/rounds/2/secagg/keys") for _, p in t.sent)
+
+
+def test_shares_ahead_too_big_for_the_task_are_fetched_with_stage_twos_request(
+    clean: Fed,
+) -> None:
+    m3 = clean.transports["m3"]
+    m3.strip_inbound = True
+    job = clean.run(rounds=3)
+    assert job.status == "completed", job.reason
+    assert [r.clients for r in job.rounds] == [N, N, N]
+    sent = _sent(m3, job.id, "/secagg/shares")
+    assert len(sent) == 3  # round 1's stage 2, then its shares ahead posted again, once a round
+    assert sent[1] == _sent(m3, job.id, "/secagg/unmask")[0]["next_shares"]
+    assert sent[2] == _sent(m3, job.id, "/secagg/unmask")[1]["next_shares"]
+    assert not [p for _, p in m3.sent if job.id in p and p.endswith("/secagg/keys")][1:]

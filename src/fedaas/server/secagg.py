@@ -156,6 +156,7 @@ class SecureRound:
         self.roster: SecureRoster | None = None
         self.inbound: dict[str, list[WireShare]] = {}
         self.ahead = ahead is not None  # stages 1 and 2 ran during the last round
+        self._fits: dict[str, bool] = {}  # whose inbound shares ride in the task
         self.request: SecureUnmaskRequest | None = None
         self.failure: str | None = None
         self.weighted_sum: np.ndarray | None = None
@@ -182,9 +183,10 @@ class SecureRound:
             name = self.names.get(member_id)
             if name not in self.inbound or member_id in self.answered["masked_input"]:
                 return None
-            inbound = self.inbound[name]
-            if sum(len(s.model_dump_json()) for s in inbound) > INBOUND_IN_TASK_BYTES:
-                inbound = None  # fetched with stage 2's request, answered at once
+            if name not in self._fits:  # else fetched with stage 2's request, answered at once
+                size = sum(len(s.model_dump_json()) for s in self.inbound[name])
+                self._fits[name] = size <= INBOUND_IN_TASK_BYTES
+            inbound = self.inbound[name] if self._fits[name] else None
         else:
             return None
         enc = self.encoding

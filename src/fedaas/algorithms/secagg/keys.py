@@ -14,6 +14,7 @@ HKDF-SHA256 (RFC 5869) derives
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 
@@ -101,18 +102,31 @@ def verify_advertisement(
     if sizes != (KEY_BYTES, KEY_BYTES, SIGNATURE_BYTES, KEY_BYTES):
         raise SignatureInvalid(f"{ad.member_id}: keys are 32 bytes and signatures 64")
     message = _advertised(context, ad.member_id, ad.c_public, ad.s_public)
-    try:
-        Ed25519PublicKey.from_public_bytes(identity_public).verify(ad.signature, message)
-    except (InvalidSignature, ValueError) as exc:
+    if not _signed(bytes(identity_public), bytes(ad.signature), message):
         raise SignatureInvalid(
             f"{ad.member_id}: round keys are not signed by its registered identity key "
             "for this job, round and attempt"
-        ) from exc
+        )
     for public in (ad.c_public, ad.s_public) if points else ():
         try:  # a low-order point agrees to zero with every key: refuse it up front
             _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
         except ValueError as exc:
             raise ProtocolViolation(f"{ad.member_id}: an unusable X25519 public key") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _signed(identity_public: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is ``identity_public``'s Ed25519 signature of ``message``.
+
+    Remembered for the exact bytes: the coordinator checks keys sent ahead
+    when they arrive and again when their round opens, and a verification
+    costs about 0.3 ms (of a secure round's CPU, the largest part).
+    """
+    try:
+        Ed25519PublicKey.from_public_bytes(identity_public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 class RoundKeyPair:

@@ -141,11 +141,17 @@ class SecAggMember:
             check_member_id(ad.member_id)
             if ad.member_id in ads:
                 raise ProtocolViolation(f"{ad.member_id} advertised twice")
-            if ad.member_id not in identities:
+            if ad.member_id == self.member_id:  # its own: the very bytes it signed, or refused
+                if ad != self._ad:
+                    raise ProtocolViolation(
+                        f"the advertised keys of {self.member_id} are not its own"
+                    )
+            elif ad.member_id not in identities:
                 raise SignatureInvalid(f"{ad.member_id} has no registered identity key")
-            verify_advertisement(ad, identities[ad.member_id], self.context, points=False)
+            else:
+                verify_advertisement(ad, identities[ad.member_id], self.context, points=False)
             ads[ad.member_id] = ad
-        if ads.get(self.member_id) != self._ad:
+        if self.member_id not in ads:
             raise ProtocolViolation(f"the advertised keys of {self.member_id} are not its own")
         publics = [a.c_public for a in ads.values()] + [a.s_public for a in ads.values()]
         if len(set(publics)) != len(publics):
