@@ -24,10 +24,13 @@ then secure / plain ratios measured in the same run. ``--hidden 512 512``
 gives the MLP larger hidden layers, so that local training is not negligible.
 ``--repeat N`` runs each setting N times, plain and secure alternating, and
 reports the median of each number (and the ratio of each back-to-back pair):
-on a shared machine one run's plain round swings by a third.
+on a shared machine one run's plain round swings by a third. ``--rtt MS``
+makes every member request wait MS first, as if the coordinator were a
+network round trip away (members across organizations); such members run
+the same agent in this script's ``--member`` mode.
 
     .venv/bin/python bench/bench_secagg.py [--rounds 6] [--members 10 50] [--dropouts 0 0.2]
-        [--members-as process|thread] [--hidden 512 512] [--repeat 5]
+        [--members-as process|thread] [--hidden 512 512] [--repeat 5] [--rtt 20]
 """
 
 from __future__ import annotations
@@ -55,13 +58,17 @@ from fedaas.sim.demo import EXAMPLE_SPEC, demo_spec
 
 
 class DroppingTransport(Transport):
-    """A member that dies after training, before its upload (when ``drops``)."""
+    """A member that dies after training, before its upload (when ``drops``), and whose every
+    request first waits ``rtt`` seconds (a network round trip away from the coordinator)."""
 
     drops = False
+    rtt = 0.0
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if self.drops and method == "PUT" and path.endswith("/update"):
             raise ApiClientError(0, "dropped", "benchmark: this member dropped out")
+        if self.rtt:
+            time.sleep(self.rtt)
         return super().request(method, path, **kwargs)
 
 
@@ -80,6 +87,7 @@ def run(
     workdir: Path,
     processes: bool = True,
     hidden: list[int] | None = None,
+    rtt: float = 0.0,
 ) -> dict[str, Any]:
     parts, (x_test, y_test) = digits_federation(members, 0.5, 0)
     for i, (x, y) in enumerate(parts):
@@ -98,7 +106,7 @@ def run(
         cluster.start_server()
         for i in range(members):
             data, drops = str(workdir / f"m{i}.npz"), i < round(dropout * members)
-            if processes and not drops:
+            if processes and not drops and not rtt:
                 cluster.start_client(f"m{i}", data)
                 continue
             token = cluster.admin.enroll(f"m{i}").token
@@ -111,6 +119,8 @@ def run(
                         cluster.url,
                         data,
                         str(workdir / f"s{i}"),
+                        "drop" if drops else "stay",
+                        str(rtt),
                     ],
                     env=cluster._env(FEDAAS_TOKEN=token),
                     stdin=subprocess.DEVNULL,
@@ -119,7 +129,7 @@ def run(
                 )
                 continue
             transport = DroppingTransport(cluster.url, token, give_up_after=60)
-            transport.drops = drops
+            transport.drops, transport.rtt = drops, rtt
             agents.append(Agent(transport, data, state_dir=workdir / f"s{i}", poll_s=5))
         threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
         for t in threads:
@@ -166,19 +176,20 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def member(url: str, data: str, state: str) -> None:
-    """``--member``: one agent that drops out before every upload (its own process)."""
+def member(url: str, data: str, state: str, drops: str, rtt: str) -> None:
+    """``--member``: one agent with the fault (``drop``) or network delay injected (its own
+    process, as ``fedaas client``)."""
     import torch
 
     torch.set_num_threads(1)  # as LocalCluster's members
     transport = DroppingTransport(url, os.environ["FEDAAS_TOKEN"], give_up_after=60)
-    transport.drops = True
+    transport.drops, transport.rtt = drops == "drop", float(rtt)
     Agent(transport, data, state_dir=Path(state)).run()
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--member"]:
-        member(*sys.argv[2:5])
+        member(*sys.argv[2:7])
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -188,6 +199,12 @@ def main() -> None:
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.2])
     parser.add_argument("--timeout", type=float, default=10.0, help="round_timeout (s)")
     parser.add_argument("--neighbors", type=int, default=None, help="also run SecAgg+ with k")
+    parser.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        help="ms each member request waits first: a round trip to a distant coordinator",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -227,6 +244,7 @@ def main() -> None:
                             Path(tmp),
                             processes=args.members_as == "process",
                             hidden=args.hidden,
+                            rtt=args.rtt / 1e3,
                         )
                     runs.setdefault(r["mode"], []).append(r)
                     print(
@@ -249,7 +267,8 @@ def main() -> None:
     model = "hidden " + " ".join(map(str, args.hidden or [64]))
     kind = "processes" if args.members_as == "process" else "threads"
     runs_note = f", median of {args.repeat} runs each" if args.repeat > 1 else ""
-    print(f"members as {kind}, MLP {model}, {args.rounds} rounds{runs_note}")
+    rtt_note = f", {args.rtt:g} ms round trip per request" if args.rtt else ""
+    print(f"members as {kind}, MLP {model}, {args.rounds} rounds{runs_note}{rtt_note}")
     print(
         f"{'members':>7} {'mode':>8} {'drop':>5} {'s/round':>8} {'mean s':>7} {'up kB':>7} {'down kB':>8} "
         f"{'coord CPU s':>11} {'member CPU s':>12} {'accuracy':>8}"
