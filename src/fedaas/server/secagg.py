@@ -93,8 +93,8 @@ def open_secure_round(
     """The secure run of round ``state`` (``None`` without ``[secure_aggregation]``).
 
     Under ``placement = "distributed"`` it first resizes the members' noise
-    share to the round's threshold (``state.privacy``). ``ahead``: keys
-    stages 1 and 2 of this round, done during the last one (used when they fit it).
+    share to the round's threshold (``state.privacy``). ``ahead``: stages 1
+    and 2 of this round, done during the last one (used when they fit it).
     """
     if not spec.secure_aggregation.enabled:
         return None
