@@ -3,7 +3,7 @@
 The demo's job (digits, MLP 64-10, FedAvg, held-out evaluation on the
 coordinator) for ``--rounds`` rounds with ``--members`` member agents, each
 its own ``fedaas client`` process, while an operator follows the job as
-``fedaas job wait`` does (:meth:`fedaas.client.admin.AdminClient.follow`:
+the Python API's ``Job.wait`` does (:meth:`fedaas.client.admin.AdminClient.follow`:
 one long-poll per round) and the coordinator's operator view scans once a
 second; ``--privacy gaussian|ou`` adds central client-level DP (accountant and
 all), ``--secure`` secure aggregation. Printed: the coordinator's CPU
