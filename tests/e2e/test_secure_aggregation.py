@@ -496,6 +496,16 @@ def test_stages_one_and_two_ride_on_the_last_round_two_requests_a_round(clean: F
             assert sent == [("PUT", "update"), ("POST", "unmask")], sent
 
 
+def test_secagg_plus_rounds_pipeline_too(clean: Fed) -> None:
+    job = clean.run(rounds=3, secure_aggregation={"enabled": True, "neighbors": 2})
+    assert job.status == "completed", job.reason
+    assert [r.clients for r in job.rounds] == [N, N, N]
+    for t in clean.transports.values():
+        answers = _sent(t, job.id, "/secagg/unmask")
+        assert [len(a["next_shares"]["shares"]) for a in answers[:2]] == [2, 2]  # neighbours
+        assert len(_sent(t, job.id, "/secagg/keys")) == 1  # round 1 only
+
+
 def test_a_member_that_drops_after_its_upload_makes_the_next_round_start_afresh(
     clean: Fed,
 ) -> None:
@@ -522,27 +532,31 @@ def test_a_member_that_drops_after_its_upload_makes_the_next_round_start_afresh(
         assert any(p.endswith(f"/rounds/{back}/secagg/keys") for _, p in t.sent)
 
 
-def test_keys_ahead_not_signed_for_the_next_round_are_refused(clean: Fed) -> None:
+def _round_refusals(t: MemberTransport) -> list[str]:
+    """The error codes of a member's refused round requests (a final-model download of an
+    earlier job may be refused too: not those)."""
+    return [code for path, code in t.refused if "/rounds/" in path]
+
+
+@pytest.mark.parametrize(
+    ("cheat", "code", "in_sum"),
+    [
+        ("tamper_ahead", "invalid_keys", N - 1),  # keys ahead not signed for the next round
+        ("forge_shares", "invalid_shares", N),  # shares ahead in another member's name
+    ],
+)
+def test_bad_stages_ahead_are_refused_with_the_request_they_came_in(
+    clean: Fed, cheat: str, code: str, in_sum: int
+) -> None:
     m1 = clean.transports["m1"]
-    m1.tamper_ahead = True
+    setattr(m1, cheat, True)
     job = clean.run(rounds=2)
     assert job.status == "completed", job.reason
-    # the round's refusals only: a final-model download of an earlier job may be refused too
-    assert [code for path, code in m1.refused if "/rounds/" in path][0] == "invalid_keys"
-    assert job.rounds[0].clients == N - 1  # the upload that carried them was refused whole
-    assert "m1" not in job.rounds[0].participants
-
-
-def test_shares_ahead_in_another_members_name_are_refused_with_the_answer_they_came_in(
-    clean: Fed,
-) -> None:
-    m2 = clean.transports["m2"]
-    m2.forge_shares = True
-    job = clean.run(rounds=2)
-    assert job.status == "completed", job.reason  # round 1 unmasks without m2's answer
-    assert [code for path, code in m2.refused if "/rounds/" in path][0] == "invalid_shares"
-    assert job.rounds[0].clients == N  # its masked input was in before
-    for t in clean.transports.values():  # nothing of the refused answer opened round 2
+    assert _round_refusals(m1)[0] == code
+    # keys ride on the masked upload, which is refused whole; shares on the unmask answer,
+    # after the masked input was in (round 1 unmasks without that answer)
+    assert job.rounds[0].clients == in_sum
+    for t in clean.transports.values():  # nothing refused opened round 2: it ran afresh
         assert any(p.endswith(f"/jobs/{job.id}/rounds/2/secagg/keys") for _, p in t.sent)
 
 
