@@ -18,8 +18,15 @@ from sqlalchemy import create_engine, inspect, text
 
 from fedaas.protocol import ClientPrivacy, NoPrivacy
 from fedaas.protocol_secagg import SecureKeys, decode_masked, encode_masked
+from fedaas.server.db import Store
 from fedaas.server.migrations import alembic_config
-from fedaas.server.secagg_setup import distributed_share, encoding_for, unmasked_mean
+from fedaas.server.secagg_setup import (
+    distributed_share,
+    encoding_for,
+    identities,
+    register_identity,
+    unmasked_mean,
+)
 from fedaas.spec import SpecError, parse_spec
 from fixtures.specs import make_spec
 
@@ -200,3 +207,21 @@ def test_migration_0003_adds_the_signing_key_and_keeps_members(tmp_path: Path) -
         command.downgrade(config, "0002")
         assert "signing_key" not in {c["name"] for c in inspect(connection).get_columns("members")}
     engine.dispose()
+
+
+def test_identity_keys_are_read_once_and_every_registration_or_clearing_is_seen(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    alpha, beta = (store.add_member(n, h * 64).id for n, h in (("alpha", "1"), ("beta", "2")))
+    register_identity(store, alpha, b"a" * 32)
+    assert identities(store) == {alpha: b"a" * 32}
+    with store.session() as s:  # behind the coordinator's back: not seen, it was read once
+        s.execute(text("UPDATE members SET signing_key = :k"), {"k": (b"x" * 32).hex()})
+    assert identities(store) == {alpha: b"a" * 32}
+    register_identity(store, beta, b"b" * 32)  # the coordinator's own write: read again
+    assert identities(store) == {alpha: b"x" * 32, beta: b"b" * 32}
+    register_identity(store, alpha, None)  # cleared by the operator: never used again
+    assert identities(store) == {beta: b"b" * 32}
+    identities(store)[beta] = b"c" * 32  # a caller's copy: the kept keys do not change
+    assert identities(store) == {beta: b"b" * 32}

@@ -273,6 +273,18 @@ def test_what_is_not_simulated_is_refused(spec, tmp_path: Path) -> None:
         simulate(parse_spec(data), "dirichlet:digits:6", backend=InlinePool(), out_dir=tmp_path)
 
 
+def test_a_quorum_above_the_members_is_refused_before_anything_runs(spec, tmp_path: Path) -> None:
+    data = spec.to_dict()
+    data["federation"].update(min_clients=7, clients_per_round=None)
+    from fedaas.sim.simulate import NotSimulated
+    from fedaas.spec import parse_spec
+
+    out = tmp_path / "run"
+    with pytest.raises(NotSimulated, match="min_clients is 7 but 6 member"):
+        simulate(parse_spec(data), "dirichlet:digits:6", backend=InlinePool(), out_dir=out)
+    assert not out.exists()  # refused before the run folder (or a worker) was made
+
+
 def test_the_command_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedaas.protocol import Receipt, Task
-from fedaas.protocol_secagg import WireShare
 from fedaas.server.db import Store
 from fedaas.server.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from fedaas.server.member_reports import evaluation_problems
@@ -73,7 +72,7 @@ class Inbox:
                 task = self.task_for(member_id, name)
                 remaining = end - time.monotonic()
                 if task is not None and task.secure is not None and task.secure.inbound:
-                    self._count_inbound(task.secure.inbound)
+                    self._count_inbound(task.secure.member)
                 if task is not None or remaining <= 0 or self.closing:
                     return task
                 await self.tasks_changed.wait(
@@ -85,11 +84,11 @@ class Inbox:
                         poll.hung_up = True
                         return None
 
-    def _count_inbound(self, shares: list[WireShare]) -> None:
+    def _count_inbound(self, name: str) -> None:
         """Shares a secure task carries (stage 2's answer ahead) count as bytes down."""
         state = self.job.round if self.job is not None else None
         if state is not None and state.secure is not None:
-            state.secure.bytes_down += sum(len(s.model_dump_json()) for s in shares)
+            state.secure.bytes_down += state.secure.inbound_bytes(name)
 
     def task_for(self, member_id: int, name: str | None = None) -> Task | None:
         job = self.job

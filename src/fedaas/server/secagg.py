@@ -156,7 +156,7 @@ class SecureRound:
         self.roster: SecureRoster | None = None
         self.inbound: dict[str, list[WireShare]] = {}
         self.ahead = ahead is not None  # stages 1 and 2 ran during the last round
-        self._fits: dict[str, bool] = {}  # whose inbound shares ride in the task
+        self._inbound_bytes: dict[str, int] = {}
         self.request: SecureUnmaskRequest | None = None
         self.failure: str | None = None
         self.weighted_sum: np.ndarray | None = None
@@ -183,10 +183,8 @@ class SecureRound:
             name = self.names.get(member_id)
             if name not in self.inbound or member_id in self.answered["masked_input"]:
                 return None
-            if name not in self._fits:  # else fetched with stage 2's request, answered at once
-                size = sum(len(s.model_dump_json()) for s in self.inbound[name])
-                self._fits[name] = size <= INBOUND_IN_TASK_BYTES
-            inbound = self.inbound[name] if self._fits[name] else None
+            if self.inbound_bytes(name) <= INBOUND_IN_TASK_BYTES:  # else fetched with stage
+                inbound = self.inbound[name]  # 2's request, which answers at once
         else:
             return None
         enc = self.encoding
@@ -201,6 +199,13 @@ class SecureRound:
             next_attempt=self.next_context.attempt if self.next_context is not None else None,
             inbound=inbound,
         )
+
+    def inbound_bytes(self, name: str) -> int:
+        """The size of the shares addressed to member ``name`` (as JSON): whether they ride in
+        its task, and the bytes down they add when they do."""
+        if name not in self._inbound_bytes:
+            self._inbound_bytes[name] = sum(len(s.model_dump_json()) for s in self.inbound[name])
+        return self._inbound_bytes[name]
 
     def _check(self, stage: str, member_id: int, attempt: int | None = None) -> None:
         if member_id not in self.names:

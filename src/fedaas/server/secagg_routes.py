@@ -184,7 +184,6 @@ def mount(app: FastAPI, coordinator: Coordinator, next_bundle: NextBundle) -> No
         for the next round); with ``next_timeout``, answered with the next task bundle."""
         assert who.member_id is not None
         accepted = secure_round(job_id, number).unmask(who.member_id, body)
-        inbox.tasks_changed.fire()
         if next_timeout:
             headers = {RECEIPT_HEADER: accepted.model_dump_json()}
             if answer := await next_bundle(who.member_id, who.name, next_timeout, request, headers):

@@ -11,6 +11,8 @@ the mean delta from the recovered sum, with central DP noise on the sum.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -33,16 +35,36 @@ NOISE_TAIL = 10.0
 """A noised update's norm stays below ``clip + std (sqrt(d) + 10)`` but with prob. ~2e-22."""
 
 
+_known: weakref.WeakKeyDictionary[Store, dict[int, bytes]] = weakref.WeakKeyDictionary()
+_changes: weakref.WeakKeyDictionary[Store, int] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
 def register_identity(store: Store, member_id: int, key: bytes | None) -> None:
     """Store (or with ``None`` clear) a member's long-term Ed25519 public key."""
     value = None if key is None else key.hex()
     with store.session() as s:
         s.execute(update(Member).where(Member.id == member_id).values(signing_key=value))
+    with _lock:  # the keys read before this commit are stale now
+        _known.pop(store, None)
+        _changes[store] = _changes.get(store, 0) + 1
 
 
 def identities(store: Store) -> dict[int, bytes]:
-    """Every member's registered long-term key, by member id."""
-    return {m.id: bytes.fromhex(m.signing_key) for m in store.members() if m.signing_key}
+    """Every member's registered long-term key, by member id.
+
+    Read from the database once and kept until :func:`register_identity`
+    (their only writer) changes one: every secure round asks, and reading
+    every member costs a millisecond at ten members and grows with them.
+    """
+    with _lock:
+        known, seen = _known.get(store), _changes.get(store, 0)
+    if known is None:
+        known = {m.id: bytes.fromhex(m.signing_key) for m in store.members() if m.signing_key}
+        with _lock:
+            if _changes.get(store, 0) == seen:  # no registration raced this read
+                _known[store] = known
+    return dict(known)
 
 
 def encoding_for(

@@ -108,10 +108,8 @@ def verify_advertisement(
             "for this job, round and attempt"
         )
     for public in (ad.c_public, ad.s_public) if points else ():
-        try:  # a low-order point agrees to zero with every key: refuse it up front
-            _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
-        except ValueError as exc:
-            raise ProtocolViolation(f"{ad.member_id}: an unusable X25519 public key") from exc
+        if not _usable(bytes(public)):
+            raise ProtocolViolation(f"{ad.member_id}: an unusable X25519 public key")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -125,6 +123,18 @@ def _signed(identity_public: bytes, signature: bytes, message: bytes) -> bool:
     try:
         Ed25519PublicKey.from_public_bytes(identity_public).verify(signature, message)
     except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _usable(public: bytes) -> bool:
+    """Whether an X25519 public key agrees to a nonzero secret (a low-order point agrees to
+    zero with every key). Remembered like :func:`_signed`: keys sent ahead are checked when
+    their round opens, and a retried request brings the same keys again."""
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
         return False
     return True
 

@@ -29,7 +29,7 @@ from fedaas.report import check_run_folder, fresh_run_folder, write_run_folder
 from fedaas.server.errors import JobFailed
 from fedaas.server.privacy import BudgetReached
 from fedaas.sim.simulate.engine import Pool, RoundLoop, Stragglers
-from fedaas.sim.simulate.partitions import plan_partitions, write_partitions
+from fedaas.sim.simulate.partitions import Generated, plan_partitions, write_partitions
 from fedaas.sim.simulate.progress import RoundProgress
 from fedaas.spec import JobSpec, loads_spec, parse_spec, read_spec_source
 
@@ -142,6 +142,13 @@ def simulate(
     # what can be refused is refused before an earlier run's folder is replaced
     check_run_folder(out, WORK)
     plan = plan_partitions(partitions, members=members, seed=spec.job.seed)
+    count = len(plan.parts) if isinstance(plan, Generated) else len(plan.members)
+    if spec.federation.min_clients > count:
+        raise NotSimulated(
+            f"federation.min_clients is {spec.federation.min_clients} but {count} member(s) are "
+            "simulated: no round could reach its quorum (lower min_clients or simulate more "
+            "members)"
+        )
     _check_backend(backend, address, cpus_per_member, gpus_per_member)
     ready = None  # Ray (or a given pool) is reached first; local workers log to the folder
     if backend != "local":
