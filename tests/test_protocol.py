@@ -16,6 +16,8 @@ from fedaas.protocol import (
     RoundRecord,
     Task,
     UpdateMetadata,
+    decode_bundle,
+    encode_bundle,
 )
 from fedaas.spec import parse_spec
 from fixtures.specs import make_spec
@@ -45,6 +47,26 @@ def test_a_task_round_trips_through_json() -> None:
     assert again == task
     assert isinstance(again.privacy, ClientPrivacy)
     assert again.spec.job.rounds == 2
+
+
+def test_a_task_bundle_carries_the_task_then_the_model_in_its_body() -> None:
+    task, model = b'{"job_id": "j"}' * 500, b"\x08\x00safetensors..."  # 7.5 kB: no header fits
+    body = encode_bundle(task, model)
+    assert decode_bundle(body) == (task, model)
+    assert decode_bundle(encode_bundle(b"", b"")) == (b"", b"")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\x00\x00\x01", "starts with its task's length"),
+        ((100).to_bytes(4, "big") + b"{}", "claims 100 bytes, but the body holds 2"),
+        (b"\xff\xff\xff\xff", "claims 4294967295 bytes"),
+    ],
+)
+def test_a_broken_task_bundle_is_named(body: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decode_bundle(body)
 
 
 @pytest.mark.parametrize(

@@ -25,14 +25,37 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fedaas.protocol_secagg import SecureSession
 from fedaas.spec import JobSpec
 
-TASK_BUNDLE = "application/vnd.fedaas.task+safetensors"
-"""Media type of a task answered together with its model (one round trip instead of two)."""
-TASK_HEADER = "X-Fedaas-Task"
-"""Header that carries the :class:`Task` (JSON) of a task bundle."""
+TASK_BUNDLE = "application/vnd.fedaas.task-bundle"
+"""Media type of a task answered together with its model (one round trip instead of two):
+:func:`encode_bundle`. The task rides in the body, not in a header: a secure round's task
+carries the member's inbound shares (kilobytes), past the response headers that reverse
+proxies accept by default (nginx: 4 KiB)."""
 RECEIPT_HEADER = "X-Fedaas-Receipt"
 """Header that carries the :class:`Receipt` when an upload's answer is the next task bundle."""
 ROUND_HEADER = "X-Fedaas-Round"
 """Header of a model download: the round after which the model was published."""
+_LENGTH_BYTES = 4
+
+
+def encode_bundle(task: bytes, model: bytes) -> bytes:
+    """A task bundle's body: the task's length (4 bytes, big-endian), the task (JSON), the
+    model (safetensors)."""
+    return len(task).to_bytes(_LENGTH_BYTES, "big") + task + model
+
+
+def decode_bundle(body: bytes) -> tuple[bytes, bytes]:
+    """``(task, model)`` from a task bundle's body; :class:`ValueError` if it is not one."""
+    if len(body) < _LENGTH_BYTES:
+        raise ValueError("a task bundle starts with its task's length (4 bytes)")
+    size = int.from_bytes(body[:_LENGTH_BYTES], "big")
+    if size > len(body) - _LENGTH_BYTES:
+        raise ValueError(
+            f"a task bundle's task claims {size} bytes, but the body holds "
+            f"{len(body) - _LENGTH_BYTES} after its length"
+        )
+    end = _LENGTH_BYTES + size
+    return body[_LENGTH_BYTES:end], body[end:]
+
 
 MAX_EXAMPLES = 10**12
 MAX_METRICS = 32

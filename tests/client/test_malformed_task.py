@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fedaas.protocol import TASK_BUNDLE, TASK_HEADER
+from fedaas.protocol import TASK_BUNDLE, decode_bundle, encode_bundle
 from fedaas.sim.cluster import LocalCluster
 from fixtures.agents import AgentThreads, RecordingTransport, StartAgents
 from fixtures.specs import make_spec
@@ -54,13 +54,14 @@ class SpoilingTransport(RecordingTransport):
         if len(self.spoiled) >= self.times:
             return response
         bundle = response.headers.get("content-type", "").startswith(TASK_BUNDLE)
-        task = json.loads(response.headers[TASK_HEADER] if bundle else response.text)
+        text, model = decode_bundle(response.content) if bundle else (response.content, b"")
+        task = json.loads(text)
         self.spoil(task)
         self.spoiled.append(task)
         broken = json.dumps(task)
         if bundle:  # the same model, the spoiled task beside it
-            headers = {"content-type": TASK_BUNDLE, TASK_HEADER: broken}
-            body = response.content
+            headers = {"content-type": TASK_BUNDLE}
+            body = encode_bundle(broken.encode(), model)
         else:
             headers, body = {"content-type": "application/json"}, broken.encode()
         return httpx.Response(200, headers=headers, content=body, request=response.request)

@@ -26,7 +26,7 @@ import safetensors.numpy
 
 from fedaas import tensors
 from fedaas.client.policy import MemberPolicy
-from fedaas.protocol import TASK_BUNDLE, TASK_HEADER
+from fedaas.protocol import TASK_BUNDLE, decode_bundle, encode_bundle
 from fedaas.sim.cluster import LocalCluster
 from fixtures.agents import AgentThreads, RecordingTransport, StartAgents
 from fixtures.specs import make_spec
@@ -69,12 +69,13 @@ class AttackerTransport(RecordingTransport):
         if self.seen < self.first:
             return response
         bundle = kind.startswith(TASK_BUNDLE)
-        task = json.loads(response.headers[TASK_HEADER] if bundle else response.text)
-        task, content = self.tamper(task, response.content if bundle else b"")
+        raw, model = decode_bundle(response.content) if bundle else (response.content, b"")
+        task, content = self.tamper(json.loads(raw), model)
         text = json.dumps(task)
         if bundle:
-            headers = {"content-type": TASK_BUNDLE, TASK_HEADER: text}
-            return httpx.Response(200, headers=headers, content=content, request=response.request)
+            headers = {"content-type": TASK_BUNDLE}
+            body = encode_bundle(text.encode(), content)
+            return httpx.Response(200, headers=headers, content=body, request=response.request)
         return httpx.Response(
             200,
             headers={"content-type": "application/json"},

@@ -34,7 +34,7 @@ import pytest
 from fedaas.algorithms.secagg import FixedPoint, fingerprint
 from fedaas.client.secagg import SecureTraining
 from fedaas.client.transport import ApiClientError
-from fedaas.protocol import TASK_HEADER
+from fedaas.protocol import TASK_BUNDLE, decode_bundle, encode_bundle
 from fedaas.sim.cluster import LocalCluster
 from fixtures.agents import RecordingTransport, agent_threads
 from fixtures.specs import make_spec
@@ -89,13 +89,13 @@ class MemberTransport(RecordingTransport):
         )
         if question and self.drop:
             raise ApiClientError(0, "dropped", "test: this member dropped after its upload")
-        task = response.headers.get(TASK_HEADER)
+        bundle = response.headers.get("content-type", "").startswith(TASK_BUNDLE)
+        task, model = decode_bundle(response.content) if bundle else (b"", b"")
         if self.strip_inbound and task and (parsed := json.loads(task)).get("secure"):
             parsed["secure"]["inbound"] = None
-            headers = {**response.headers, TASK_HEADER.lower(): json.dumps(parsed)}
-            return httpx.Response(
-                200, headers=headers, content=response.content, request=response.request
-            )
+            body = encode_bundle(json.dumps(parsed).encode(), model)
+            headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+            return httpx.Response(200, headers=headers, content=body, request=response.request)
         if question and self.both:
             asked = response.json()
             asked["dropped"] = sorted({*asked["dropped"], asked["survivors"][-1]})

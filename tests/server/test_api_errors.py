@@ -23,6 +23,7 @@ import pytest
 import safetensors.numpy
 
 from fedaas import tensors
+from fedaas.protocol import decode_bundle
 from fixtures.federation import Federation, StartFederation
 from fixtures.specs import make_spec
 
@@ -580,14 +581,15 @@ def test_an_upload_can_wait_for_and_carry_the_next_task(own_fed: Federation) -> 
     waiter.join(30)
     answer = held["answer"]
     assert answer.status_code == 200, answer.text
-    assert answer.headers["content-type"].startswith("application/vnd.fedaas.task+safetensors")
+    assert answer.headers["content-type"].startswith("application/vnd.fedaas.task-bundle")
     receipt = json.loads(answer.headers["X-Fedaas-Receipt"])
     assert receipt == {"accepted": True, "job_id": fed.job_id, "round": 2, "num_examples": 10}
-    task = json.loads(answer.headers["X-Fedaas-Task"])
+    text, bundled_model = decode_bundle(answer.content)
+    task = json.loads(text)
     assert (task["round"], task["stage"], task["model_round"]) == (3, "train", 2)
     model = fed.request("GET", f"/v1/jobs/{fed.job_id}/model", fed.tokens["alpha"])
     assert answer.headers["ETag"] == model.headers["ETag"] == task["model_etag"]
-    assert answer.content == model.content
+    assert bundled_model == model.content
 
     retry = fed.upload(good_body(fed), number=2, params={"next_timeout": 30}, headers=key)
     assert retry.status_code == 200 and retry.json() == receipt  # a replay is answered at once

@@ -81,5 +81,5 @@ def test_binary_answers_are_documented(openapi: dict[str, Any], tmp_path: Path) 
     model = openapi["paths"]["/v1/jobs/{job_id}/model"]["get"]["responses"]
     assert model["200"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
     task = openapi["paths"]["/v1/tasks/next"]["get"]["responses"]
-    assert "application/vnd.fedaas.task+safetensors" in task["200"]["content"]
+    assert "application/vnd.fedaas.task-bundle" in task["200"]["content"]
     assert "204" in task

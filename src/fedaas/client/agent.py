@@ -54,10 +54,10 @@ from fedaas.models.registry import ModelError
 from fedaas.protocol import (
     MAX_REASON,
     TASK_BUNDLE,
-    TASK_HEADER,
     DeclineReport,
     Task,
     UpdateMetadata,
+    decode_bundle,
 )
 from fedaas.spec import JobSpec
 from fedaas.storage import StorageError
@@ -250,14 +250,24 @@ class Agent:
     def _unbundle(self, response: httpx.Response) -> Task | None:
         """The task; a bundled response also carries the task's model (saves a request)."""
         bundle = response.headers.get("content-type", "").startswith(TASK_BUNDLE)
-        raw = response.headers.get(TASK_HEADER, "") if bundle else response.text
+        model = b""
+        if bundle:
+            try:
+                text, model = decode_bundle(response.content)
+            except ValueError as exc:
+                log.error("refusing a malformed task bundle: %s", exc)
+                self.stop.wait(1.0)  # nothing to answer: don't spin on a broken coordinator
+                return None
+            raw = text.decode("utf-8", errors="replace")
+        else:
+            raw = response.text
         try:
             task = Task.model_validate_json(raw)
         except ValidationError as exc:
             self._refuse(raw, exc)
             return None
         if bundle:  # checked (names, shapes, finite) when the task is handled
-            self._model_cache = (task.model_etag, response.content)
+            self._model_cache = (task.model_etag, model)
         return task
 
     def _refuse(self, raw: str, exc: ValidationError) -> None:

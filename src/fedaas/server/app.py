@@ -26,7 +26,6 @@ from fedaas.protocol import (
     RECEIPT_HEADER,
     ROUND_HEADER,
     TASK_BUNDLE,
-    TASK_HEADER,
     Declined,
     DeclineReport,
     Enrolled,
@@ -41,6 +40,7 @@ from fedaas.protocol import (
     Revoked,
     SubmitRequest,
     Task,
+    encode_bundle,
 )
 from fedaas.server import dashboard, operations, secagg_routes
 from fedaas.server.access import downloadable_model, member_view, readable_job
@@ -69,8 +69,9 @@ MODEL_RESPONSE: dict[int | str, dict[str, Any]] = {
 TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": (
-            f"the task (JSON) or, with `bundle=true` and a small model, a task bundle: "
-            f"the model as safetensors (`{TASK_BUNDLE}`) with the task in `{TASK_HEADER}`"
+            f"the task (JSON) or, with `bundle=true` and a small model, a task bundle "
+            f"(`{TASK_BUNDLE}`): the task's length (4 bytes, big-endian), the task (JSON), "
+            "then the model (safetensors)"
         ),
         "content": {TASK_BUNDLE: _BINARY},
     },
@@ -234,8 +235,8 @@ def create_app(
         if size > MEMORY_SPOOL_BYTES:
             return None
         coordinator.count_download(task.job_id, number, size)
-        headers = {TASK_HEADER: task.model_dump_json(), "ETag": task.model_etag, **headers}
-        return Response(models.read(path), media_type=TASK_BUNDLE, headers=headers)
+        body = encode_bundle(task.model_dump_json().encode(), models.read(path))
+        return Response(body, media_type=TASK_BUNDLE, headers={"ETag": task.model_etag, **headers})
 
     async def next_bundle(
         member: int, name: str, wait: float, request: Request, headers: dict[str, str]
@@ -256,8 +257,8 @@ def create_app(
     ) -> Any:
         """Long-poll for work: 200 with a task, or 204 when none came up in ``timeout``.
 
-        With ``bundle=true`` and a small model, the answer is the task's model
-        with the task in a header: one round trip instead of two.
+        With ``bundle=true`` and a small model, the answer is a task bundle
+        (the task, then its model): one round trip instead of two.
         """
         assert who.member_id is not None
         task = await inbox.next_task(who.member_id, timeout, request.is_disconnected, who.name)

@@ -42,9 +42,10 @@ GRACE_MIN_S = 0.25
 GRACE_FACTOR = 0.5
 """Straggler grace as a share of the time the stage took to reach its quorum."""
 STAGES = ("advertise", "share_keys", "masked_input", "unmask")
-INBOUND_IN_TASK_BYTES = 8192
-"""Most bytes of shares ahead a train task carries (the task rides in a response header);
-more are fetched with stage 2's request, which then answers at once."""
+INBOUND_IN_TASK_BYTES = 64 * 1024
+"""Most bytes of shares ahead a train task carries (about 280 members' shares); more are
+fetched with stage 2's request, which then answers at once. Keeps a task (in the body of its
+bundle) a small part of what a member downloads per round."""
 
 
 async def drive(
