@@ -37,6 +37,7 @@ from fedaas.client.transport import ApiClientError
 from fedaas.protocol import TASK_BUNDLE, decode_bundle, encode_bundle
 from fedaas.sim.cluster import LocalCluster
 from fixtures.agents import RecordingTransport, agent_threads
+from fixtures.safetensors_edit import header, with_metadata
 from fixtures.specs import make_spec
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,9 @@ class MemberTransport(RecordingTransport):
         upload = method == "PUT" and path.endswith("/update")
         if self.tamper_ahead and upload and (ahead := _keys_ahead(kwargs["content"])):
             swapped = {**ahead, "c_public": ahead["s_public"], "s_public": ahead["c_public"]}
-            kwargs["content"] = _with_keys_ahead(kwargs["content"], swapped)  # signature broken
+            kwargs["content"] = with_metadata(
+                kwargs["content"], next_keys=json.dumps(swapped)
+            )  # signature broken
         shared = (kwargs.get("json") or {}).get("next_shares")
         if self.forge_shares and shared:
             first = {**shared["shares"][0], "sender": shared["shares"][-1]["recipient"]}
@@ -103,23 +106,10 @@ class MemberTransport(RecordingTransport):
         return response
 
 
-def _header(body: bytes) -> tuple[dict[str, Any], bytes]:
-    (size,) = struct.unpack("<Q", body[:8])
-    return json.loads(body[8 : 8 + size]), body[8 + size :]
-
-
 def _keys_ahead(body: bytes) -> dict[str, Any] | None:
     """The next round's keys a masked upload carries in its metadata (``None``: none)."""
-    ahead = _header(body)[0]["__metadata__"].get("next_keys")
+    ahead = header(body)[0]["__metadata__"].get("next_keys")
     return json.loads(ahead) if ahead else None
-
-
-def _with_keys_ahead(body: bytes, keys: dict[str, Any]) -> bytes:
-    header, data = _header(body)
-    header["__metadata__"]["next_keys"] = json.dumps(keys)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    return struct.pack("<Q", len(head)) + head + data
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from fedaas.server.secagg_setup import (
     unmasked_mean,
 )
 from fedaas.spec import SpecError, parse_spec
+from fixtures.safetensors_edit import with_metadata
 from fixtures.specs import make_spec
 
 SECURE = {"enabled": True}
@@ -161,16 +161,6 @@ def test_a_masked_upload_is_one_integer_tensor_bound_to_its_attempt() -> None:
             decode_masked(broken, 7, 32, 42)
 
 
-def _with_metadata(body: bytes, **extra: str) -> bytes:
-    """``body`` with its safetensors metadata extended (the header re-padded)."""
-    (size,) = struct.unpack("<Q", body[:8])
-    header = json.loads(body[8 : 8 + size])
-    header["__metadata__"].update(extra)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    return struct.pack("<Q", len(head)) + head + body[8 + size :]
-
-
 def test_a_masked_upload_may_carry_the_next_rounds_public_keys_and_nothing_else() -> None:
     vector = np.arange(7, dtype=np.uint32)
     keys = SecureKeys(c_public=bytes(range(32)), s_public=bytes(32), signature=bytes(64))
@@ -180,11 +170,11 @@ def test_a_masked_upload_may_carry_the_next_rounds_public_keys_and_nothing_else(
     assert np.array_equal(got, vector) and ahead == keys
     plain = encode_masked(vector, 42)
     with pytest.raises(ValueError, match="no metadata but the attempt"):
-        decode_masked(_with_metadata(plain, member="m3"), 7, 32, 42)  # nothing about its member
+        decode_masked(with_metadata(plain, member="m3"), 7, 32, 42)  # nothing about its member
     with pytest.raises(ValueError, match="keys in the masked upload are malformed"):
-        decode_masked(_with_metadata(plain, next_keys='{"c_public": "AA=="}'), 7, 32, 42)
+        decode_masked(with_metadata(plain, next_keys='{"c_public": "AA=="}'), 7, 32, 42)
     with pytest.raises(ValueError, match="malformed"):
-        decode_masked(_with_metadata(plain, next_keys="[1, 2"), 7, 32, 42)
+        decode_masked(with_metadata(plain, next_keys="[1, 2"), 7, 32, 42)
 
 
 # the migration --------------------------------------------------------------------------------
