@@ -50,10 +50,10 @@ def test_a_task_round_trips_through_json() -> None:
 
 
 def test_a_task_bundle_carries_the_task_then_the_model_in_its_body() -> None:
-    task, model = b'{"job_id": "j"}' * 500, b"\x08\x00safetensors..."  # 7.5 kB: no header fits
-    body = encode_bundle(task, model)
+    task, model = '{"job_id": "j"}' * 500, b"\x08\x00safetensors..."  # 7.5 kB: no header fits
+    body = encode_bundle(task.encode(), model)
     assert decode_bundle(body) == (task, model)
-    assert decode_bundle(encode_bundle(b"", b"")) == (b"", b"")
+    assert decode_bundle(encode_bundle(b"", b"")) == ("", b"")
 
 
 @pytest.mark.parametrize(
@@ -62,6 +62,7 @@ def test_a_task_bundle_carries_the_task_then_the_model_in_its_body() -> None:
         (b"\x00\x00\x01", "starts with its task's length"),
         ((100).to_bytes(4, "big") + b"{}", "claims 100 bytes, but the body holds 2"),
         (b"\xff\xff\xff\xff", "claims 4294967295 bytes"),
+        ((2).to_bytes(4, "big") + b"\xff\xfe", "can't decode"),  # a task that is not UTF-8
     ],
 )
 def test_a_broken_task_bundle_is_named(body: bytes, message: str) -> None:

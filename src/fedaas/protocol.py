@@ -43,8 +43,9 @@ def encode_bundle(task: bytes, model: bytes) -> bytes:
     return len(task).to_bytes(_LENGTH_BYTES, "big") + task + model
 
 
-def decode_bundle(body: bytes) -> tuple[bytes, bytes]:
-    """``(task, model)`` from a task bundle's body; :class:`ValueError` if it is not one."""
+def decode_bundle(body: bytes) -> tuple[str, bytes]:
+    """``(task JSON, model)`` from a task bundle's body; :class:`ValueError` if it is not one
+    (a length past the body, or a task that is not UTF-8)."""
     if len(body) < _LENGTH_BYTES:
         raise ValueError("a task bundle starts with its task's length (4 bytes)")
     size = int.from_bytes(body[:_LENGTH_BYTES], "big")
@@ -54,7 +55,7 @@ def decode_bundle(body: bytes) -> tuple[bytes, bytes]:
             f"{len(body) - _LENGTH_BYTES} after its length"
         )
     end = _LENGTH_BYTES + size
-    return body[_LENGTH_BYTES:end], body[end:]
+    return body[_LENGTH_BYTES:end].decode("utf-8"), body[end:]
 
 
 MAX_EXAMPLES = 10**12

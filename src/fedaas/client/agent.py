@@ -27,7 +27,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,31 +249,24 @@ class Agent:
     def _unbundle(self, response: httpx.Response) -> Task | None:
         """The task; a bundled response also carries the task's model (saves a request)."""
         bundle = response.headers.get("content-type", "").startswith(TASK_BUNDLE)
-        model = b""
-        if bundle:
-            try:
-                text, model = decode_bundle(response.content)
-            except ValueError as exc:
-                log.error("refusing a malformed task bundle: %s", exc)
-                self.stop.wait(1.0)  # nothing to answer: don't spin on a broken coordinator
-                return None
-            raw = text.decode("utf-8", errors="replace")
-        else:
-            raw = response.text
+        raw = ""
         try:
+            raw, model = decode_bundle(response.content) if bundle else (response.text, b"")
             task = Task.model_validate_json(raw)
-        except ValidationError as exc:
+        except ValueError as exc:  # a malformed bundle, or a task that fails validation
             self._refuse(raw, exc)
             return None
         if bundle:  # checked (names, shapes, finite) when the task is handled
             self._model_cache = (task.model_etag, model)
         return task
 
-    def _refuse(self, raw: str, exc: ValidationError) -> None:
+    def _refuse(self, raw: str, exc: ValueError) -> None:
         """A task this member cannot accept: decline its job (if it names one) and go on."""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'task'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = str(exc)  # a bundle that does not frame a task: there is no job to name
+        if isinstance(exc, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'task'}: {e['msg']}" for e in exc.errors()
+            )
         log.error("refusing a malformed task: %s", problems[:1000])
         try:
             job_id = json.loads(raw).get("job_id")
@@ -325,16 +317,11 @@ class Agent:
         meta = UpdateMetadata.for_round(task.privacy, ctx.train.num_examples, metrics, unclipped)
         body = tensors.encode(delta, meta.to_strings())
         trained_s = time.perf_counter() - began
-        response = self.t.request(
-            "PUT",
+        response = self.t.put_update(
             f"/v1/jobs/{task.job_id}/rounds/{task.round}/update",
-            content=body,
+            body,
             params={"next_timeout": upload_wait(task.round, ctx.spec.job.rounds, self.poll_s)},
             timeout=self.poll_s,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Idempotency-Key": uuid.uuid4().hex,
-            },
         )
         self.finished.took_part(task.job_id, task.round, ctx.spec.job.rounds)
         log.info(

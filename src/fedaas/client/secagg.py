@@ -44,7 +44,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from typing import Any, TypeVar
 
 import numpy as np
@@ -138,16 +137,11 @@ class SecureTraining:
         next_keys = self._keys_ahead(s.next_attempt)
         body = encode_masked(member.masked_input(received, encoded), s.attempt, next_keys)
         wait = self._wait()
-        response = agent.t.request(
-            "PUT",
+        response = agent.t.put_update(
             f"{self.base}/update",
-            content=body,
+            body,
             params={"next_timeout": wait},  # the answer may be stage 4's question
             timeout=wait,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Idempotency-Key": uuid.uuid4().hex,
-            },
         )
         if "survivors" in response.json():
             asked = SecureUnmaskRequest.model_validate_json(response.content)
@@ -210,11 +204,7 @@ class SecureTraining:
         assert secrets is not None
         section = self.ctx.spec.secure_aggregation
         try:
-            if (roster.job_id, roster.round, roster.attempt) != (
-                context.job_id,
-                context.round,
-                context.attempt,
-            ):
+            if RoundContext(roster.job_id, roster.round, roster.attempt) != context:
                 raise SecureRefused("the next round's roster names another session than its keys")
             secure.check_peers(roster)
             threshold = section.reconstruction_threshold(len(roster.members))

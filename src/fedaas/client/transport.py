@@ -24,6 +24,7 @@ import random
 import socket
 import ssl
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,12 @@ class Transport:
 
     def post_json(self, path: str, body: Any, **kwargs: Any) -> Any:
         return self.request("POST", path, json=body, **kwargs).json()
+
+    def put_update(self, path: str, body: bytes, **kwargs: Any) -> httpx.Response:
+        """Upload an update under a fresh idempotency key: the retries :meth:`request` makes
+        carry the same key, so the coordinator answers them without counting them again."""
+        headers = {"Content-Type": "application/octet-stream", "Idempotency-Key": uuid.uuid4().hex}
+        return self.request("PUT", path, content=body, headers=headers, **kwargs)
 
 
 def _error(response: httpx.Response) -> ApiClientError:

@@ -69,9 +69,8 @@ MODEL_RESPONSE: dict[int | str, dict[str, Any]] = {
 TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": (
-            f"the task (JSON) or, with `bundle=true` and a small model, a task bundle "
-            f"(`{TASK_BUNDLE}`): the task's length (4 bytes, big-endian), the task (JSON), "
-            "then the model (safetensors)"
+            "the task (JSON) or, with `bundle=true` and a small model, a task bundle: the "
+            f"task's length (4 bytes, big-endian), the task (JSON), the model ({TASK_BUNDLE})"
         ),
         "content": {TASK_BUNDLE: _BINARY},
     },
