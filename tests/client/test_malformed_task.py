@@ -5,7 +5,8 @@ agent's transport passes every request to the coordinator but spoils the first t
 coordinator sends, the way a coordinator of another version (or a broken proxy) would: the task
 JSON then fails :class:`fedaas.protocol.Task` validation in the agent. A task that names its
 job is declined with the validation problem as the reason; one whose job id is unusable
-(``/`` in it) is only logged, and the agent takes the next, good task as if nothing happened.
+(``/`` in it) is only logged, and the agent takes the next, good task as if nothing happened;
+so is a task bundle cut off inside its task (its length claims more bytes than it holds).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class SpoilingTransport(RecordingTransport):
         *,
         spoil: Callable[[dict[str, Any]], None],
         times: int,
+        cut: bool = False,
     ) -> None:
         super().__init__(server, token, give_up_after)
-        self.spoil, self.times = spoil, times
+        self.spoil, self.times, self.cut = spoil, times, cut
         self.spoiled: list[dict[str, Any]] = []
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -62,6 +64,8 @@ class SpoilingTransport(RecordingTransport):
         if bundle:  # the same model, the spoiled task beside it
             headers = {"content-type": TASK_BUNDLE}
             body = encode_bundle(broken.encode(), model)
+            if self.cut:  # the bundle ends inside its task: its length claims more than it has
+                body = body[: 4 + len(broken) // 2]
         else:
             headers, body = {"content-type": "application/json"}, broken.encode()
         return httpx.Response(200, headers=headers, content=body, request=response.request)
@@ -73,6 +77,10 @@ def _unknown_privacy(task: dict[str, Any]) -> None:
 
 def _job_id_with_a_slash(task: dict[str, Any]) -> None:
     task["job_id"] = task["job_id"] + "/../../members"
+
+
+def _unchanged(task: dict[str, Any]) -> None:
+    pass
 
 
 def _member(team: AgentThreads) -> SpoilingTransport:
@@ -122,3 +130,24 @@ def test_a_task_whose_job_id_is_unusable_is_skipped_and_the_next_one_is_done(
     ]
     refusals = [r.getMessage() for r in caplog.records if "malformed task" in r.getMessage()]
     assert len(refusals) == 2 and all("job_id" in r for r in refusals), refusals
+
+
+def test_a_bundle_cut_inside_its_task_is_skipped_and_the_next_one_is_done(
+    cluster: LocalCluster,
+    data: str,
+    start_agents: StartAgents,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="fedaas.agent")
+    spoiling = partial(SpoilingTransport, spoil=_unchanged, times=2, cut=True)
+    with start_agents(cluster, {"m": data}, transport=spoiling) as team:
+        job_id = cluster.admin.submit(SPEC).id
+        job = cluster.admin.wait(job_id, timeout=120)
+        assert all(t.is_alive() for t in team.threads)  # refused, not crashed
+    transport = _member(team)
+    assert len(transport.spoiled) == 2
+    assert job.status == "completed" and job.declined == {}, job  # no job to name: no decline
+    assert [r.participants for r in job.rounds] == [["m"]]
+    assert not [s for s in transport.after_start if "/decline" in s[1]]
+    refusals = [r.getMessage() for r in caplog.records if "malformed task" in r.getMessage()]
+    assert len(refusals) == 2 and all("claims" in r for r in refusals), refusals
