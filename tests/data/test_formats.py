@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +259,41 @@ def test_wrong_s3_credentials_are_one_clear_data_error(
         assert "access denied" in problem and "\n" not in problem and secret not in problem
         assert "AWS_ACCESS_KEY_ID" in problem
         assert secret not in caplog.text
+
+
+class _Finalized:
+    """Garbage whose finalizer runs Python code, so the collector can switch threads."""
+
+    def __del__(self) -> None:
+        sum(range(50))
+
+
+def test_members_in_threads_read_npz_at_once(tmp_path: Path) -> None:
+    """Members run as threads read their NPZ at the same time. On CPython 3.11 two
+    NumPy header parses interleaved by a thread switch fail with ``SystemError``
+    (python/cpython#106905); every read must succeed."""
+    write_npz(str(tmp_path / "d.npz"), np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]))
+    schema = DataSection(features=3, classes=2)
+    failures: list[str] = []
+
+    def member() -> None:
+        for _ in range(200):
+            junk = [_Finalized() for _ in range(20)]
+            junk[0].cycle, junk[1].cycle = junk[1], junk[0]
+            del junk
+            try:
+                assert open_dataset(str(tmp_path / "d.npz"), schema).num_examples == 4
+            except Exception as exc:  # every failure is the finding
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=member) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert failures == []

@@ -18,6 +18,7 @@ Every mismatch with the job's schema is reported at once as a
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
 from typing import Any, Literal
 
@@ -34,6 +35,13 @@ DataFormat = Literal["npz", "parquet", "csv", "images"]
 FORMATS: tuple[str, ...] = ("npz", "parquet", "csv", "images")
 DEFAULT_MEMORY_BUDGET = 256 << 20
 """Bytes of decoded examples a dataset may hold in memory; larger data is streamed."""
+
+_NPY_HEADERS = threading.Lock()
+"""One NPZ read at a time per process. NumPy parses each array's header with
+``ast.literal_eval``, and on CPython 3.11 the AST constructor's recursion
+counter is shared by all threads (python/cpython#106905): members run as
+threads that read their data at once can fail with ``SystemError: AST
+constructor recursion depth mismatch``. A read is once per job per member."""
 
 
 def _format_of_name(name: str) -> str | None:
@@ -84,7 +92,7 @@ def read_npz(
     except storage.StorageError as exc:
         raise DataError([str(exc)]) from None
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+        with _NPY_HEADERS, np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             missing = [k for k in ("x", "y") if k not in npz.files]
             if missing:
                 raise DataError([f"{shown}: missing array(s) {', '.join(missing)} (need x and y)"])
