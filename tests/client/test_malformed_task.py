@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fedaas.protocol import TASK_BUNDLE, decode_bundle, encode_bundle
+from fedaas.protocol import TASK_BUNDLE, JobStatus, decode_bundle, encode_bundle
 from fedaas.sim.cluster import LocalCluster
 from fixtures.agents import AgentThreads, RecordingTransport, StartAgents
 from fixtures.specs import make_spec
@@ -89,15 +89,28 @@ def _member(team: AgentThreads) -> SpoilingTransport:
     return transport
 
 
+def _run_spoiled(
+    cluster: LocalCluster, data: str, start_agents: StartAgents, **spoiling: Any
+) -> tuple[str, JobStatus, SpoilingTransport]:
+    """One member whose tasks are spoiled as ``spoiling`` says runs :data:`SPEC` to its end;
+    the job, and the member's transport. The member's thread must survive (refused, not
+    crashed) whatever it was sent."""
+    with start_agents(
+        cluster, {"m": data}, transport=partial(SpoilingTransport, **spoiling)
+    ) as team:
+        job_id = cluster.admin.submit(SPEC).id
+        job = cluster.admin.wait(job_id, timeout=120)
+        assert all(t.is_alive() for t in team.threads)
+    return job_id, job, _member(team)
+
+
 def test_a_task_with_an_unknown_privacy_kind_is_declined_naming_the_field(
     cluster: LocalCluster, data: str, start_agents: StartAgents
 ) -> None:
-    spoiling = partial(SpoilingTransport, spoil=_unknown_privacy, times=1_000)
-    with start_agents(cluster, {"m": data}, transport=spoiling) as team:
-        job_id = cluster.admin.submit(SPEC).id
-        job = cluster.admin.wait(job_id, timeout=120)
-        assert all(t.is_alive() for t in team.threads)  # refused, not crashed
-    sent = _member(team).after_start
+    job_id, job, transport = _run_spoiled(
+        cluster, data, start_agents, spoil=_unknown_privacy, times=1_000
+    )
+    sent = transport.after_start
     assert job.status == "failed" and job.rounds == [], job
     (reason,) = job.declined.values()
     assert set(job.declined) == {"m"}
@@ -114,11 +127,9 @@ def test_a_task_whose_job_id_is_unusable_is_skipped_and_the_next_one_is_done(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="fedaas.agent")
-    spoiling = partial(SpoilingTransport, spoil=_job_id_with_a_slash, times=2)
-    with start_agents(cluster, {"m": data}, transport=spoiling) as team:
-        job_id = cluster.admin.submit(SPEC).id
-        job = cluster.admin.wait(job_id, timeout=120)
-    transport = _member(team)
+    job_id, job, transport = _run_spoiled(
+        cluster, data, start_agents, spoil=_job_id_with_a_slash, times=2
+    )
     assert len(transport.spoiled) == 2
     assert job.status == "completed", job
     assert [r.participants for r in job.rounds] == [["m"]]
@@ -139,12 +150,9 @@ def test_a_bundle_cut_inside_its_task_is_skipped_and_the_next_one_is_done(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="fedaas.agent")
-    spoiling = partial(SpoilingTransport, spoil=_unchanged, times=2, cut=True)
-    with start_agents(cluster, {"m": data}, transport=spoiling) as team:
-        job_id = cluster.admin.submit(SPEC).id
-        job = cluster.admin.wait(job_id, timeout=120)
-        assert all(t.is_alive() for t in team.threads)  # refused, not crashed
-    transport = _member(team)
+    _, job, transport = _run_spoiled(
+        cluster, data, start_agents, spoil=_unchanged, times=2, cut=True
+    )
     assert len(transport.spoiled) == 2
     assert job.status == "completed" and job.declined == {}, job  # no job to name: no decline
     assert [r.participants for r in job.rounds] == [["m"]]
