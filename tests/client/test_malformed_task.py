@@ -120,27 +120,42 @@ def test_a_task_with_an_unknown_privacy_kind_is_declined_naming_the_field(
     assert not [s for s in sent if s[0] == "PUT" or s[1].endswith("/model")], sent
 
 
+def _skipped_twice(
+    cluster: LocalCluster,
+    data: str,
+    start_agents: StartAgents,
+    caplog: pytest.LogCaptureFixture,
+    **spoiling: Any,
+) -> tuple[str, SpoilingTransport, list[str]]:
+    """The member's first two tasks are spoiled as ``spoiling`` says: both are refused as
+    malformed and skipped (no decline: nothing names a job to decline), and the third is
+    done. The job id, the member's transport and the two refusals logged."""
+    caplog.set_level(logging.ERROR, logger="fedaas.agent")
+    job_id, job, transport = _run_spoiled(cluster, data, start_agents, times=2, **spoiling)
+    assert len(transport.spoiled) == 2
+    assert job.status == "completed" and job.declined == {}, job
+    assert [r.participants for r in job.rounds] == [["m"]]
+    assert not [s for s in transport.after_start if "/decline" in s[1]]
+    refusals = [r.getMessage() for r in caplog.records if "malformed task" in r.getMessage()]
+    assert len(refusals) == 2, refusals
+    return job_id, transport, refusals
+
+
 def test_a_task_whose_job_id_is_unusable_is_skipped_and_the_next_one_is_done(
     cluster: LocalCluster,
     data: str,
     start_agents: StartAgents,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="fedaas.agent")
-    job_id, job, transport = _run_spoiled(
-        cluster, data, start_agents, spoil=_job_id_with_a_slash, times=2
+    job_id, transport, refusals = _skipped_twice(
+        cluster, data, start_agents, caplog, spoil=_job_id_with_a_slash
     )
-    assert len(transport.spoiled) == 2
-    assert job.status == "completed", job
-    assert [r.participants for r in job.rounds] == [["m"]]
-    assert job.declined == {}
     # nothing was sent about, or to a path built from, the spoiled job id
-    assert not [s for s in transport.after_start if "/decline" in s[1] or "members" in s[1]]
+    assert not [s for s in transport.after_start if "members" in s[1]]
     assert [s for s in transport.after_start if s[0] == "PUT"] == [
         ("PUT", f"/v1/jobs/{job_id}/rounds/1/update")
     ]
-    refusals = [r.getMessage() for r in caplog.records if "malformed task" in r.getMessage()]
-    assert len(refusals) == 2 and all("job_id" in r for r in refusals), refusals
+    assert all("job_id" in r for r in refusals), refusals
 
 
 def test_a_bundle_cut_inside_its_task_is_skipped_and_the_next_one_is_done(
@@ -149,13 +164,5 @@ def test_a_bundle_cut_inside_its_task_is_skipped_and_the_next_one_is_done(
     start_agents: StartAgents,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="fedaas.agent")
-    _, job, transport = _run_spoiled(
-        cluster, data, start_agents, spoil=_unchanged, times=2, cut=True
-    )
-    assert len(transport.spoiled) == 2
-    assert job.status == "completed" and job.declined == {}, job  # no job to name: no decline
-    assert [r.participants for r in job.rounds] == [["m"]]
-    assert not [s for s in transport.after_start if "/decline" in s[1]]
-    refusals = [r.getMessage() for r in caplog.records if "malformed task" in r.getMessage()]
-    assert len(refusals) == 2 and all("claims" in r for r in refusals), refusals
+    _, _, refusals = _skipped_twice(cluster, data, start_agents, caplog, spoil=_unchanged, cut=True)
+    assert all("claims" in r for r in refusals), refusals
