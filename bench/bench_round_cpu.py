@@ -35,13 +35,13 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
+    if args.rounds < 2:
+        raise SystemExit("--rounds must be at least 2 (the first is counted apart)")
     with tempfile.TemporaryDirectory() as folder:
         with demo_federation(args.members, Path(folder)) as (cluster, holdout):
             _, spec = demo_spec(EXAMPLE_SPEC, args.members, args.rounds, holdout)
             assert cluster.server is not None
             pids = [p.pid for p in cluster.clients.values()]
-            if args.rounds < 2:
-                raise SystemExit("--rounds must be at least 2 (the first is counted apart)")
 
             def cpu() -> tuple[float, float]:
                 return cpu_seconds(cluster.server.pid), sum(map(cpu_seconds, pids))
