@@ -7,6 +7,10 @@ the AUROC's binning. Checked against scikit-learn on the pooled data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +25,7 @@ from fedaas.train.metrics import (
 )
 
 CPU = torch.device("cpu")
+T = TypeVar("T")
 BINARY = ("accuracy", "balanced_accuracy", "f1", "auroc", "sensitivity", "specificity")
 
 
@@ -123,3 +128,35 @@ def test_states_that_cannot_describe_the_report_are_refused() -> None:
     assert any("examples" in p for p in check_states(good, "binary", 2, BINARY, n + 1))
     short = {**good, "auroc": good["auroc"][:10]}
     assert any("must hold 800" in p for p in check_states(short, "binary", 2, BINARY, n))
+
+
+def _in_a_new_thread(work: Callable[[], T]) -> T:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(work).result()
+
+
+def test_an_evaluation_right_after_another_gives_what_it_gives_in_a_fresh_thread() -> None:
+    """A thread builds its torchmetrics objects once and resets them for each use (the
+    coordinator evaluates every round): nothing of one evaluation, states or computed
+    values, carries into the next."""
+    parts = _hospitals(3)
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=200).astype(np.float32)
+    cases = [("binary", 2, BINARY, o, t) for o, t in parts] + [
+        (
+            "regression",
+            None,
+            ("mae", "rmse", "r2"),
+            (y + rng.normal(0, s, 200)).astype(np.float32),
+            y,
+        )
+        for s in (0.3, 1.0)
+    ]
+
+    def evaluate(task: str, classes: int | None, names: tuple[str, ...], out, target) -> dict:
+        return compute_metrics(_states(task, classes, names, out, target), task, classes, names)
+
+    in_turn = _in_a_new_thread(lambda: [evaluate(*case) for case in cases])
+    alone = [_in_a_new_thread(lambda c=case: evaluate(*c)) for case in cases]
+    assert in_turn == alone
+    assert in_turn[0] != in_turn[1] and in_turn[-2] != in_turn[-1]  # the cases do differ

@@ -29,6 +29,8 @@ only trains never needs.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,13 +42,37 @@ AUROC_THRESHOLDS = 200
 """Evenly spaced thresholds of the binned AUROC: its error against the exact value is O(1/200)."""
 States = dict[str, list[float]]
 
+_built = threading.local()
 
-def _stats_metric(task: str, classes: int | None) -> Metric:
+
+def _reused(key: tuple[object, ...], make: Callable[[], Metric]) -> Metric:
+    """The metric ``make()`` builds, built once per thread and ``key`` and reset for each use.
+
+    Building a torchmetrics object (its argument checks, its registered states)
+    costs more than evaluating a small model on a small held-out set, and the
+    coordinator evaluates every round. One evaluation at a time per thread
+    uses a given object: :func:`evaluate <fedaas.train.local.evaluate>` reads
+    its states out before it returns.
+    """
+    cache: dict[tuple[object, ...], Metric] = _built.__dict__.setdefault("metrics", {})
+    metric = cache.get(key)
+    if metric is None:
+        metric = cache[key] = make()
+    else:
+        metric.reset()
+    return metric
+
+
+def _stats_metric(task: str, classes: int | None, device: torch.device) -> Metric:
     from torchmetrics.classification import BinaryStatScores, MulticlassStatScores
 
     if task == "binary":
-        return BinaryStatScores()
-    return MulticlassStatScores(num_classes=int(classes or 2), average=None)
+        return _reused(("stats", task, device), lambda: BinaryStatScores().to(device))
+    width = int(classes or 2)
+    return _reused(
+        ("stats", width, device),
+        lambda: MulticlassStatScores(num_classes=width, average=None).to(device),
+    )
 
 
 def _needs(names: tuple[str, ...], task: str) -> set[str]:
@@ -69,8 +95,8 @@ class MetricStates:
         kinds = _needs(names, task)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0
-        self.stats = _stats_metric(task, classes).to(device) if "stats" in kinds else None
-        self.auroc = _auroc().to(device) if "auroc" in kinds else None
+        self.stats = _stats_metric(task, classes, device) if "stats" in kinds else None
+        self.auroc = _auroc(device) if "auroc" in kinds else None
         self.regression = (
             torch.zeros(6, dtype=torch.float64, device=device) if "regression" in kinds else None
         )
@@ -178,10 +204,14 @@ def merge_states(parts: list[tuple[float, States]]) -> States:
     return merged
 
 
-def _auroc() -> Metric:
+def _auroc(device: torch.device | None = None) -> Metric:
     from torchmetrics.classification import BinaryAUROC
 
-    return BinaryAUROC(thresholds=AUROC_THRESHOLDS)
+    cpu = torch.device("cpu")
+    return _reused(
+        ("auroc", device or cpu),
+        lambda: BinaryAUROC(thresholds=AUROC_THRESHOLDS).to(device or cpu),
+    )
 
 
 def _load(metric: Metric, values: dict[str, torch.Tensor]) -> Metric:
@@ -217,7 +247,7 @@ def _classification(states: States, task: str, classes: int | None, name: str) -
             "sensitivity": BinaryRecall,
             "specificity": BinarySpecificity,
         }[name]
-        metric: Metric = cls()
+        metric: Metric = _reused((name, task), cls)
     else:
         make = {
             "accuracy": lambda: MulticlassAccuracy(num_classes=width, average="micro"),
@@ -226,7 +256,7 @@ def _classification(states: States, task: str, classes: int | None, name: str) -
             "sensitivity": lambda: MulticlassRecall(num_classes=width, average="macro"),
             "specificity": lambda: MulticlassSpecificity(num_classes=width, average="macro"),
         }
-        metric = make[name]()
+        metric = _reused((name, width), make[name])
     return float(_load(metric, {"tp": tp, "fp": fp, "tn": tn, "fn": fn}).compute())
 
 
@@ -237,14 +267,18 @@ def _regression(states: States, name: str) -> float:
     if float(n) <= 0:
         return math.nan
     if name == "mae":
-        metric: Metric = _load(MeanAbsoluteError(), {"sum_abs_error": ab, "total": n})
+        metric: Metric = _load(
+            _reused(("mae",), MeanAbsoluteError), {"sum_abs_error": ab, "total": n}
+        )
     elif name == "rmse":
-        metric = _load(MeanSquaredError(squared=False), {"sum_squared_error": sq, "total": n})
+        rmse = _reused(("rmse",), lambda: MeanSquaredError(squared=False))
+        metric = _load(rmse, {"sum_squared_error": sq, "total": n})
     else:
         if float(sy2 - sy * sy / n) <= 0:  # constant targets: R² is undefined
             return math.nan
         metric = _load(
-            R2Score(), {"sum_squared_error": sy2, "sum_error": sy, "residual": sq, "total": n}
+            _reused(("r2",), R2Score),
+            {"sum_squared_error": sy2, "sum_error": sy, "residual": sq, "total": n},
         )
     return float(metric.compute())
 
