@@ -203,10 +203,10 @@ class Inbox:
             if key:
                 self._receipts[(member_id, key)] = receipt
             return receipt
-        _, meta, norm = check_update(job, state, body)
+        update, meta, norm = check_update(job, state, body)
         with job.lock:  # the round may have closed while the body was checked
             job, state = self._open_round(job_id, number, Stage.TRAINING, member_id)
-            state.keep(member_id, body, meta, norm, nbytes)
+            state.keep(member_id, update, meta, norm, nbytes)  # held parsed if small
             if job.privacy.disclosure.keeps_receipts:  # no per-member record under DP
                 state.receipts.append(
                     {

@@ -48,7 +48,7 @@ from fedaas.server.privacy import BudgetReached, PrivacyError
 from fedaas.server.rounds import ActiveJob, RoundState, Stage, aggregate_round
 from fedaas.server.secagg import open_secure_round
 from fedaas.server.signals import Signal
-from fedaas.server.spill import RoundSpill
+from fedaas.server.spill import MEMORY_BYTES, RoundSpill
 
 log = logging.getLogger("fedaas.coordinator")
 
@@ -169,7 +169,9 @@ class JobRunner:
             raise JobFailed(str(exc)) from None
         state.sampled = {m: names[m] for m in chosen}
         state.deadline = time.monotonic() + spec.federation.round_timeout
-        state.spill = RoundSpill(self.artifacts.spool, job.id, number, job.manifest)
+        state.spill = RoundSpill(
+            self.artifacts.spool, job.id, number, job.manifest, memory_bytes=MEMORY_BYTES
+        )
         state.privacy = privacy.instructions()
         ahead, job.secure_ahead = job.secure_ahead, None  # keys sent in the last round
         state.secure = open_secure_round(spec, job.id, state, job.manifest, self.store, ahead)

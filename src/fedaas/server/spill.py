@@ -8,10 +8,10 @@ validated upload stays in the artifact spool as its safetensors file
 spooled is renamed, a small one in memory is written) and only its norm and
 claim are kept in memory. A spill may instead hold updates given parsed in
 memory (a :class:`~fedaas.tensors.SafetensorsFile` of bytes, as validation
-left it) up to ``memory_bytes`` in all (``fedaas simulate`` does: thousands
-of small updates a round, where a file each, or parsing each twice, costs
-more than training them; the coordinator's default is 0); beyond that budget
-they go to files as above. At the close, :mod:`fedaas.server.aggregation`
+left it) up to ``memory_bytes`` in all (:data:`MEMORY_BYTES` for the
+coordinator and ``fedaas simulate``: a file written, read back and deleted per
+small update cost the coordinator about a tenth of a plain round's CPU, on its
+event loop); beyond that budget they go to files as above. At the close, :mod:`fedaas.server.aggregation`
 reads them back in column blocks (:meth:`RoundSpill.columns`), so
 coordinator memory stays O(model) whatever the number of members. The files
 go with the round (:meth:`RoundSpill.discard`); a coordinator that restarts
@@ -36,6 +36,10 @@ from fedaas.tensors import Manifest, SafetensorsFile
 
 BLOCK_BYTES = 8 * 1024 * 1024
 """Float64 bytes of one ``(members, block)`` column block."""
+
+MEMORY_BYTES = 32 * 1024 * 1024
+"""The round's updates held in memory before the rest go to files: a fixed cost, whatever
+the number of members (uploads over 4 MiB arrive as spool files and are renamed, never held)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ what a round record publishes, and the member's training
 member is online and answers (no deadlines, so nobody is benched), and
 straggler simulation may shorten or drop a member's round. Members go to
 the workers in chunks (:func:`~fedaas.sim.simulate.wire.chunked`), and their
-updates are kept in memory up to :data:`SPILL_MEMORY_BYTES` rather than a
+updates are kept in memory up to :data:`fedaas.server.spill.MEMORY_BYTES` rather than a
 file each (both only amortize fixed costs: what is trained and checked is
 the same). Updates are
 aggregated in member order whatever order they arrive in, so the model is
@@ -51,14 +51,11 @@ from fedaas.server.member_reports import (
 )
 from fedaas.server.privacy import JobPrivacy, PrivacyError
 from fedaas.server.rounds import ActiveJob, RoundState, Stage, aggregate_round, check_update
-from fedaas.server.spill import RoundSpill
+from fedaas.server.spill import MEMORY_BYTES, RoundSpill
 from fedaas.sim.simulate.wire import chunked, pack, unpack
 from fedaas.spec import JobSpec
 
 log = logging.getLogger("fedaas.simulate")
-
-SPILL_MEMORY_BYTES = 32 * 1024 * 1024
-"""A round's updates held in memory before they spill to files (a bounded, flat cost)."""
 
 
 class Pool(Protocol):
@@ -198,7 +195,7 @@ class RoundLoop:
             raise JobFailed(str(exc)) from None
         state.sampled = {m: eligible[m] for m in chosen}
         state.spill = RoundSpill(
-            self.spool, job.id, number, job.manifest, memory_bytes=SPILL_MEMORY_BYTES
+            self.spool, job.id, number, job.manifest, memory_bytes=MEMORY_BYTES
         )
         state.privacy = privacy.instructions()
         state.stage = Stage.TRAINING
