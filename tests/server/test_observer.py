@@ -43,8 +43,8 @@ class Job:
         s = self.status
         return [JobSummary(id=s.id, name=s.name, status=s.status, round=s.round, created_at=0.0)]
 
-    def members(self) -> list[Any]:
-        return []
+    def online_names(self) -> set[str]:
+        return set()
 
     def describe(self, job_id: str, rounds_after: int = 0) -> JobStatus:
         assert job_id == self.status.id

@@ -252,7 +252,10 @@ class Coordinator:
     def describe(self, job_id: str, rounds_after: int = 0) -> JobStatus:
         """The job as the API shows it, with the rounds numbered above ``rounds_after`` (0: all):
         a follower asks for the new ones only, not for the job's whole history every round."""
-        job = self._job(job_id)
+        view = self.store.job_view(job_id, rounds_after)
+        if view is None:
+            raise NotFound(f"no job {job_id!r}")
+        job, declined, rounds = view
         spec = job.job_spec()
         active = self.inbox.job
         current = None
@@ -276,10 +279,10 @@ class Coordinator:
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
-            declined=self.store.declined(job_id),
+            declined=declined,
             spec=spec,
             source=job.source,
-            rounds=[RoundRecord.model_validate(r) for r in self.store.rounds(job_id, rounds_after)],
+            rounds=[RoundRecord.model_validate(r) for r in rounds],
             waiting_for=[
                 Waiting(dependency=o.dependency, since=o.since, error=o.error)
                 for o in (self.deps.outages() if job.status == "running" else [])
@@ -292,9 +295,11 @@ class Coordinator:
         """Long-poll: the job (as :meth:`describe`) once past ``after_round``, ended, or timed out."""
         end = time.monotonic() + timeout
         while True:
-            job = await asyncio.to_thread(self._job, job_id)  # off the loop: the database
+            progress = await asyncio.to_thread(self.store.job_progress, job_id)  # off the loop
+            if progress is None:
+                raise NotFound(f"no job {job_id!r}")
             remaining = end - time.monotonic()
-            passed = job.round > after_round or job.status in TERMINAL
+            passed = progress[0] > after_round or progress[1] in TERMINAL
             if passed or remaining <= 0 or self.shutting_down:
                 return await asyncio.to_thread(self.describe, job_id, rounds_after)
             await self._progress.wait(remaining)
@@ -340,6 +345,11 @@ class Coordinator:
             )
             for m in self.store.members()
         ]
+
+    def online_names(self) -> set[str]:
+        """The members online now and not revoked, by name (the operator view's presence)."""
+        online = self.presence.online()
+        return self.store.active_member_names(online) if online else set()
 
     def member_revoked(self, member_id: int) -> None:
         """A revoked member: never sampled again; an open round stops waiting for it."""

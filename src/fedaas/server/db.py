@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -213,6 +213,12 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Member).order_by(Member.id)))
 
+    def active_member_names(self, ids: Iterable[int]) -> set[str]:
+        """The names of those of ``ids`` that are not revoked."""
+        query = select(Member.name).where(Member.id.in_(list(ids)), Member.revoked_at.is_(None))
+        with self.session() as s:
+            return set(s.scalars(query))
+
     def member_by_name(self, name: str) -> Member | None:
         with self.session() as s:
             return s.scalar(select(Member).where(Member.name == name))
@@ -261,8 +267,7 @@ class Store:
 
     def _extra(self, s: Session, job_id: str) -> dict[str, Any]:
         """The job's ``extra`` column: the one place it is parsed."""
-        current = s.scalar(select(Job.extra).where(Job.id == job_id))
-        return json.loads(current or "{}")
+        return _parse_extra(s.scalar(select(Job.extra).where(Job.id == job_id)))
 
     def declined(self, job_id: str) -> dict[str, str]:
         """Members that declined the job, by name, with their reasons."""
@@ -377,18 +382,43 @@ class Store:
     def rounds(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         """The job's closed rounds numbered above ``after`` (0: all), oldest first."""
         with self.session() as s:
-            query = select(Round).where(Round.job_id == job_id, Round.number > after)
-            rows = s.scalars(query.order_by(Round.number))
-            return [
-                {
-                    "round": r.number,
-                    **json.loads(r.metrics),
-                    "participants": json.loads(r.participants),
-                }
-                for r in rows
-            ]
+            return self._rounds(s, job_id, after)
+
+    def _rounds(self, s: Session, job_id: str, after: int) -> list[dict[str, Any]]:
+        query = select(Round).where(Round.job_id == job_id, Round.number > after)
+        return [
+            {
+                "round": r.number,
+                **json.loads(r.metrics),
+                "participants": json.loads(r.participants),
+            }
+            for r in s.scalars(query.order_by(Round.number))
+        ]
+
+    def job_view(
+        self, job_id: str, rounds_after: int = 0
+    ) -> tuple[Job, dict[str, str], list[dict[str, Any]]] | None:
+        """The job, the members that declined it (as :meth:`declined`) and its rounds above
+        ``rounds_after`` (as :meth:`rounds`), read in one transaction: what a job's status
+        shows, consistent, for one round trip to the database instead of three."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return None
+            declined = dict(_parse_extra(job.extra).get("declined", {}))
+            return job, declined, self._rounds(s, job_id, rounds_after)
+
+    def job_progress(self, job_id: str) -> tuple[int, str] | None:
+        """The job's last committed round and its status (what a long-poll waits on)."""
+        with self.session() as s:
+            row = s.execute(select(Job.round, Job.status).where(Job.id == job_id)).first()
+            return None if row is None else (row[0], row[1])
 
     def updates_for(self, job_id: str, number: int) -> list[Update]:
         with self.session() as s:
             query = select(Update).where(Update.job_id == job_id, Update.round == number)
             return list(s.scalars(query))
+
+
+def _parse_extra(text: str | None) -> dict[str, Any]:
+    return json.loads(text or "{}")

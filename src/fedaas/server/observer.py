@@ -186,7 +186,7 @@ class Observer:
         """What exists at start-up is not news (a restart must not recount old rounds)."""
         for job in self.coordinator.jobs():
             self._jobs[job.id] = _Seen(job.status, job.round)
-        self._online = {m.name for m in self.coordinator.members() if m.online}
+        self._online = self.coordinator.online_names()
 
     async def _watch(self) -> None:
         database = self.coordinator.deps.database
@@ -214,8 +214,7 @@ class Observer:
             return self._scan()
 
     def _scan(self) -> bool:
-        members = self.coordinator.members()
-        online = {m.name for m in members if m.online and not m.revoked}
+        online = self.coordinator.online_names()
         for name in sorted(online - self._online):
             self._emit(lambda li, n=name: li.member_changed(n, True))
         for name in sorted(self._online - online):

@@ -127,15 +127,16 @@ def _job_of_40_rounds(
 
 
 def _count_round_reads(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of rounds of each ``store.rounds`` call from now on."""
+    """The number of rounds of each read of rounds from now on (``store.rounds`` and
+    ``store.job_view`` both read them through ``store._rounds``)."""
     read: list[int] = []
-    rounds = store.rounds
+    rounds = store._rounds
 
-    def counted(job_id: str, after: int = 0) -> list[dict[str, Any]]:
-        read.append(len(found := rounds(job_id, after)))
+    def counted(session: Any, job_id: str, after: int) -> list[dict[str, Any]]:
+        read.append(len(found := rounds(session, job_id, after)))
         return found
 
-    monkeypatch.setattr(store, "rounds", counted)
+    monkeypatch.setattr(store, "_rounds", counted)
     return read
 
 
