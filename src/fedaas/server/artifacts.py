@@ -26,6 +26,9 @@ import numpy as np
 
 from fedaas import storage, tensors
 
+PER_ROUND = ("model", "ou", "optimizer")
+"""The kinds of a job's per-round files: ``<kind>-<round>.safetensors``."""
+
 
 class Artifacts:
     def __init__(
@@ -35,6 +38,7 @@ class Artifacts:
         self.remote = remote.rstrip("/") if remote else None
         self.options = storage.storage_options_for(remote, storage_options) if remote else {}
         self.spool = root / "spool"
+        self._pruned_below: dict[str, int] = {}
         self.spool.mkdir(parents=True, exist_ok=True)
         for stale in self.spool.iterdir():
             stale.unlink(missing_ok=True)
@@ -43,16 +47,20 @@ class Artifacts:
             storage.write_bytes(probe, b"ok", self.options)
             storage.remove(probe, self.options)
 
+    def _per_round(self, job_id: str, kind: str, number: int) -> Path:
+        assert kind in PER_ROUND
+        return self.root / "jobs" / job_id / f"{kind}-{number:06d}.safetensors"
+
     def model_path(self, job_id: str, number: int) -> Path:
-        return self.root / "jobs" / job_id / f"model-{number:06d}.safetensors"
+        return self._per_round(job_id, "model", number)
 
     def ou_path(self, job_id: str, number: int) -> Path:
         """The coordinator's OU noise state after round ``number`` (central OU noise)."""
-        return self.root / "jobs" / job_id / f"ou-{number:06d}.safetensors"
+        return self._per_round(job_id, "ou", number)
 
     def optimizer_path(self, job_id: str, number: int) -> Path:
         """The server optimizer's state (momentum, second moments) after round ``number``."""
-        return self.root / "jobs" / job_id / f"optimizer-{number:06d}.safetensors"
+        return self._per_round(job_id, "optimizer", number)
 
     def _remote_url(self, path: Path) -> str:
         assert self.remote is not None
@@ -65,6 +73,8 @@ class Artifacts:
         url = self._remote_url(path)
         fs, remote_path = storage.resolve(url, self.options)
         with storage.errors_as_storage_error(url, fs, remote_path):
+            if storage.is_local(url):  # a folder as the remote copy: made as needed
+                fs.makedirs(fs._parent(remote_path), exist_ok=True)
             fs.put_file(str(path), remote_path)
 
     def restore(self, path: Path) -> bool:
@@ -106,15 +116,32 @@ class Artifacts:
         """Delete the job's per-round files (models, noise state) of rounds before ``keep``.
 
         Never touches newer rounds, so a late prune cannot remove a model that a
-        later round has just written.
+        later round has just written. The job's first prune in this process
+        looks at every file (whatever a crash or a failed prune left); later
+        ones delete the rounds pruned since by name, without listing the folder.
         """
         folder = self.root / "jobs" / job_id
-        for path in folder.glob("*-*.safetensors"):
-            number = path.stem.rsplit("-", 1)[-1]
-            if number.isdigit() and int(number) < keep:
-                path.unlink(missing_ok=True)
-                if self.remote is not None:
-                    storage.remove(self._remote_url(path), self.options)
+        since = self._pruned_below.get(job_id)
+        if since is None:
+            paths = [
+                path
+                for path in folder.glob("*-*.safetensors")
+                if (n := path.stem.rsplit("-", 1)[-1]).isdigit() and int(n) < keep
+            ]
+        else:
+            paths = [
+                self._per_round(job_id, kind, number)
+                for number in range(since, keep)
+                for kind in PER_ROUND
+            ]
+        self._pruned_below[job_id] = max(keep, since or 0)
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            if self.remote is not None:
+                storage.remove(self._remote_url(path), self.options)
 
     def new_spool(self) -> Path:
         fd, name = tempfile.mkstemp(dir=self.spool, suffix=".upload")
