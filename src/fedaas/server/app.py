@@ -88,14 +88,18 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class _SmallFileCache:
-    """The last small model file read, kept in memory: every member downloads it."""
+    """The last small model file read, kept in memory: every member downloads it (a
+    committed round's model is never rewritten, so its path names its content)."""
 
     def __init__(self) -> None:
         self._path: Path | None = None
         self._data = b""
 
-    def read(self, path: Path) -> bytes:
+    def read(self, path: Path, limit: int = MEMORY_SPOOL_BYTES) -> bytes | None:
+        """The file's bytes, or ``None`` if it is larger than ``limit`` (it is not read)."""
         if path != self._path:
+            if path.stat().st_size > limit:
+                return None
             self._data, self._path = path.read_bytes(), path
         return self._data
 
@@ -219,22 +223,22 @@ def create_app(
         headers = {"ETag": tag, ROUND_HEADER: str(number)}
         if if_none_match == tag:
             return Response(status_code=304, headers=headers)
-        size = path.stat().st_size
-        coordinator.count_download(job_id, number, size)
-        if size <= MEMORY_SPOOL_BYTES:
-            return Response(
-                models.read(path), media_type="application/octet-stream", headers=headers
-            )
+        small = models.read(path)
+        coordinator.count_download(
+            job_id, number, path.stat().st_size if small is None else len(small)
+        )
+        if small is not None:
+            return Response(small, media_type="application/octet-stream", headers=headers)
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
     def bundled(task: Task, headers: dict[str, str]) -> Response | None:
         """The task with its model in one answer, when the model is small; else ``None``."""
         path, number = coordinator.model_file(task.job_id, task.model_round)
-        size = path.stat().st_size
-        if size > MEMORY_SPOOL_BYTES:
+        model = models.read(path)
+        if model is None:
             return None
-        coordinator.count_download(task.job_id, number, size)
-        body = encode_bundle(task.model_dump_json().encode(), models.read(path))
+        coordinator.count_download(task.job_id, number, len(model))
+        body = encode_bundle(task.model_dump_json().encode(), model)
         return Response(body, media_type=TASK_BUNDLE, headers={"ETag": task.model_etag, **headers})
 
     async def next_bundle(
