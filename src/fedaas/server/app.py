@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from fedaas import __version__
@@ -85,6 +85,15 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {TASK_BUNDLE: _BINARY},
     },
 }
+
+
+MEMBER_HOT_PATHS = frozenset(
+    {
+        "/v1/jobs/{job_id}/rounds/{number}/update",
+        "/v1/tasks/next",
+        "/v1/jobs/{job_id}/rounds/{number}/secagg/unmask",
+    }
+)
 
 
 class _SmallFileCache:
@@ -277,7 +286,6 @@ def create_app(
         "/v1/jobs/{job_id}/rounds/{number}/update",
         response_model=Receipt,
         responses=UPLOAD_RESPONSES,
-        dependencies=[Depends(operations.count_upload)],  # Prometheus: accepted / rejected
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -304,21 +312,22 @@ def create_app(
         """
         key, member = idempotency_key, who.member_id
         assert member is not None
-        limit, receipt = inbox.check_upload(job_id, number, member, key)
-        if receipt is None:
-            with inbox.receiving(job_id, number, member):  # one upload in flight per member
-                body = await receive_body(request, limit, artifacts.new_spool)
-                if isinstance(body, bytes):  # small: validating and keeping beats a thread hop
-                    receipt = inbox.accept_update(job_id, number, member, body, len(body), key)
-                else:
-                    try:
-                        size = body.stat().st_size
-                        receipt = await asyncio.to_thread(
-                            inbox.accept_update, job_id, number, member, body, size, key
-                        )
-                    finally:
-                        body.unlink(missing_ok=True)  # kept ones were moved into the spill
-            inbox.answered(job_id)
+        with operations.counted_upload(request):  # Prometheus: accepted / rejected
+            limit, receipt = inbox.check_upload(job_id, number, member, key)
+            if receipt is None:
+                with inbox.receiving(job_id, number, member):  # one upload in flight per member
+                    body = await receive_body(request, limit, artifacts.new_spool)
+                    if isinstance(body, bytes):  # small: validating and keeping beats a hop
+                        receipt = inbox.accept_update(job_id, number, member, body, len(body), key)
+                    else:
+                        try:
+                            size = body.stat().st_size
+                            receipt = await asyncio.to_thread(
+                                inbox.accept_update, job_id, number, member, body, size, key
+                            )
+                        finally:
+                            body.unlink(missing_ok=True)  # kept ones were moved into the spill
+                inbox.answered(job_id)
         held = secagg_routes.unmask_after(inbox, job_id, number, member, next_timeout, receipt)
         if (asked := await held) is not None:  # SecAgg: the unmask stage's question
             return asked
@@ -351,4 +360,7 @@ def create_app(
         inbox.decline(job_id, who.member_id, who.name, body.reason)
         return Declined()
 
+    # Starlette tries the routes in order, a regular expression each: the requests every
+    # member makes every round go first (a stable sort: the rest keep their order)
+    app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in MEMBER_HOT_PATHS)
     return app

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request, Response
@@ -36,8 +37,11 @@ from fedaas.server.observer import BaseListener, LogLines, Observer, job_status_
 from fedaas.server.tracking import MlflowTracking
 
 
-async def count_upload(request: Request) -> AsyncIterator[None]:
-    """Route dependency of the upload: count it accepted, or rejected with its error code."""
+@contextmanager
+def counted_upload(request: Request) -> Iterator[None]:
+    """Around an upload's checks and acceptance: count it accepted, or rejected with its
+    error code. (Not a route dependency: FastAPI's machinery for one that yields cost
+    about 5% of the coordinator's CPU in a plain round.)"""
     try:
         yield
     except CoordinatorError as exc:
