@@ -67,6 +67,8 @@ class Coordinator:
         self.inbox = Inbox(store, self.presence)
         self.deps = Dependencies()  # the database and artifact store; outages waited out
         self._progress = Signal()
+        self._model_seen: tuple[str, int] | None = None
+        """The last model :meth:`model_file` found on disk."""
         self._queue_changed = Signal()
         self._supervisor: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[tuple[str, str | None]] | None = None
@@ -322,8 +324,12 @@ class Coordinator:
         if number > latest:
             raise NotFound(f"job {job_id} has no committed model for round {number} yet")
         path = self.artifacts.model_path(job_id, number)
-        if not path.exists():
-            raise NotFound(f"job {job_id} has no model for round {number} (latest: {latest})")
+        # every member asks for the latest: it is committed, so never rewritten, and pruning
+        # removes only older rounds; it is looked for on disk once
+        if self._model_seen != (job_id, number) or number != latest:
+            if not path.exists():
+                raise NotFound(f"job {job_id} has no model for round {number} (latest: {latest})")
+            self._model_seen = (job_id, number)
         return path, number
 
     def count_download(self, job_id: str, number: int, nbytes: int) -> None:
