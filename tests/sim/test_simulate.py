@@ -244,6 +244,26 @@ def test_a_folder_of_partitions_one_member_per_file(tmp_path: Path) -> None:
     assert result.accuracy is None  # no held-out set in the spec, none from a folder
 
 
+def test_a_folder_written_by_datasets_export_trains_its_members_and_holds_out_its_test(
+    tmp_path: Path,
+) -> None:
+    """``fedaas datasets export`` writes ``client_0`` .. ``client_11`` and ``test``: the
+    members come in number order, and ``test`` is the held-out set, never trained on."""
+    from typer.testing import CliRunner
+
+    from fedaas.cli import app
+
+    folder = tmp_path / "parts"
+    done = CliRunner().invoke(
+        app, ["datasets", "export", "digits", "--out", str(folder), "--members", "12"]
+    )
+    assert done.exit_code == 0, done.output
+    spec = digits_spec(rounds=1, federation={"clients_per_round": 12, "min_clients": 12})
+    result = simulate(spec, folder, backend=InlinePool(), out_dir=tmp_path / "r", progress=False)
+    assert result.members == [f"client_{i}" for i in range(12)]
+    assert result.accuracy is not None  # measured on test.npz, the export's held-out split
+
+
 def test_frames_carry_json_and_bytes_only() -> None:
     header, body = unpack(pack({"op": "x", "n": 1}, b"\x00\x01"))
     assert header == {"op": "x", "n": 1} and body == b"\x00\x01"

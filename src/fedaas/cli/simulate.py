@@ -19,7 +19,8 @@ def simulate(
         str,
         typer.Option(
             help="The members' data: a folder or object-store URL with one file (or folder) per "
-            "member, or a generator: dirichlet:digits:N[:ALPHA], synthetic:ALPHA,BETA:N.",
+            "member (one named test is the held-out set), or a generator: "
+            "dirichlet:digits:N[:ALPHA], synthetic:ALPHA,BETA:N.",
         ),
     ],
     members: Annotated[

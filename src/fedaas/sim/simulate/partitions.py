@@ -9,7 +9,9 @@
   devices (:func:`fedaas.data.synthetic.synthetic_federation`);
 - a folder (path or ``file://``) or an object-store URL prefix (``s3://``,
   ``gs://``, ``az://``): one member per entry (a file, or a folder of
-  images), in name order, named after the entry without its suffix;
+  images), in name order (``client_2`` before ``client_10``), named after
+  the entry without its suffix; an entry named ``test`` is the held-out set
+  (as ``fedaas datasets export`` writes it), never a member;
 - from Python also a list of data URLs (``member-0``, ...), a dict name ->
   URL, or a list of ``(x, y)`` arrays.
 
@@ -135,8 +137,21 @@ def _generated(text: str, members: int | None, seed: int) -> Generated:
     return Generated(parts, test, f"Synthetic({alpha:g},{beta:g}) over {n}")
 
 
+HOLDOUT_NAME = "test"
+"""The entry of a listed folder that is the held-out set, not a member (``fedaas datasets
+export`` writes ``client_<i>`` and ``test``)."""
+
+
+def _natural(name: str) -> tuple[str, int, str]:
+    """``client_2`` before ``client_10``: a trailing number sorts as a number."""
+    stem = name.rstrip("0123456789")
+    digits = name[len(stem) :]
+    return (stem, int(digits) if digits else -1, name)
+
+
 def _listed(url: str, members: int | None) -> Partitions:
-    """One member per entry of a folder or object-store prefix, in name order."""
+    """One member per entry of a folder or object-store prefix, in name order (a trailing
+    number as a number); an entry named ``test`` is the held-out set."""
     fs, path = None, ""
     try:
         fs, path = storage.resolve(url)
@@ -147,12 +162,18 @@ def _listed(url: str, members: int | None) -> Partitions:
         raise PartitionError(f"cannot list {storage.explain(exc, url, fs, path)}") from None
     base = url.rstrip("/")
     found: list[tuple[str, str]] = []
+    holdout: str | None = None
     for entry in entries:
         leaf = entry.rstrip("/").rsplit("/", 1)[-1]
         if not leaf or leaf.startswith("."):
             continue
         name = leaf.split(".", 1)[0] or leaf
-        found.append((name, f"{base}/{leaf}" if storage.protocol_of(url) != "file" else entry))
+        where = f"{base}/{leaf}" if storage.protocol_of(url) != "file" else entry
+        if name == HOLDOUT_NAME:
+            holdout = where
+        else:
+            found.append((name, where))
+    found.sort(key=lambda item: _natural(item[0]))
     if members is not None:
         if len(found) < members:
             raise PartitionError(f"{storage.redact(url)} has {len(found)} entries, not {members}")
@@ -160,7 +181,8 @@ def _listed(url: str, members: int | None) -> Partitions:
     _unique([n for n, _ in found], storage.redact(url))
     if not found:
         raise PartitionError(f"{storage.redact(url)} holds no partitions")
-    return Partitions(found, None, f"{len(found)} partitions in {storage.redact(url)}")
+    held = f" and the held-out {HOLDOUT_NAME}" if holdout else ""
+    return Partitions(found, holdout, f"{len(found)} partitions{held} in {storage.redact(url)}")
 
 
 def _unique(names: list[str], where: str) -> None:
