@@ -17,6 +17,7 @@ from fedaas.models import build_model, get_state
 from fedaas.protocol import NoPrivacy
 from fedaas.spec import JobSpec, SpecError, parse_spec
 from fedaas.train.custom import StepError, load_step
+from fedaas.train.local import evaluate
 
 HERE = Path(__file__).resolve().parent  # steps_pkg lives here
 
@@ -90,7 +91,11 @@ def test_eval_step_runs_without_gradients_next_to_the_metric_states() -> None:
         module, _data(spec), spec, number=1, allowed_code=["steps_pkg"], device=torch.device("cpu")
     )
     assert custom["grad_enabled"] == 0.0 and custom["val_l1"] > 0
-    assert set(result.states) == {"loss", "stats"} and "f1" in result.metrics
+    assert set(result.states) == {"loss", "stats"}  # what f1 is computed from, once summed
+    whole = evaluate(module, _data(spec), cfg=spec.train, classes=spec.data.classes,
+                     metrics=("f1",), device=torch.device("cpu"))  # fmt: skip
+    assert result.states == whole.states and result.loss == whole.loss
+    assert result.accuracy == whole.accuracy and "f1" in whole.metrics
     report = evaluation_report(module, _data(spec), spec, 1, ["steps_pkg"])
     assert report.metrics == custom and report.states == result.states
 

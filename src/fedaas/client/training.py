@@ -118,9 +118,10 @@ def evaluate_round(
 ) -> tuple[EvalResult, dict[str, float]]:
     """A member's federated evaluation of round ``number``'s model on its validation split.
 
-    Returns the built-in evaluation (loss, accuracy and the job's metrics,
-    with their states for the report) and the metrics of the job's
-    ``eval_step`` (empty when it names none).
+    Returns the built-in evaluation (loss, accuracy and the states of the
+    job's metrics, for the report: the coordinator computes the metrics from
+    the members' summed states, so a member's own values are not computed)
+    and the metrics of the job's ``eval_step`` (empty when it names none).
     """
     cfg = spec.train
     device = device or resolve_device(cfg.device)
@@ -133,6 +134,7 @@ def evaluate_round(
         classes=spec.data.classes,
         metrics=job_metrics(spec),
         device=device,
+        states_only=True,
     )
     custom: dict[str, float] = {}
     if cfg.eval_step is not None:

@@ -182,6 +182,7 @@ def evaluate(
     classes: int | None = None,
     metrics: tuple[str, ...] = ("accuracy",),
     device: torch.device | None = None,
+    states_only: bool = False,
 ) -> EvalResult:
     """The task's mean loss, accuracy and ``metrics`` of ``module`` on ``data``.
 
@@ -189,7 +190,10 @@ def evaluate(
     cross-entropy); ``classes`` is ``[data] classes``. The loss is the
     unweighted mean over examples (class and positive weights shape training,
     not the reported loss). The states behind every metric come back too
-    (:mod:`fedaas.train.metrics`), for a member to report.
+    (:mod:`fedaas.train.metrics`), for a member to report; with
+    ``states_only`` the values of ``metrics`` are not computed (a member's
+    report carries the states, and the coordinator computes the metrics from
+    their sum), only the loss and accuracy.
     """
     cfg = cfg or TrainSection()
     device = device or next((p.device for p in module.parameters()), torch.device("cpu"))
@@ -208,11 +212,12 @@ def evaluate(
     if states is None:
         raise ValueError("cannot evaluate on an empty dataset")
     raw = states.states()
-    values = compute_metrics(raw, cfg.task, states.classes, scored)
+    wanted = tuple(n for n in scored if n == "accuracy") if states_only else scored
+    values = compute_metrics(raw, cfg.task, states.classes, wanted)
     return EvalResult(
         loss=values["loss"],
         accuracy=values.get("accuracy", float("nan")),
         examples=data.num_examples,
-        metrics={k: values[k] for k in names},
+        metrics={k: values[k] for k in names if k in values},
         states=raw,
     )
