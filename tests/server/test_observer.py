@@ -4,14 +4,19 @@ A round with federated evaluation is committed first and its evaluation is
 added to the record afterwards, while the members evaluate. Announced at
 commit, the log line, the Prometheus metrics and MLflow would all miss the
 evaluation whenever members take longer than the observer's tick to evaluate
-(a member agent's first evaluation alone loads torchmetrics).
+(a member agent's first evaluation alone loads torchmetrics). Who is online
+is read from the coordinator itself (a real store, no processes).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fedaas.protocol import JobStatus, JobSummary, RoundProgress, RoundRecord
+from fedaas.server.artifacts import Artifacts
+from fedaas.server.coordinator import Coordinator
+from fedaas.server.db import Store
 from fedaas.server.observer import BaseListener, Observer
 from fedaas.spec import parse_spec
 from fixtures.specs import make_spec
@@ -125,3 +130,20 @@ def test_a_long_job_costs_each_scan_its_new_rounds_not_its_history() -> None:
         observer.scan()  # a tick with nothing new reads nothing
     assert [r.round for r in heard.rounds] == list(range(1, 301))
     assert job.records_read == 300  # each round read once (the whole history: 45150)
+
+
+def test_the_online_members_it_reads_leave_at_once_when_revoked(tmp_path: Path) -> None:
+    """The view reads who is online every second; names come from the database once, and
+    a revoked member is out at once and stays out, even if a request it had in flight
+    marks it seen afterwards."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    coordinator = Coordinator(store, Artifacts(tmp_path / "artifacts"))
+    ids = {name: store.add_member(name, name * 32).id for name in ("ana", "ben", "cy")}
+    for name in ("ana", "ben"):
+        coordinator.presence.seen(ids[name])
+    assert coordinator.online_names() == {"ana", "ben"}
+    store.revoke_member(ids["ben"])
+    coordinator.member_revoked(ids["ben"])
+    coordinator.presence.seen(ids["ben"])  # its last request, authenticated before the revoke
+    coordinator.presence.seen(ids["cy"])
+    assert coordinator.online_names() == {"ana", "cy"}

@@ -67,6 +67,8 @@ class Coordinator:
         self.inbox = Inbox(store, self.presence)
         self.deps = Dependencies()  # the database and artifact store; outages waited out
         self._progress = Signal()
+        self._active_names: dict[int, str] = {}
+        """Names of members seen online and not revoked since (:meth:`online_names`)."""
         self._model_seen: tuple[str, int] | None = None
         """The last model :meth:`model_file` found on disk."""
         self._queue_changed = Signal()
@@ -353,11 +355,15 @@ class Coordinator:
         ]
 
     def online_names(self) -> set[str]:
-        """The members online now and not revoked, by name (the operator view's presence)."""
+        """The members online now and not revoked, by name (the operator view's presence,
+        every second: a member's name is read from the database once)."""
         online = self.presence.online()
-        return self.store.active_member_names(online) if online else set()
+        if missing := online - self._active_names.keys():
+            self._active_names.update(self.store.active_member_names(missing))
+        return {self._active_names[m] for m in online if m in self._active_names}
 
     def member_revoked(self, member_id: int) -> None:
         """A revoked member: never sampled again; an open round stops waiting for it."""
+        self._active_names.pop(member_id, None)
         self.presence.forget(member_id)
         self.inbox.exclude(member_id, "revoked by the operator")

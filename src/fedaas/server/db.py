@@ -213,11 +213,13 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Member).order_by(Member.id)))
 
-    def active_member_names(self, ids: Iterable[int]) -> set[str]:
-        """The names of those of ``ids`` that are not revoked."""
-        query = select(Member.name).where(Member.id.in_(list(ids)), Member.revoked_at.is_(None))
+    def active_member_names(self, ids: Iterable[int]) -> dict[int, str]:
+        """The names of those of ``ids`` that are not revoked, by id."""
+        query = select(Member.id, Member.name).where(
+            Member.id.in_(list(ids)), Member.revoked_at.is_(None)
+        )
         with self.session() as s:
-            return set(s.scalars(query))
+            return {member_id: name for member_id, name in s.execute(query)}
 
     def member_by_name(self, name: str) -> Member | None:
         with self.session() as s:
