@@ -53,39 +53,11 @@ from fedaas.server.errors import Unavailable
 from fedaas.server.http_errors import ERROR_RESPONSES, install_handlers
 from fedaas.server.inbox import model_etag
 from fedaas.server.limits import BodyLimit
+from fedaas.server.responses import BINARY, MODEL_RESPONSE, TASK_RESPONSES, UPLOAD_RESPONSES
 from fedaas.server.uploads import MEMORY_SPOOL_BYTES, receive_body
 from fedaas.spec import MAX_ROUNDS
 
 MAX_POLL_S = 60.0
-
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-MODEL_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": f"the model (safetensors); its round in `{ROUND_HEADER}`",
-        "content": {"application/octet-stream": _BINARY},
-    },
-    304: {"description": "unchanged (`If-None-Match` matched the `ETag`)"},
-}
-TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": (
-            "the task (JSON) or, with `bundle=true` and a small model, a task bundle: the "
-            f"task's length (4 bytes, big-endian), the task (JSON), the model ({TASK_BUNDLE})"
-        ),
-        "content": {TASK_BUNDLE: _BINARY},
-    },
-    204: {"description": "no task came up within `timeout`"},
-}
-UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": (
-            f"the receipt (JSON) or, with `next_timeout`, the member's next task bundle "
-            f"with the receipt in `{RECEIPT_HEADER}` (a secure round: the unmask question)"
-        ),
-        "content": {TASK_BUNDLE: _BINARY},
-    },
-}
-
 
 MEMBER_HOT_PATHS = frozenset(
     {
@@ -289,7 +261,7 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/octet-stream": _BINARY},
+                "content": {"application/octet-stream": BINARY},
                 "description": "the update (safetensors; metadata: `UpdateMetadata`)",
             }
         },

@@ -6,7 +6,8 @@
 - :class:`~fedaas.server.runner.JobRunner`: the round loop of one job, which
   owns the job's :class:`~fedaas.server.privacy.JobPrivacy`;
 - :class:`~fedaas.server.db.Store` and :class:`~fedaas.server.artifacts.Artifacts`:
-  what survives a restart.
+  what survives a restart;
+- :func:`~fedaas.server.job_status.job_status`: a job as the API shows it.
 
 One job trains at a time (members train one model at a time); others wait
 in the queue. A supervisor task starts the next job when one ends; a job
@@ -28,19 +29,12 @@ from typing import Any
 from fedaas.algorithms.secagg import fingerprint
 from fedaas.models import build_model, get_state
 from fedaas.models.registry import ModelError
-from fedaas.protocol import (
-    TERMINAL,
-    JobStatus,
-    JobSummary,
-    MemberInfo,
-    RoundProgress,
-    RoundRecord,
-    Waiting,
-)
+from fedaas.protocol import TERMINAL, JobStatus, JobSummary, MemberInfo
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store
 from fedaas.server.errors import Conflict, InvalidSpec, NotFound
 from fedaas.server.inbox import Inbox
+from fedaas.server.job_status import job_status
 from fedaas.server.outages import Dependencies
 from fedaas.server.presence import Presence
 from fedaas.server.runner import JobRunner
@@ -259,39 +253,7 @@ class Coordinator:
         view = self.store.job_view(job_id, rounds_after)
         if view is None:
             raise NotFound(f"no job {job_id!r}")
-        job, declined, rounds = view
-        spec = job.job_spec()
-        active = self.inbox.job
-        current = None
-        if active is not None and active.id == job_id and active.round is not None:
-            state = active.round
-            hidden = active.privacy.disclosure.hides_counts  # client-level DP: no counts
-            current = RoundProgress(
-                round=state.number,
-                stage=state.stage.value,
-                sampled=None if hidden else len(state.sampled),
-                reported=None if hidden else len(state.reported),
-            )
-        return JobStatus(
-            id=job.id,
-            name=job.name,
-            status=job.status,
-            reason=job.reason,
-            round=job.round,
-            rounds_total=spec.job.rounds,
-            current=current,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            declined=declined,
-            spec=spec,
-            source=job.source,
-            rounds=[RoundRecord.model_validate(r) for r in rounds],
-            waiting_for=[
-                Waiting(dependency=o.dependency, since=o.since, error=o.error)
-                for o in (self.deps.outages() if job.status == "running" else [])
-            ],
-        )
+        return job_status(*view, self.inbox.job, self.deps.outages())
 
     async def wait_progress(
         self, job_id: str, after_round: int, timeout: float, rounds_after: int = 0
