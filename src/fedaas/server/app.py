@@ -49,7 +49,7 @@ from fedaas.server.auth import Authenticator
 from fedaas.server.callers import Admin, Anyone, Member
 from fedaas.server.coordinator import Coordinator
 from fedaas.server.db import Store
-from fedaas.server.errors import Unavailable
+from fedaas.server.errors import NotFound, Unavailable
 from fedaas.server.http_errors import ERROR_RESPONSES, install_handlers
 from fedaas.server.inbox import model_etag
 from fedaas.server.limits import BodyLimit
@@ -77,11 +77,15 @@ class _SmallFileCache:
         self._data = b""
 
     def read(self, path: Path, limit: int = MEMORY_SPOOL_BYTES) -> bytes | None:
-        """The file's bytes, or ``None`` if it is larger than ``limit`` (it is not read)."""
+        """The file's bytes, or ``None`` if it is larger than ``limit`` (it is not read);
+        :class:`NotFound` if it is gone (someone deleted it under the coordinator)."""
         if path != self._path:
-            if path.stat().st_size > limit:
-                return None
-            self._data, self._path = path.read_bytes(), path
+            try:
+                if path.stat().st_size > limit:
+                    return None
+                self._data, self._path = path.read_bytes(), path
+            except FileNotFoundError:
+                raise NotFound(f"the model file {path.name} is missing") from None
         return self._data
 
 
