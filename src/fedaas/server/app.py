@@ -218,7 +218,8 @@ def create_app(
 
     def bundled(task: Task, headers: dict[str, str]) -> Response | None:
         """The task with its model in one answer, when the model is small; else ``None``."""
-        path, number = coordinator.model_file(task.job_id, task.model_round)
+        # the cache looks for the file once per model (NotFound if it is gone), not per member
+        path, number = coordinator.model_file(task.job_id, task.model_round, on_disk=False)
         model = models.read(path)
         if model is None:
             return None

@@ -63,8 +63,6 @@ class Coordinator:
         self._progress = Signal()
         self._active_names: dict[int, str] = {}
         """Names of members seen online and not revoked since (:meth:`online_names`)."""
-        self._model_seen: tuple[str, int] | None = None
-        """The last model :meth:`model_file` found on disk."""
         self._queue_changed = Signal()
         self._supervisor: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[tuple[str, str | None]] | None = None
@@ -271,13 +269,15 @@ class Coordinator:
             await self._progress.wait(remaining)
 
     # models ------------------------------------------------------------------------------
-    def model_file(self, job_id: str, number: int | None) -> tuple[Path, int]:
+    def model_file(self, job_id: str, number: int | None, on_disk: bool = True) -> tuple[Path, int]:
         """The global model after round ``number`` (default: the latest committed one).
 
         Only committed rounds are served: a model written but not yet
         committed (its round may still crash and rerun with fresh noise) is
         never released, so each release has its ledger entry (issue 10).
-        Only the latest committed model is kept.
+        Only the latest committed model is kept. :class:`NotFound` if its file
+        is gone, unless ``on_disk`` is false (a caller that reads it through a
+        cache which says so itself: the task bundle every member gets each round).
         """
         active = self.inbox.job
         if active is not None and active.id == job_id:  # the hot path: no database query
@@ -288,12 +288,8 @@ class Coordinator:
         if number > latest:
             raise NotFound(f"job {job_id} has no committed model for round {number} yet")
         path = self.artifacts.model_path(job_id, number)
-        # every member asks for the latest: it is committed, so never rewritten, and pruning
-        # removes only older rounds; it is looked for on disk once
-        if self._model_seen != (job_id, number) or number != latest:
-            if not path.exists():
-                raise NotFound(f"job {job_id} has no model for round {number} (latest: {latest})")
-            self._model_seen = (job_id, number)
+        if on_disk and not path.exists():
+            raise NotFound(f"job {job_id} has no model for round {number} (latest: {latest})")
         return path, number
 
     def count_download(self, job_id: str, number: int, nbytes: int) -> None:
