@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from fedaas.cli import app
 from fedaas.sim.cluster import LocalCluster
@@ -106,6 +107,18 @@ def test_every_command_is_listed_with_a_one_line_summary() -> None:
         assert summary, f"{name} has no help"
         # a first paragraph broken over lines is printed broken in `fedaas --help`
         assert "\n" not in summary, f"{name}: its summary spans lines: {summary!r}"
+
+
+def test_every_help_fits_an_80_column_terminal() -> None:
+    """Rich cuts what does not fit its columns with an ellipsis: an option's name, or a token
+    of its help without a space (a URL, a generator's syntax), would be unreadable."""
+    runner = CliRunner()
+    for name, command in _commands().items():
+        shown = runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "80"})
+        assert shown.exit_code == 0, (name, shown.output)
+        assert "…" not in shown.output, f"fedaas {name} --help:\n{shown.output}"
+        for option in _options(command):
+            assert option in shown.output, (name, option)
 
 
 def _unboxed(text: str) -> str:

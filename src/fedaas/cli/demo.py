@@ -75,7 +75,11 @@ def demo(
         float | None, typer.Option(min=0, help="Stop before epsilon would exceed this.")
     ] = None,
     secure_aggregation: Annotated[
-        bool, typer.Option(help="Mask the updates: the coordinator sees only their sum (SecAgg).")
+        bool,
+        typer.Option(
+            "--secure-aggregation",
+            help="Mask the updates: the coordinator sees only their sum (SecAgg).",
+        ),
     ] = False,
 ) -> None:
     """Federated vs local-only vs centralized training of an example, as real processes over HTTP."""

@@ -89,8 +89,9 @@ def server(
         str | None,
         typer.Option(
             envvar="FEDAAS_DB",
-            help="SQLAlchemy database URL, e.g. postgresql+psycopg://USER@HOST:5432/DB "
-            "(default: SQLite in --state). $FEDAAS_DB keeps a password off the command line.",
+            help="SQLAlchemy database URL (default: SQLite in --state); for PostgreSQL the "
+            "scheme postgresql+psycopg, then //USER@HOST:5432/DB. $FEDAAS_DB keeps a password "
+            "off the command line.",
             show_default=False,
         ),
     ] = None,

@@ -20,7 +20,8 @@ def simulate(
         typer.Option(
             help="The members' data: a folder or object-store URL with one file (or folder) per "
             "member (one named test is the held-out set), or a generator: "
-            "dirichlet:digits:N[:ALPHA], synthetic:ALPHA,BETA:N.",
+            "dirichlet:digits:N (Dirichlet 0.5; append :ALPHA for another) or "
+            "synthetic:ALPHA,BETA:N.",
         ),
     ],
     members: Annotated[
@@ -62,7 +63,7 @@ def simulate(
         int | None, typer.Option(min=0, help="Replaces the spec's job seed.", show_default=False)
     ] = None,
     out: RunFolderOpt = Path("runs/simulate"),
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     allow_code: AllowCodeOpt = None,
 ) -> None:
@@ -95,7 +96,7 @@ def simulate(
             cpus_per_member=cpus_per_member,
             gpus_per_member=gpus_per_member,
             out_dir=out,
-            progress=progress and not as_json,
+            progress=not no_progress and not as_json,
             stragglers=late,
             seed=seed,
             allow_code=tuple(allow_code_packages(allow_code)),
@@ -119,7 +120,7 @@ def simulate(
     if as_json:
         print(json.dumps(summary))
     else:
-        if not progress:
+        if no_progress:
             for record in job.rounds:
                 console.print(format_round(record, job.rounds_total), highlight=False)
         console.print(
