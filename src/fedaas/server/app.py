@@ -13,7 +13,9 @@ the requests that need it, never the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,12 +98,16 @@ def create_app(
     artifacts_url: str | None = None,
     storage_options: dict[str, Any] | None = None,
     allow_code: tuple[str, ...] = (),
+    on_fenced: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build the API over the coordinator state in ``state_dir`` (and ``artifacts_url``).
 
     ``allow_code``: packages whose model factories a job spec may name (built-ins always).
+    The app takes the database's lease (:meth:`Store.take_lease`): once another coordinator
+    takes it, this one's writes are refused and ``on_fenced`` runs (the server stops itself).
     """
     store = Store(db_url)
+    store.take_lease(f"pid {os.getpid()} on {socket.gethostname()}", on_fenced)
     artifacts = Artifacts(state_dir / "artifacts", artifacts_url, storage_options)
     coordinator = Coordinator(store, artifacts, allowed_code=allow_code)
     inbox = coordinator.inbox

@@ -31,7 +31,7 @@ from fedaas.models import build_model, get_state
 from fedaas.models.registry import ModelError
 from fedaas.protocol import TERMINAL, JobStatus, JobSummary, MemberInfo
 from fedaas.server.artifacts import Artifacts
-from fedaas.server.db import Job, Store
+from fedaas.server.db import Job, Store, StoreFenced
 from fedaas.server.errors import Conflict, InvalidSpec, NotFound
 from fedaas.server.inbox import Inbox
 from fedaas.server.job_status import job_status
@@ -118,6 +118,9 @@ class Coordinator:
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except StoreFenced as exc:  # another coordinator runs the jobs now: not this one
+                log.critical("the job supervisor stops: %s", exc)
+                return
             except Exception:  # e.g. the database refused even the patient retries
                 failures += 1
                 log.exception("the job supervisor hit an error; retrying")
@@ -149,6 +152,8 @@ class Coordinator:
             if self._cancelling != row.id or (current is not None and current.cancelling()):
                 raise
             return
+        except StoreFenced:  # nothing may be written, the job's end least of all
+            raise
         except Exception as exc:  # one broken job must not stop the coordinator
             log.exception("job %s failed unexpectedly", row.id)
             status, reason = "failed", f"internal error: {type(exc).__name__}: {exc}"

@@ -5,6 +5,17 @@ Only hashes of tokens are stored. A job row's ``round`` is the last round
 whose model is durable in the artifact store; a restarted coordinator
 continues from there.
 
+Fencing: a coordinator that holds the database (:mod:`fedaas.server.db_lock`)
+takes its lease (:meth:`Store.take_lease`: the ``coordinator_lease`` row's
+``epoch`` goes up by one). From then on every transaction of its that writes
+reads the epoch again, ``FOR SHARE``, right before it commits, and is rolled
+back with :class:`StoreFenced` if another coordinator took the lease since.
+The lock alone leaves a window: a database restart ends the lock's session,
+and until this coordinator's watchdog notices (seconds) a second one may hold
+the lock too; the epoch check closes it at every commit. Taking the lease
+waits for the commits that already read the old epoch, so the new holder
+reads everything the old one committed, and the old one commits nothing after.
+
 Long because it is the one place that knows the schema and every query
 the coordinator makes: how anything is stored is read here and only here.
 """
@@ -14,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -111,6 +122,20 @@ class Update(Base):
     received_at: Mapped[float] = mapped_column(Float)
 
 
+class CoordinatorLease(Base):
+    """One row: which coordinator may write (``epoch``, up by one each time one takes it)."""
+
+    __tablename__ = "coordinator_lease"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(100))
+    taken_at: Mapped[float] = mapped_column(Float)
+
+
+LEASE_ID = 1
+"""The lease row's id (the migration that made the table inserted it)."""
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -121,6 +146,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 
 class StoreError(RuntimeError):
     """The database cannot be opened or brought up to date (one line, password hidden)."""
+
+
+class StoreFenced(RuntimeError):
+    """Another coordinator took the database's lease since this one did: it may not write."""
+
+
+def _note_write(state: Any) -> None:
+    """``do_orm_execute``: a session that runs an INSERT, UPDATE or DELETE has written."""
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info["wrote"] = True
+
+
+def _note_flush(session: Session, _: Any) -> None:
+    session.info["wrote"] = True  # ``after_flush`` only fires when something was flushed
 
 
 def redacted(url: str) -> str:
@@ -190,6 +229,51 @@ class Store:
                 f"cannot open the database {redacted(url)}: {one_line(cause)}"
             ) from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._session, "do_orm_execute", _note_write)
+        event.listen(self._session, "after_flush", _note_flush)
+        self._epoch: int | None = None  # None: no lease taken, writes are not fenced
+        self._on_fenced: Callable[[], None] | None = None
+
+    def take_lease(self, holder: str, on_fenced: Callable[[], None] | None = None) -> int:
+        """Take the database for this coordinator (after its lock): the new lease epoch. Every
+        write of this Store is fenced from now on; ``on_fenced`` runs (once) when one is
+        refused because another coordinator took the lease since."""
+        lease = (CoordinatorLease.id == LEASE_ID,)
+        with self._session() as s, s.begin():
+            s.execute(
+                update(CoordinatorLease)
+                .where(*lease)
+                .values(epoch=CoordinatorLease.epoch + 1, holder=holder[:100], taken_at=time.time())
+            )
+            epoch = s.scalar(select(CoordinatorLease.epoch).where(*lease))
+        if epoch is None:
+            raise StoreError("the database has no coordinator lease row: its schema is damaged")
+        self._epoch, self._on_fenced = int(epoch), on_fenced
+        return self._epoch
+
+    def lease(self) -> tuple[int, str]:
+        """The lease's epoch and holder now."""
+        with self.session() as s:
+            row = s.get(CoordinatorLease, LEASE_ID)
+            return (0, "") if row is None else (row.epoch, row.holder)
+
+    def _fence(self, session: Session) -> None:
+        """Raise :class:`StoreFenced` (rolling the transaction back) unless this Store still
+        holds the lease; ``FOR SHARE`` keeps a new holder from taking it until this commits."""
+        current = session.scalar(
+            select(CoordinatorLease.epoch)
+            .where(CoordinatorLease.id == LEASE_ID)
+            .with_for_update(read=True)
+        )
+        if current == self._epoch:
+            return
+        on_fenced, self._on_fenced = self._on_fenced, None
+        if on_fenced is not None:
+            on_fenced()
+        raise StoreFenced(
+            f"another coordinator took the database (lease {current}, this one holds "
+            f"{self._epoch}): this one may no longer write to it"
+        )
 
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query now."""
@@ -198,8 +282,13 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """One transaction; one that wrote is fenced (see the module docstring) at its end."""
         with self._session() as session, session.begin():
             yield session
+            if self._epoch is not None:
+                session.flush()
+                if session.info.get("wrote"):
+                    self._fence(session)
 
     # members ---------------------------------------------------------------
     def add_member(self, name: str, token_hash: str) -> Member:

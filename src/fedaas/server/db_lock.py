@@ -8,7 +8,9 @@ included. SQLite: an ``flock`` on a file beside the database (:mod:`fedaas.folde
 A database that restarts (or ends the session) drops the advisory lock while the
 coordinator rides out the outage: a watchdog takes it again every :data:`WATCH_S`, and a
 coordinator that finds another one holding it by then stops itself (``SIGTERM``, the
-operator's own way to stop it) rather than run the same jobs beside it.
+operator's own way to stop it) rather than run the same jobs beside it. Until it notices,
+the lease (:meth:`fedaas.server.db.Store.take_lease`) refuses its writes: one refused
+stops it the same way (:func:`stop_when_fenced`).
 """
 
 from __future__ import annotations
@@ -169,6 +171,15 @@ def _keep(engine: Engine, connection: Connection, stop: threading.Event) -> None
     with contextlib.suppress(SQLAlchemyError):
         connection.close()
     engine.dispose()
+
+
+def stop_when_fenced() -> None:
+    """What a coordinator whose write was refused by the lease does: it stops itself, as the
+    watchdog does when it finds another coordinator holding the lock."""
+    log.critical(
+        "another coordinator took the database: stopping this one, which may no longer write to it"
+    )
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _in_use(url: str, holder: str | None) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedaas.protocol import ErrorBody
+from fedaas.server.db import StoreFenced
 from fedaas.server.errors import (
     Conflict,
     CoordinatorError,
@@ -114,6 +115,15 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(DependencyUnavailable)
     async def _outage(request: Request, exc: Exception) -> JSONResponse:
         return _outage_response(request, exc)
+
+    @app.exception_handler(StoreFenced)
+    async def _fenced(_: Request, exc: StoreFenced) -> JSONResponse:
+        return error_response(
+            503,
+            "unavailable",
+            f"{exc}; ask the coordinator that holds it now",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(OSError)
     async def _os(request: Request, exc: OSError) -> JSONResponse:

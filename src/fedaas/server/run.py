@@ -19,7 +19,7 @@ from fedaas.folder_lock import FolderInUse, in_use, lock_folder
 from fedaas.server.app import create_app
 from fedaas.server.auth import load_admin_token
 from fedaas.server.connections import MAX_CONNECTIONS, guarded
-from fedaas.server.db_lock import hold_database
+from fedaas.server.db_lock import hold_database, stop_when_fenced
 from fedaas.server.tls_identity import CertificateProtocol
 
 ENDPOINT_FILE = "endpoint.json"
@@ -175,7 +175,9 @@ def _serve(
         ) from None
     except ValueError as exc:  # an admin token from the environment that is too weak
         raise StartupError(str(exc)) from None
-    app = create_app(state, db_url, token, artifacts_url, storage_options, tuple(allow_code))
+    app = create_app(
+        state, db_url, token, artifacts_url, storage_options, tuple(allow_code), stop_when_fenced
+    )
     app.state.bind_certificates = tls_client_ca is not None  # a member's cert must name it
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
