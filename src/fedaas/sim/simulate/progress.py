@@ -1,4 +1,9 @@
-"""What a long simulation shows while it runs: a rich progress bar (round, accuracy, ETA)."""
+"""What a long simulation shows while it runs: a rich progress bar (round, accuracy, ETA).
+
+The title (job, members, workers) is printed once above the bar, and the bar's
+row stays within 80 columns: rich drops and cuts columns that do not fit, and
+at 80 columns the round count and the ETA were the first to go.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from rich.progress import (
 
 from fedaas.protocol import RoundRecord
 
+BAR_WIDTH = 12
+"""Characters of the bar: what is left of 80 columns once the numbers are shown."""
+
 
 class RoundProgress:
     """A progress bar over the job's rounds; a no-op when ``enabled`` is false."""
@@ -24,11 +32,12 @@ class RoundProgress:
     def __init__(self, total: int, console: Console, *, enabled: bool, title: str) -> None:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._title, self._console = title, console
         if enabled:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                TextColumn("round"),
                 MofNCompleteColumn(),
+                BarColumn(bar_width=BAR_WIDTH),
                 TextColumn("accuracy {task.fields[accuracy]}"),
                 TextColumn("{task.fields[seconds]}"),
                 TimeElapsedColumn(),
@@ -41,6 +50,7 @@ class RoundProgress:
 
     def __enter__(self) -> RoundProgress:
         if self._progress is not None:
+            self._console.print(self._title, style="bold", highlight=False)
             self._progress.start()
         return self
 
