@@ -239,13 +239,19 @@ class Store:
         write of this Store is fenced from now on; ``on_fenced`` runs (once) when one is
         refused because another coordinator took the lease since."""
         lease = (CoordinatorLease.id == LEASE_ID,)
-        with self._session() as s, s.begin():
-            s.execute(
-                update(CoordinatorLease)
-                .where(*lease)
-                .values(epoch=CoordinatorLease.epoch + 1, holder=holder[:100], taken_at=time.time())
-            )
-            epoch = s.scalar(select(CoordinatorLease.epoch).where(*lease))
+        try:
+            with self._session() as s, s.begin():
+                s.execute(
+                    update(CoordinatorLease)
+                    .where(*lease)
+                    .values(
+                        epoch=CoordinatorLease.epoch + 1, holder=holder[:100], taken_at=time.time()
+                    )
+                )
+                epoch = s.scalar(select(CoordinatorLease.epoch).where(*lease))
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot take the database's lease: {one_line(cause)}") from None
         if epoch is None:
             raise StoreError("the database has no coordinator lease row: its schema is damaged")
         self._epoch, self._on_fenced = int(epoch), on_fenced
