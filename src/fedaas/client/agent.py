@@ -19,6 +19,10 @@ privacy than it agreed to. Coordinator-chosen names reach its file system
 only through :mod:`fedaas.client.statepaths`. A model or task it cannot use
 (too many parameters, NaN or Inf in the global model, training that fails)
 is a failed task: declined with the reason, and the agent stays online.
+An outage of the store its data lives in (unreachable, timing out, failing)
+is not: the member misses that round and stays in the job (the coordinator
+benches it for a few rounds, then samples it again), so a minute without its
+object store does not cost the federation a member for the rest of the job.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ import httpx
 import numpy as np
 from pydantic import ValidationError
 
-from fedaas import storage, tensors
+from fedaas import tensors
 from fedaas.algorithms.seeds import member_seed
+from fedaas.client.declines import Declines
 from fedaas.client.finished import FinishedJobs, upload_wait
 from fedaas.client.pinning import Pins, departures, spec_digest
 from fedaas.client.policy import DEFAULT_POLICY, MemberPolicy
@@ -51,9 +56,7 @@ from fedaas.data.source import open_dataset
 from fedaas.models import build_model, get_state, set_state
 from fedaas.models.registry import ModelError
 from fedaas.protocol import (
-    MAX_REASON,
     TASK_BUNDLE,
-    DeclineReport,
     Task,
     UpdateMetadata,
     decode_bundle,
@@ -62,6 +65,9 @@ from fedaas.spec import JobSpec
 from fedaas.storage import StorageError
 
 log = logging.getLogger("fedaas.agent")
+
+OUTAGE_PAUSE_S = 2.0
+"""How long the agent waits before it asks for work again after its data's store failed."""
 
 
 class TaskRefused(Exception):
@@ -106,7 +112,7 @@ class Agent:
         self.finished = FinishedJobs(self.state_dir, transport)  # final models kept
         self.secure = SecureState(self.state_dir, transport.server)  # SecAgg identity, sessions
         self._jobs: dict[str, _JobContext] = {}
-        self._declined: dict[str, str] = {}  # job id -> why this member takes no part
+        self.declines = Declines(transport, data_url)  # job id -> why it takes no part
         self._model_cache: tuple[str, bytes] | None = None  # ETag, safetensors bytes
         self.stop = threading.Event()
 
@@ -150,6 +156,19 @@ class Agent:
             return self._handle(job_id, task)
         except ApiClientError:
             raise
+        except (StorageError, DataError) as exc:
+            outage = exc.storage if isinstance(exc, DataError) else exc
+            if outage is not None and outage.transient:
+                log.warning(
+                    "round %d of job %s missed, staying in the job: the data's store is "
+                    "unavailable (%s)",
+                    task.round,
+                    job_id,
+                    outage,
+                )
+                self.stop.wait(OUTAGE_PAUSE_S)
+                return None
+            reason = f"the task failed on this member: {type(exc).__name__}: {exc}"
         except (BudgetSpent, TaskRefused) as exc:
             reason = str(exc)
         except Exception as exc:  # a task that fails is a failed task: report it, stay online
@@ -157,7 +176,7 @@ class Agent:
             reason = f"the task failed on this member: {type(exc).__name__}: {exc}"
         log.error("leaving job %s: %s", job_id, reason)
         self._jobs.pop(job_id, None)
-        self._decline(job_id, reason)
+        self.declines.send(job_id, reason)
         return None
 
     def _handle(self, job_id: str, task: Task) -> Task | None:
@@ -178,8 +197,8 @@ class Agent:
         return secure_train(self, task, ctx, state)  # plain: self._train; SecAgg: masked
 
     def _context(self, job_id: str, spec: JobSpec) -> _JobContext | None:
-        if job_id in self._declined:  # asked again (the coordinator restarted): same answer
-            self._decline(job_id, self._declined[job_id])
+        if job_id in self.declines:  # asked again (the coordinator restarted): same answer
+            self.declines.send(job_id, self.declines.reasons[job_id])
             return None
         digest = spec_digest(spec)
         pinned = self._jobs[job_id].digest if job_id in self._jobs else self.pins.get(job_id)
@@ -207,9 +226,12 @@ class Agent:
             )
             fingerprint = data_fingerprint(self.data_url, self.storage_options)
         except (DataError, ModelError, StorageError) as exc:
+            outage = exc.storage if isinstance(exc, DataError) else exc
+            if isinstance(outage, StorageError) and outage.transient:
+                raise outage from None  # this round is missed (handle), the job is not left
             reason = "; ".join(getattr(exc, "problems", [str(exc)]))
             log.error("cannot take part in job %s: %s", job_id, reason)
-            self._decline(job_id, reason)
+            self.declines.send(job_id, reason)
             return None
         joined_with = self.pins.data(job_id)
         if joined_with is not None and joined_with != fingerprint:
@@ -219,32 +241,13 @@ class Agent:
                 "a second partition under the same member"
             )
             log.error("%s", reason)
-            self._decline(job_id, reason)
+            self.declines.send(job_id, reason)
             return None
         self.pins.pin(job_id, digest, fingerprint)
         log.info("joined job %s (%s): %d local examples", job_id, spec.job.name, data.num_examples)
         manifest = tensors.manifest_of(get_state(module))
         self._jobs = {job_id: _JobContext(spec, train, validation, module, digest, manifest)}
         return self._jobs[job_id]
-
-    def _decline(self, job_id: str, reason: str) -> None:
-        """Tell the coordinator that this member takes no further part in the job.
-
-        The member's data location stays on its machine: the reason sent names
-        it ``<data>`` (the member's own log keeps the full text).
-        """
-        self._declined[job_id] = reason
-        report = DeclineReport(reason=self._without_paths(reason)[:MAX_REASON])
-        self.t.post_json(f"/v1/jobs/{job_id}/decline", report.model_dump())
-
-    def _without_paths(self, text: str) -> str:
-        places = {self.data_url, storage.redact_url(self.data_url)}
-        if storage.is_local(self.data_url):
-            local = Path(self.data_url.removeprefix("file://")).expanduser()
-            places |= {str(local), str(local.resolve()), f"file://{local.resolve()}"}
-        for place in sorted(places, key=len, reverse=True):  # longest first: no half-replaced
-            text = text.replace(place, "<data>")
-        return text
 
     def _unbundle(self, response: httpx.Response) -> Task | None:
         """The task; a bundled response also carries the task's model (saves a request)."""
@@ -273,7 +276,7 @@ class Agent:
         except (json.JSONDecodeError, AttributeError):
             job_id = None
         if is_safe_id(job_id):
-            self._decline(job_id, f"the task is not acceptable: {problems}")
+            self.declines.send(job_id, f"the task is not acceptable: {problems}")
         else:
             self.stop.wait(1.0)  # nothing to answer: don't spin on a broken coordinator
 

@@ -9,13 +9,20 @@ from typing import Protocol
 import numpy as np
 
 from fedaas.spec import DataSection
+from fedaas.storage import StorageError
 
 
 class DataError(ValueError):
-    """A member's data that does not fit the job; ``problems`` lists every mismatch."""
+    """A member's data that does not fit the job; ``problems`` lists every mismatch.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``storage``: the storage failure behind it, when the data could not be read at all; a
+    transient one (``storage.transient``: the service down) is an outage to wait out, not a
+    reason to leave a job.
+    """
+
+    def __init__(self, problems: list[str], storage: StorageError | None = None) -> None:
         self.problems = problems
+        self.storage = storage
         super().__init__("; ".join(problems))
 
 

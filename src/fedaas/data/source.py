@@ -90,7 +90,7 @@ def read_npz(
     try:
         raw = storage.read_bytes(url, storage_options)
     except storage.StorageError as exc:
-        raise DataError([str(exc)]) from None
+        raise DataError([str(exc)], exc) from None
     try:
         with _NPY_HEADERS, np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             missing = [k for k in ("x", "y") if k not in npz.files]
@@ -150,7 +150,7 @@ def open_dataset(
             memory_budget,
         )
     except storage.StorageError as exc:
-        raise DataError([str(exc)]) from None
+        raise DataError([str(exc)], exc) from None
 
 
 def write_npz(

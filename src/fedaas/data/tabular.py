@@ -164,6 +164,8 @@ def open_table(
         try:
             arrow_schema, _ = reader.schema(file)
         except storage.StorageError as exc:
+            if exc.transient:  # the service is down: not a problem of this file
+                raise
             problems.append(str(exc))
             continue
         except Exception as exc:

@@ -22,6 +22,7 @@ from fedaas.models.registry import ModelError
 from fedaas.server.artifacts import Artifacts
 from fedaas.server.db import Job, Store
 from fedaas.server.errors import JobFailed
+from fedaas.server.outages import HeldOutUnavailable
 from fedaas.server.privacy import JobPrivacy
 from fedaas.server.rounds import ActiveJob
 from fedaas.spec import JobSpec
@@ -60,6 +61,8 @@ def activate(
         try:
             job.holdout = open_dataset(spec.evaluation.holdout, spec.data)
         except DataError as exc:
+            if exc.storage is not None and exc.storage.transient:  # its store is down:
+                raise HeldOutUnavailable(str(exc.storage), exc.storage.kind) from None  # wait
             raise JobFailed(f"held-out data: {exc}") from None
         try:
             job.module = build_model(

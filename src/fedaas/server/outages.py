@@ -70,7 +70,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, StorageError):
-        return exc.kind in ("unreachable", "error", "timeout")
+        return exc.transient
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ECONNREFUSED)
     return False
@@ -130,13 +130,17 @@ class Dependency:
             )
 
 
+class HeldOutUnavailable(StorageError):
+    """The store of a job's held-out set is down (not the artifact store): waited out too."""
+
+
 class Dependencies:
     """The coordinator's dependencies, and calls into them that wait out their outages.
 
     A failure is blamed on the dependency its exception belongs to (a
-    database error on the database, a storage error on the artifact store, a
-    full disk on the state disk); a call that hangs past ``deadline_s`` on
-    the one the caller names.
+    database error on the database, a storage error on the artifact store, or
+    on the held-out data's store when it says so, a full disk on the state
+    disk); a call that hangs past ``deadline_s`` on the one the caller names.
     """
 
     def __init__(
@@ -145,13 +149,14 @@ class Dependencies:
         self.database = Dependency("database", max_outage_s)
         self.artifacts = Dependency("artifact store", max_outage_s)
         self.disk = Dependency("state disk", max_outage_s)
+        self.holdout = Dependency("held-out data store", max_outage_s)
         self.deadline_s = deadline_s
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="fedaas-io"
         )
 
     def all(self) -> tuple[Dependency, ...]:
-        return (self.database, self.artifacts, self.disk)
+        return (self.database, self.artifacts, self.disk, self.holdout)
 
     def outages(self) -> list[Outage]:
         return [d.outage for d in self.all() if d.outage is not None]
@@ -159,6 +164,8 @@ class Dependencies:
     def blame(self, exc: BaseException, default: Dependency) -> Dependency:
         if isinstance(exc, DBAPIError | PoolTimeout):
             return self.database
+        if isinstance(exc, HeldOutUnavailable):
+            return self.holdout
         if isinstance(exc, StorageError):
             return self.artifacts
         if isinstance(exc, OSError):

@@ -164,10 +164,13 @@ def _workdir(kind: str) -> Path:
 # moto_server with buckets made in-process before it listens: a client that reconnects
 # to a restarted emulator never sees it without them.
 _S3_MAIN = (
-    "import sys; from moto.core import DEFAULT_ACCOUNT_ID; from moto.s3.models import s3_backends; "
+    "import json, pathlib, sys; from moto.core import DEFAULT_ACCOUNT_ID; "
+    "from moto.s3.models import s3_backends; "
     "backend = s3_backends[DEFAULT_ACCOUNT_ID]['aws']; "
     "[backend.create_bucket(name, 'us-east-1') for name in sys.argv[1].split(',') if name]; "
-    "from moto.server import main; main(sys.argv[2:])"
+    "[backend.put_object(*where.split('/', 1), pathlib.Path(path).read_bytes()) "
+    "for where, path in json.loads(sys.argv[2]).items()]; "
+    "from moto.server import main; main(sys.argv[3:])"
 )
 
 
@@ -176,16 +179,21 @@ def start_s3(
     timeout: float = 30.0,
     port: int | None = None,
     buckets: tuple[str, ...] = (),
+    objects: dict[str, Path] | None = None,
 ) -> Emulator:
     """Start moto_server; with ``auth`` every request must be signed by the IAM key it makes.
 
     ``port``: a given port (to bring a stopped emulator back where clients expect it; its
-    buckets are gone, moto keeps them in memory). ``buckets`` exist from the first request
-    it answers, so a client that retries into the restarted emulator finds them.
+    buckets are gone, moto keeps them in memory). ``buckets``, and ``objects`` (``bucket/key``
+    -> a local file with its bytes), exist from the first request it answers, so a client that
+    retries into the restarted emulator finds them.
     """
     port, workdir = port or free_port(), _workdir("s3")
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if auth else {}
-    argv = [sys.executable, "-c", _S3_MAIN, ",".join(buckets)]
+    objects = objects or {}
+    buckets = tuple(dict.fromkeys([*buckets, *(where.split("/", 1)[0] for where in objects)]))
+    preload = json.dumps({where: str(path) for where, path in objects.items()})
+    argv = [sys.executable, "-c", _S3_MAIN, ",".join(buckets), preload]
     argv += ["-H", "127.0.0.1", "-p", str(port)]
     emu = _launch("s3", argv, port, workdir, env)
     _wait_ready(emu, "/moto-api/", timeout)

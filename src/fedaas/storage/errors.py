@@ -17,6 +17,9 @@ from fsspec.spec import AbstractFileSystem
 from fedaas.storage.redaction import redact, redact_text
 from fedaas.storage.urls import bucket_of, protocol_of
 
+TRANSIENT_KINDS = ("unreachable", "error", "timeout")
+"""The kinds of :class:`StorageError` that an outage gives."""
+
 
 class StorageError(OSError):
     """A location that cannot be read or written; the message is one redacted line."""
@@ -24,7 +27,14 @@ class StorageError(OSError):
     def __init__(self, message: str, kind: str = "error") -> None:
         super().__init__(message)
         self.kind = kind
-        """``not_found``, ``no_bucket``, ``denied``, ``unreachable``, ``options`` or ``error``."""
+        """``not_found``, ``no_bucket``, ``denied``, ``unreachable``, ``options``, ``timeout``
+        or ``error``."""
+
+    @property
+    def transient(self) -> bool:
+        """Whether it looks like an outage worth waiting out (the service down or failing),
+        not a wrong location, credentials or options."""
+        return self.kind in TRANSIENT_KINDS
 
     def __str__(self) -> str:
         return str(self.args[0])
