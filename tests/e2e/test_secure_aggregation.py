@@ -412,15 +412,20 @@ def test_a_restarted_coordinator_reruns_the_round_under_fresh_keys(tmp_path: Pat
             cluster, datasets, tmp_path / "members", give_up_after=None, transport=transport
         ):
             cluster.wait_online(N)
-            crashed, uploads = threading.Event(), []
+            crashed, crasher, once = threading.Event(), [], threading.Lock()
 
-            def crash() -> None:  # in round 2, whose keys went out with round 1's answers
-                uploads.append(1)
-                if len(uploads) == 2 and not crashed.is_set():
-                    crashed.set()
-                    cluster.kill_server()
+            def crash_at(t: MemberTransport) -> Any:
+                def crash() -> None:  # the first masked upload of round 2, by any member (one
+                    with once:  # that was slow to advertise may sit out round 1, under load)
+                        if not crashed.is_set() and "/rounds/2/update" in t.bodies[-1][1]:
+                            crashed.set()
+                            crasher.append(t)
+                            cluster.kill_server()
 
-            made[0].on_masked = crash
+                return crash
+
+            for t in made:
+                t.on_masked = crash_at(t)
             spec = make_spec(
                 "restart", 2, clients=N, min_clients=2, timeout=30, features=FEATURES,
                 classes=CLASSES, secure_aggregation={"enabled": True},
@@ -445,7 +450,22 @@ def test_a_restarted_coordinator_reruns_the_round_under_fresh_keys(tmp_path: Pat
                     current = ahead["s_public"]
         assert all(len(bodies) == 1 for bodies in runs.values()), "two vectors under one key"
         assert keys and masked
-    assert len(_mask_keys(made[0])) >= 3  # round 1, round 2 (sent ahead), its rerun: fresh
+    (t,) = crasher  # its round-2 upload before the crash and the rerun's: under other keys
+    assert len(_round_keys(t, 2)) >= 2
+
+
+def _round_keys(t: MemberTransport, number: int) -> set[str]:
+    """The mask public keys a member's masked uploads of round ``number`` were made under."""
+    out, current = set(), None
+    for _m, p, b in t.bodies:
+        if p.endswith("/secagg/keys"):
+            current = json.loads(b)["s_public"]
+        elif p.endswith("/update"):
+            if f"/rounds/{number}/update" in p:
+                out.add(str(current))
+            if ahead := _keys_ahead(b):
+                current = ahead["s_public"]
+    return out
 
 
 def _mask_keys(t: MemberTransport) -> set[str]:
