@@ -50,7 +50,7 @@ from fedaas.client.secagg import SecureState, secure_train  # SecAgg+
 from fedaas.client.statepaths import UnsafeName, check_id, is_safe_id
 from fedaas.client.training import evaluation_report, train_round
 from fedaas.client.transport import ApiClientError, Transport
-from fedaas.data.dataset import DataError, Dataset
+from fedaas.data.dataset import DataError, Dataset, storage_outage
 from fedaas.data.fingerprint import data_fingerprint
 from fedaas.data.source import open_dataset
 from fedaas.models import build_model, get_state, set_state
@@ -157,8 +157,7 @@ class Agent:
         except ApiClientError:
             raise
         except (StorageError, DataError) as exc:
-            outage = exc.storage if isinstance(exc, DataError) else exc
-            if outage is not None and outage.transient:
+            if (outage := storage_outage(exc)) is not None:
                 log.warning(
                     "round %d of job %s missed, staying in the job: the data's store is "
                     "unavailable (%s)",
@@ -226,8 +225,7 @@ class Agent:
             )
             fingerprint = data_fingerprint(self.data_url, self.storage_options)
         except (DataError, ModelError, StorageError) as exc:
-            outage = exc.storage if isinstance(exc, DataError) else exc
-            if isinstance(outage, StorageError) and outage.transient:
+            if (outage := storage_outage(exc)) is not None:
                 raise outage from None  # this round is missed (handle), the job is not left
             reason = "; ".join(getattr(exc, "problems", [str(exc)]))
             log.error("cannot take part in job %s: %s", job_id, reason)

@@ -26,6 +26,13 @@ class DataError(ValueError):
         super().__init__("; ".join(problems))
 
 
+def storage_outage(exc: BaseException) -> StorageError | None:
+    """The transient storage failure behind ``exc`` (itself, or the read a :class:`DataError`
+    could not make), if it is one: an outage to wait out rather than a problem of the data."""
+    found = exc.storage if isinstance(exc, DataError) else exc
+    return found if isinstance(found, StorageError) and found.transient else None
+
+
 def label_dtype(schema: DataSection) -> type[np.generic]:
     """Class labels are int64; a regression's (no ``classes``) real-valued targets float32."""
     return np.int64 if schema.classes is not None else np.float32

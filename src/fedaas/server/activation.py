@@ -15,7 +15,7 @@ import time
 
 from fedaas import tensors
 from fedaas.algorithms.server_optimizers import ServerOptimizer
-from fedaas.data.dataset import DataError
+from fedaas.data.dataset import DataError, storage_outage
 from fedaas.data.source import open_dataset
 from fedaas.models import build_model
 from fedaas.models.registry import ModelError
@@ -61,8 +61,8 @@ def activate(
         try:
             job.holdout = open_dataset(spec.evaluation.holdout, spec.data)
         except DataError as exc:
-            if exc.storage is not None and exc.storage.transient:  # its store is down:
-                raise HeldOutUnavailable(str(exc.storage), exc.storage.kind) from None  # wait
+            if (outage := storage_outage(exc)) is not None:  # its store is down: waited out
+                raise HeldOutUnavailable(str(outage), outage.kind) from None
             raise JobFailed(f"held-out data: {exc}") from None
         try:
             job.module = build_model(
