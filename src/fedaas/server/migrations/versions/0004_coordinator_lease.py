@@ -28,10 +28,12 @@ def upgrade() -> None:
         sa.Column("holder", sa.String(length=100), nullable=False),
         sa.Column("taken_at", sa.Float(), nullable=False),
     )
-    if "coordinator_lease" in sa.inspect(bind).get_table_names():  # as 0003: a database made
-        lease = sa.table("coordinator_lease", *(sa.column(c.name) for c in columns))  # by a
-        if bind.execute(sa.select(sa.func.count()).select_from(lease)).scalar():  # newer
-            return  # ``create_all`` may have the table already, maybe without its row
+    # as 0003: a database made by a newer ``create_all`` (stamped 0001) may have the table
+    # already, maybe without its row
+    if "coordinator_lease" in sa.inspect(bind).get_table_names():
+        lease = sa.table("coordinator_lease", *(sa.column(c.name) for c in columns))
+        if bind.execute(sa.select(sa.func.count()).select_from(lease)).scalar():
+            return
     else:
         lease = op.create_table(
             "coordinator_lease",
