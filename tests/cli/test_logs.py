@@ -116,3 +116,26 @@ def test_the_server_logs_json_when_asked(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "use text or json" in bad.stderr
+
+
+def test_a_storage_library_failure_is_one_line_without_its_traceback() -> None:
+    """gcsfs logs a traceback each time a request runs out of retries; fedaas reports that
+    failure itself in one line, so the library's record keeps its line and loses the
+    traceback (kept with ``--verbose``)."""
+    script = (
+        "import sys; from fedaas.cli.common import setup_logging; import gcsfs.retry\n"
+        "setup_logging(verbose=sys.argv[1] == 'verbose')\n"
+        "try:\n"
+        "    raise TimeoutError('Timeout on reading data from socket')\n"
+        "except TimeoutError as e:\n"
+        "    gcsfs.retry.logger.exception(f'_request out of retries on exception: {e}')\n"
+    )
+    out = {
+        mode: subprocess.run(
+            [sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60
+        ).stderr
+        for mode in ("quiet", "verbose")
+    }
+    assert out["quiet"].count("\n") == 1, out["quiet"]
+    assert "ERROR _request out of retries on exception: Timeout on reading" in out["quiet"]
+    assert "Traceback" not in out["quiet"] and "Traceback" in out["verbose"]

@@ -136,11 +136,30 @@ LOG_FORMAT = {"value": "text"}
 """Set by the root command's ``--log-format`` (or ``$FEDAAS_LOG_FORMAT``)."""
 
 
+class WithoutTraceback(logging.Filter):
+    """Keeps a record's line and drops the traceback attached to it.
+
+    For libraries whose failures fedaas reports itself, in one line: gcsfs logs
+    a full traceback each time a request runs out of retries (a store that is
+    down or stopped answering), which the caller then reports as a one-line
+    ``StorageError`` anyway.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+TRACEBACK_FREE = ("gcsfs",)
+"""Loggers whose records lose their traceback unless ``--verbose``."""
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Rich log lines on a terminal; plain ones to a file or pipe; JSON with ``--log-format json``.
 
     Also installs credential redaction for every log record of the process
-    (storage secrets never reach a log line, whichever library logs them).
+    (storage secrets never reach a log line, whichever library logs them),
+    and, unless ``verbose``, drops the tracebacks of :data:`TRACEBACK_FREE`.
     """
     install_log_redaction()
     fmt = LOG_FORMAT["value"]
@@ -160,6 +179,12 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in TRACEBACK_FREE:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, WithoutTraceback)]:
+            logger.removeFilter(old)
+        if not verbose:
+            logger.addFilter(WithoutTraceback())
 
 
 def _member_name(value: str) -> str:
