@@ -11,6 +11,7 @@ it imports nothing else of ours). One concept per module:
   is called by the process's logging setup) every log record.
 - :mod:`~fedaas.storage.errors`: :class:`StorageError`, one redacted line per failure.
 - :mod:`~fedaas.storage.filesystems`: :func:`resolve`, a URL to an fsspec filesystem.
+- :mod:`~fedaas.storage.timeouts`: the limits on a store that stops answering.
 - :mod:`~fedaas.storage.io`: whole-object reads and writes, existence, removal, buckets.
 
 Importing this package has no side effects: no environment variable is set

@@ -3,7 +3,7 @@
 Whatever a backend raises (botocore, gcsfs, azure, the OS) becomes a
 :class:`StorageError` naming the (redacted) URL and what went wrong: no such
 key, missing bucket, access denied (with where credentials come from),
-unreachable service, invalid options.
+unreachable service, a service that stopped answering, invalid options.
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ _UNREACHABLE = (
     "ClientConnectorError",
     "ConnectionError",  # requests'
     "ConnectTimeoutError",
+)
+_TIMED_OUT = (
+    "ReadTimeoutError",  # botocore's
+    "ServiceResponseTimeoutError",  # Azure's
+    "ServerTimeoutError",  # aiohttp's (gcsfs, adlfs)
+    "SocketTimeoutError",
 )
 _DENIED = (
     "ClientAuthenticationError",
@@ -115,6 +121,11 @@ def explain(
             f"{shown}: access denied - the credentials are missing, wrong or lack permission "
             f"(check {hint})",
             "denied",
+        )
+    if name in _TIMED_OUT or isinstance(exc, TimeoutError):  # FSTimeoutError, socket.timeout
+        return StorageError(
+            f"{shown}: the storage service stopped answering ({name}: {redact_text(text)})",
+            "timeout",
         )
     if name in _UNREACHABLE or isinstance(exc, ConnectionError):
         return StorageError(

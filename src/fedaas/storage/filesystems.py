@@ -4,7 +4,9 @@ This is where a cloud backend is first imported, so it is also where the
 backend's process settings are made, right before: gcsfs hangs 60 s per
 operation against a GCS emulator unless ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``
 is ``false`` in the environment when it is imported (a value already set by
-the user is kept).
+the user is kept). Every cloud filesystem is made with the limits of
+:mod:`~fedaas.storage.timeouts` below its options, so a store that stops
+answering fails a call in bounded time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fsspec.spec import AbstractFileSystem
 
 from fedaas.storage.errors import explain
 from fedaas.storage.options import storage_options_for
+from fedaas.storage.timeouts import with_timeouts
 from fedaas.storage.urls import protocol_of
 
 GCSFS_HNS_ENV = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
@@ -32,8 +35,9 @@ def resolve(
     url: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem and in-filesystem path for ``url`` (raises StorageError)."""
-    opts = storage_options_for(url, storage_options)
-    prepare_backend(protocol_of(url))
+    protocol = protocol_of(url)
+    opts = with_timeouts(protocol, storage_options_for(url, storage_options))
+    prepare_backend(protocol)
     try:
         fs, path = fsspec.core.url_to_fs(str(url), **opts)
     except Exception as exc:
