@@ -144,3 +144,8 @@ def test_demo_writes_the_comparison(tmp_path: Path) -> None:
     assert 0 < metrics["baselines"]["centralized"]["accuracy"] <= 1
     assert (out / "accuracy.png").stat().st_size > 10_000
     assert "held-out accuracy" in result.stdout
+    # a row per metric: every name whole at the 80 columns of a pipe, nothing cut with "…"
+    table = result.stdout[result.stdout.index("held-out accuracy") :]
+    assert "\u2026" not in table, table
+    for name in ("accuracy", "balanced_accuracy", "f1", "loss", "(pooled data)"):
+        assert f" {name} " in table, (name, table)

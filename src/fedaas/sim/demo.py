@@ -236,22 +236,25 @@ def _local_copies(found: ExampleData, data_dir: Path, storage: str) -> list[str]
 def _print_table(
     console: Console, example: str, metric: str, final: dict[str, Any], refs: dict[str, Any]
 ) -> None:
-    """Federated vs local-only vs centralized, every metric; the headline metric first."""
+    """Federated vs local-only vs centralized, a row per metric (the headline one first), so
+    that it fits an 80-column terminal whatever the metrics' names."""
     local = refs["local_only"]["metrics"]
     central = refs["centralized"]
     others = [m for m in central if m not in (metric, "loss") and m in final and m in local]
     names = [metric, *others, "loss"] if metric != "loss" else [metric, *others]
     table = Table(title=f"held-out {metric} on {example} (and the job's other metrics)")
-    table.add_column("training")
-    for name in names:
-        table.add_column(name, justify="right")
-    table.add_row("federated (FedAvg)", *(_fmt(final.get(n)) for n in names))
-    table.add_row("local-only, mean", *(_fmt(local[n]["mean"]) for n in names))
-    table.add_row(
-        "local-only, min / max",
-        *(f"{local[n]['min']:.4f} / {local[n]['max']:.4f}" for n in names),
-    )
-    table.add_row("centralized (pooled data)", *(_fmt(central.get(n)) for n in names))
+    table.add_column("metric")
+    headings = ("federated\n(FedAvg)", "local-only\nmean", "local-only\nmin / max")
+    for heading in (*headings, "centralized\n(pooled data)"):
+        table.add_column(heading, justify="right")
+    for n in names:
+        table.add_row(
+            n,
+            _fmt(final.get(n)),
+            _fmt(local[n]["mean"]),
+            f"{local[n]['min']:.4f} / {local[n]['max']:.4f}",
+            _fmt(central.get(n)),
+        )
     console.print(table)
     better = "lower" if metric in baselines.LOWER_IS_BETTER else "higher"
     console.print(
