@@ -193,12 +193,12 @@ def reject(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., str]
 
 def test_wrong_names(reject: Callable[..., str]) -> None:
     missing = {k: v for k, v in MODEL.items() if k != "0.bias"}
-    assert reject(encode(missing)) == "tensor names do not match the model: missing 0.bias"
+    assert reject(encode(missing)) == "tensor names do not match the model: missing '0.bias'"
     extra = MODEL | {"head.weight": np.zeros(2, np.float32)}
-    assert reject(encode(extra)) == "tensor names do not match the model: unexpected head.weight"
+    assert reject(encode(extra)) == "tensor names do not match the model: unexpected 'head.weight'"
     renamed = {("1.bias" if k == "0.bias" else k): v for k, v in MODEL.items()}
     message = reject(encode(renamed))
-    assert "missing 0.bias" in message and "unexpected 1.bias" in message
+    assert "missing '0.bias'" in message and "unexpected '1.bias'" in message
 
 
 def test_wrong_shape(reject: Callable[..., str]) -> None:
@@ -213,7 +213,7 @@ def test_wrong_shape(reject: Callable[..., str]) -> None:
 )
 def test_wrong_dtype(reject: Callable[..., str], dtype: type, tag: str) -> None:
     data = safetensors.numpy.save({k: v.astype(dtype) for k, v in MODEL.items()})
-    assert "dtype " + tag + ", expected F32" in reject(data)
+    assert f"dtype '{tag}', expected F32" in reject(data)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
@@ -270,6 +270,23 @@ def test_header_not_json_or_not_an_object(reject: Callable[..., str]) -> None:
     assert "header is not JSON" in reject(_raw('{"w": 1}'.encode("utf-16")))
     assert "header is not JSON" in reject(_raw(b"[" * 50_000 + b"]" * 50_000))  # deep nesting
     assert "header is not an object" in reject(_raw(b"[1, 2]"), None)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"a": {"dtype": "\\udc00", "shape": [1], "data_offsets": [0, 4]}}',
+        b'{"\\ud800": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]},'
+        b' "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+        b'{"__metadata__": {"metrics": "\\udfff"}, '
+        b'"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_the_header(reject: Callable[..., str], header: bytes) -> None:
+    """JSON escapes can spell text that no UTF-8 can carry; such a header is refused whole,
+    before any of its text reaches a message (the coordinator answered it with a 500)."""
+    message = reject(_raw(header, b"\x00" * 4), None)
+    assert message == "not a safetensors payload: header holds a lone surrogate"
 
 
 def test_offsets_not_contiguous(reject: Callable[..., str]) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -60,6 +62,10 @@ def decode_bundle(body: bytes) -> tuple[str, bytes]:
 
 MAX_EXAMPLES = 10**12
 MAX_METRICS = 32
+METRIC_NAME = re.compile(r"[A-Za-z_][\w.\-]{0,63}")
+"""A metric a member reports: a short name of word characters, dots and dashes. The
+coordinator publishes it as ``members.<name>``, so control characters, lone surrogates or
+markup there would reach every reader of the job (and could break its status for good)."""
 MAX_REASON = 4000
 
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.\-]*$")]
@@ -158,7 +164,7 @@ def _finite_metrics(value: dict[str, float]) -> dict[str, float]:
     if len(value) > MAX_METRICS:
         raise ValueError(f"at most {MAX_METRICS} metrics")
     for key, number in value.items():
-        if len(key) > 64 or not math.isfinite(number):
+        if not METRIC_NAME.fullmatch(key) or not math.isfinite(number):
             raise ValueError("metrics must map short names to finite numbers")
     return value
 
@@ -230,7 +236,7 @@ class UpdateMetadata(Message):
             )
         if any(
             not isinstance(k, str)
-            or len(k) > 64
+            or not METRIC_NAME.fullmatch(k)
             or isinstance(v, bool)
             or not isinstance(v, int | float)
             or not math.isfinite(v)
@@ -257,7 +263,7 @@ MAX_STATE_VALUES = 1_000_000
 
 
 def _finite_states(value: dict[str, list[float]]) -> dict[str, list[float]]:
-    if len(value) > 8 or any(len(k) > 32 for k in value):
+    if len(value) > 8 or any(len(k) > 32 or not METRIC_NAME.fullmatch(k) for k in value):
         raise ValueError("at most 8 metric states with short names")
     if sum(len(v) for v in value.values()) > MAX_STATE_VALUES:
         raise ValueError(f"at most {MAX_STATE_VALUES} numbers in metric states")
@@ -291,10 +297,29 @@ class EvaluationAccepted(Message):
     round: Round
 
 
+def one_line_text(value: str) -> str:
+    """``value`` on one line: control and format characters (newlines, terminal escapes,
+    bidirectional overrides, NUL) and runs of spaces become single spaces."""
+    kept = "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in value)
+    return " ".join(kept.split())
+
+
 class DeclineReport(Message):
-    """A member takes no (further) part in a job, and says why."""
+    """A member takes no (further) part in a job, and says why.
+
+    The reason is logged, stored and shown to the operator, so it is taken as one line of
+    text (:func:`one_line_text`): a member cannot forge log lines or repaint a terminal.
+    """
 
     reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON)]
+
+    @field_validator("reason")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        line = one_line_text(value)
+        if not line:
+            raise ValueError("a reason must say something")
+        return line
 
 
 class Declined(Message):

@@ -139,6 +139,10 @@ def _parse_header(head: bytes, total: int) -> tuple[dict, int]:
         raise TensorError("not a safetensors payload: header is not JSON") from None
     if not isinstance(header, dict):
         raise TensorError("not a safetensors payload: header is not an object")
+    try:  # JSON's \ud800-style escapes can spell a lone surrogate: text no UTF-8 can carry
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise TensorError("not a safetensors payload: header holds a lone surrogate") from None
     return header, 8 + length
 
 
@@ -152,7 +156,7 @@ def _check_entries(header: dict, data_len: int, manifest: Manifest | None) -> di
             raise TensorError(f"tensor {name!r}: malformed header entry")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype != WIRE_DTYPE:
-            raise TensorError(f"tensor {name!r}: dtype {dtype}, expected {WIRE_DTYPE}")
+            raise TensorError(f"tensor {name!r}: dtype {dtype!r}, expected {WIRE_DTYPE}")
         if (
             not isinstance(shape, list)
             or not all(type(d) is int and d >= 0 for d in shape)  # not bool: true == 1
@@ -181,9 +185,9 @@ def _check_entries(header: dict, data_len: int, manifest: Manifest | None) -> di
         if missing or extra:
             parts = []
             if missing:
-                parts.append(f"missing {', '.join(missing[:5])}")
+                parts.append(f"missing {', '.join(map(repr, missing[:5]))}")
             if extra:
-                parts.append(f"unexpected {', '.join(extra[:5])}")
+                parts.append(f"unexpected {', '.join(map(repr, extra[:5]))}")
             raise TensorError("tensor names do not match the model: " + "; ".join(parts))
         for name, (shape, _, _) in entries.items():
             if shape != tuple(manifest[name]):

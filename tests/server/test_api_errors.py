@@ -13,8 +13,9 @@ order of the tests passes.
 from __future__ import annotations
 
 import json
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -342,17 +343,17 @@ def _bad_bodies() -> list[tuple[str, Any, str]]:
         (
             "missing-tensor",
             changed(lambda d: d.pop("0.bias")),
-            "tensor names do not match the model: missing 0.bias",
+            "tensor names do not match the model: missing '0.bias'",
         ),
         (
             "extra-tensor",
             changed(lambda d: d.update(extra=np.zeros(1, np.float32))),
-            "tensor names do not match the model: unexpected extra",
+            "tensor names do not match the model: unexpected 'extra'",
         ),
         (
             "renamed-tensor",
             changed(lambda d: d.update({"1.bias": d.pop("0.bias")})),
-            "missing 0.bias; unexpected 1.bias",
+            "missing '0.bias'; unexpected '1.bias'",
         ),
         (
             "wrong-shape",
@@ -369,14 +370,14 @@ def _bad_bodies() -> list[tuple[str, Any, str]]:
             lambda fed: safetensors.numpy.save(
                 {k: v.astype(np.float64) for k, v in fed.delta.items()}, {"num_examples": "10"}
             ),
-            "dtype F64, expected F32",
+            "dtype 'F64', expected F32",
         ),
         (
             "f16",
             lambda fed: safetensors.numpy.save(
                 {k: v.astype(np.float16) for k, v in fed.delta.items()}, {"num_examples": "10"}
             ),
-            "dtype F16, expected F32",
+            "dtype 'F16', expected F32",
         ),
         ("nan", set_value(np.nan), "tensor '0.weight' holds NaN or Inf"),
         ("inf", set_value(np.inf), "tensor '0.weight' holds NaN or Inf"),
@@ -416,7 +417,37 @@ def _bad_bodies() -> list[tuple[str, Any, str]]:
             meta_body({"num_examples": "10", "metrics": '{"loss": NaN}'}),
             "metrics must map short names to finite numbers",
         ),
+        # a metric's name is published to every reader of the job as members.<name>: a lone
+        # surrogate there was accepted, and then broke the job's status (a 500) for good
+        *(
+            (
+                f"metric-named-{label}",
+                meta_body({"num_examples": "10", "metrics": json.dumps({name: 1.0})}),
+                "metrics must map short names to finite numbers",
+            )
+            for label, name in [
+                ("lone-surrogate", "\ud800"),
+                ("newline", "loss\n"),
+                ("markup", "<b>x</b>"),
+                ("too-long", "m" * 65),
+            ]
+        ),
+        (
+            "surrogate-dtype",  # was a plain-text 500: the message quoted it, unencodable
+            lambda fed: _edit_header(
+                good_body(fed), lambda h: h.replace('"dtype":"F32"', '"dtype":"\\udc00"', 1)
+            ),
+            "header holds a lone surrogate",
+        ),
     ]
+
+
+def _edit_header(body: bytes, edit: Callable[[str], str]) -> bytes:
+    """``body`` with its safetensors header text rewritten by ``edit`` (re-padded to 8)."""
+    (length,) = struct.unpack("<Q", body[:8])
+    header = edit(body[8 : 8 + length].decode().rstrip()).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + body[8 + length :]
 
 
 def _raw_header(header: bytes) -> bytes:
@@ -447,6 +478,39 @@ def test_bad_decline_is_422(fed: Federation, body: dict, detail: str) -> None:
     assert_error(response, 422, "invalid", detail)
     assert fed.job()["declined"] == {}
     assert_round_untouched(fed)
+
+
+def test_a_decline_reason_is_one_line_of_text(own_fed: Federation) -> None:
+    """A reason is logged and shown: newlines, terminal escapes, bidi overrides and NUL become
+    spaces, so a member cannot forge a coordinator log line or repaint a terminal."""
+    fed = own_fed
+    forged = f"ok\n13:37:00 INFO job {fed.job_id} completed\x1b[2J\u202e\x00!"
+    response = fed.request(
+        "POST", f"/v1/jobs/{fed.job_id}/decline", fed.tokens["beta"], json={"reason": forged}
+    )
+    assert response.status_code == 200, response.text
+    clean = f"ok 13:37:00 INFO job {fed.job_id} completed [2J !"
+    assert fed.job()["declined"] == {"beta": clean}
+    log = (fed.cluster.logs / "server.log").read_text()
+    assert f"member beta declined job {fed.job_id}: {clean}" in log
+    assert "\x1b" not in log and not any(line.startswith("13:37:00") for line in log.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/jobs/a%00b"),
+        ("GET", "/v1/jobs/a%00b/model"),
+        ("POST", "/v1/jobs/a%00/cancel"),
+        ("DELETE", "/v1/members/a%00"),
+        ("GET", "/v1/jobs?after_round=%00"),
+    ],
+)
+def test_a_nul_in_the_url_is_400_on_any_database(fed: Federation, method: str, path: str) -> None:
+    """PostgreSQL cannot compare text holding a NUL: such a lookup was a 500 there (a 404 on
+    SQLite). It is refused before any route reads the database."""
+    response = fed.request(method, path, fed.cluster.admin_token)
+    assert_error(response, 400, "bad_request", "the URL holds a NUL character")
 
 
 def test_decline_of_a_job_that_does_not_exist_is_404(fed: Federation) -> None:

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from fedaas import __version__
@@ -55,12 +55,12 @@ from fedaas.server.errors import NotFound, Unavailable
 from fedaas.server.http_errors import ERROR_RESPONSES, install_handlers
 from fedaas.server.inbox import model_etag
 from fedaas.server.limits import BodyLimit
+from fedaas.server.request_text import refuse_nul
 from fedaas.server.responses import BINARY, MODEL_RESPONSE, TASK_RESPONSES, UPLOAD_RESPONSES
 from fedaas.server.uploads import MEMORY_SPOOL_BYTES, receive_body
 from fedaas.spec import MAX_ROUNDS
 
 MAX_POLL_S = 60.0
-
 MEMBER_HOT_PATHS = frozenset(
     {
         "/v1/jobs/{job_id}/rounds/{number}/update",
@@ -128,6 +128,7 @@ def create_app(
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        dependencies=[Depends(refuse_nul)],
     )
     app.state.coordinator = coordinator
     app.state.auth = auth

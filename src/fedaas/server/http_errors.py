@@ -83,6 +83,8 @@ def error_response(
 ) -> JSONResponse:
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+    # a detail quoting what a caller sent may hold text UTF-8 cannot encode (a lone surrogate)
+    detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
     body = ErrorBody(error=code, detail=detail).model_dump()
     return JSONResponse(body, status_code=status, headers=headers)
 

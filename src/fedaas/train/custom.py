@@ -30,7 +30,6 @@ when the member's operator allowed its package (``fedaas client
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -40,11 +39,11 @@ from torch import nn
 
 from fedaas.data.dataset import Dataset
 from fedaas.models.registry import ModelError, load_code
+from fedaas.protocol import METRIC_NAME
 from fedaas.spec_train import TrainSection
 from fedaas.train.device import to_device
 
 MAX_STEP_METRICS = 16
-_KEY = re.compile(r"^[A-Za-z_][\w.\-]{0,63}$")
 Step = Callable[[nn.Module, "BatchLoader", torch.device, dict[str, Any]], dict[str, float]]
 
 
@@ -117,7 +116,7 @@ def run_step(
     for key, value in result.items():
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
-        if not (isinstance(key, str) and _KEY.match(key)):
+        if not (isinstance(key, str) and METRIC_NAME.fullmatch(key)):
             raise StepError(f"{name} returned a metric named {key!r}: use a short name")
         if (
             isinstance(value, bool)
