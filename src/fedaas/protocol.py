@@ -220,7 +220,14 @@ class UpdateMetadata(Message):
 
     @classmethod
     def from_strings(cls, meta: dict[str, str]) -> UpdateMetadata:
-        """Parse safetensors metadata; raises :class:`ValueError` naming what is wrong."""
+        """Parse safetensors metadata; raises :class:`ValueError` naming what is wrong.
+
+        A key it does not know is refused, as an unknown field of any message is: what a
+        member sends is exactly what the coordinator reads, nothing rides along unchecked.
+        """
+        unknown = sorted(set(meta) - {"num_examples", "metrics", "unclipped"})
+        if unknown:
+            raise ValueError(f"metadata key {unknown[0]!r} is not one fedaas reads")
         raw = meta.get("num_examples")
         if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= MAX_EXAMPLES):
             raise ValueError("metadata num_examples must be a positive integer")

@@ -417,6 +417,11 @@ def _bad_bodies() -> list[tuple[str, Any, str]]:
             meta_body({"num_examples": "10", "metrics": '{"loss": NaN}'}),
             "metrics must map short names to finite numbers",
         ),
+        (
+            "unknown-metadata",
+            meta_body({"num_examples": "10", "client": "x"}),
+            "metadata key 'client' is not one fedaas reads",
+        ),
         # a metric's name is published to every reader of the job as members.<name>: a lone
         # surrogate there was accepted, and then broke the job's status (a 500) for good
         *(
