@@ -37,7 +37,7 @@ def digits(
 ) -> None:
     """scikit-learn's digits: a stratified 20% test split, the rest split per-class Dirichlet.
 
-    Writes ``client_<i>`` (one per member) and ``test`` in the chosen format.
+    Writes client_<i> (one per member) and test in the chosen format.
     """
     from fedaas.data.digits import digits_federation
     from fedaas.data.source import write_dataset

@@ -62,7 +62,10 @@ def demo(
         ),
     ] = "client",
     placement: Annotated[
-        str, typer.Option(help="Who adds the noise: central, distributed or local.")
+        str,
+        typer.Option(
+            help="Who adds the noise: central, local, or distributed (with --secure-aggregation)."
+        ),
     ] = "central",
     storage: Annotated[
         str,

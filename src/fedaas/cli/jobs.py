@@ -38,6 +38,8 @@ from fedaas.report import format_round
 from fedaas.server.preflight import preflight
 from fedaas.spec import SpecError, loads_spec, read_spec_source
 
+JobIdArg = Annotated[str, typer.Argument(help="The job's id (`fedaas job list` shows them).")]
+
 app = typer.Typer(help="Submit and manage jobs.", no_args_is_help=True)
 
 TokenOpt = Annotated[
@@ -168,7 +170,7 @@ def list_jobs(
 
 @app.command("status")
 def status(
-    job_id: str,
+    job_id: JobIdArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     ca_cert: CaCertOpt = None,
@@ -212,7 +214,7 @@ def status(
 
 @app.command("cancel")
 def cancel(
-    job_id: str,
+    job_id: JobIdArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
     ca_cert: CaCertOpt = None,
@@ -230,7 +232,7 @@ def cancel(
 
 @app.command("resume")
 def resume(
-    job_id: str,
+    job_id: JobIdArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: AdminTokenOpt = None,
     ca_cert: CaCertOpt = None,
@@ -248,7 +250,7 @@ def resume(
 
 @app.command("download")
 def download(
-    job_id: str,
+    job_id: JobIdArg,
     out: Annotated[Path, typer.Option(help="Run folder to write.", file_okay=False)],
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,

@@ -207,7 +207,8 @@ def client(
     state: Annotated[
         Path,
         typer.Option(
-            help="Folder for the member's own state (privacy noise that must survive restarts).",
+            help="Folder for the member's own state: identity key, privacy ledger and noise, "
+            "the data each job pinned (deleting it resets the member's privacy budget).",
             file_okay=False,
         ),
     ] = Path("fedaas-member-state"),

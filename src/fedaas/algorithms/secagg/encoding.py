@@ -19,7 +19,7 @@ keep it unpredictable (the same rule as privacy noise).
 vectors cannot wrap: each coordinate is at most ``max(clip, 1) * scale + 1``
 in magnitude and ``members`` of them stay below ``2^(k-1)`` with a factor
 two of margin; 2^32 is used whenever that leaves ``clip * scale >= 2^16``
-(up to ~30k members at clip 1), else 2^64, so a masked upload is no bigger
+(up to 16,384 members at clip 1, 1,638 at clip 10), else 2^64, so a masked upload is no bigger
 than the fp32 update.
 
 Error (documented and tested): each member rounds its weight once and each
