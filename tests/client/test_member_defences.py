@@ -223,6 +223,29 @@ def test_a_new_job_id_does_not_reset_the_members_record_level_budget(
     assert first.id not in ledger.name and second not in ledger.name
 
 
+def test_a_new_job_does_not_reset_the_members_client_level_budget(
+    cluster: LocalCluster, data: str, start_agents: StartAgents, tmp_path: Path
+) -> None:
+    """Client-level jobs on the same data each commit their epsilon_budget: the policy's
+    max_epsilon caps their sum, not each job alone (two jobs of 5 passed a cap of 8)."""
+    dp = {"mechanism": "gaussian", "noise_multiplier": 2.0, "clip_norm": 1.0}
+    policy = MemberPolicy.model_validate({"privacy": {"max_epsilon": 8.0}})
+    with start_agents(cluster, {"m": data}, policy=policy) as team:
+        first = spec("a", privacy={**dp, "epsilon_budget": 5.0})
+        done = cluster.admin.wait(cluster.admin.submit(first).id, timeout=120)
+        assert done.status == "completed", done
+        second = cluster.admin.submit(spec("b", privacy={**dp, "epsilon_budget": 5.0})).id
+        reason = only_declined(cluster, team, second)
+        small = spec("c", privacy={**dp, "epsilon_budget": 3.0})  # 5 + 3 fits the cap
+        assert cluster.admin.wait(cluster.admin.submit(small).id, timeout=120).status == (
+            "completed"
+        )
+    assert "client-level privacy budget reached" in reason, reason
+    assert "committed epsilon 5" in reason and "max_epsilon 8" in reason, reason
+    (commitments,) = (tmp_path / "members" / "m").glob("client-budgets-*.json")
+    assert sorted(json.loads(commitments.read_text())["jobs"].values()) == [3.0, 5.0]
+
+
 # 3. coordinator-chosen names and the member's file system --------------------------
 
 

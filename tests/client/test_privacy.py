@@ -13,6 +13,7 @@ from fedaas.algorithms.privacy import global_norm
 from fedaas.client.privacy import BudgetSpent, MemberPrivacy
 from fedaas.protocol import ClientPrivacy, NoPrivacy, RecordPrivacy
 from fedaas.spec import TrainSection
+from fedaas.spec_privacy import PrivacyGaussian, PrivacyNone, PrivacyRecord
 
 CFG = TrainSection(batch_size=8, epochs=1)
 N = 60  # examples of the member
@@ -168,3 +169,37 @@ def test_unsafe_job_ids_never_name_a_state_file(tmp_path: Path) -> None:
         with pytest.raises(UnsafeName):
             member.privatize(zero, ou, job_id=bad, number=1)
     assert not (tmp_path / "elsewhere").exists() and list(tmp_path.iterdir()) == []
+
+
+def _client_spec(budget: float | None) -> PrivacyGaussian:
+    return PrivacyGaussian(
+        mechanism="gaussian", noise_multiplier=2.0, clip_norm=1.0, epsilon_budget=budget
+    )
+
+
+def test_client_level_budgets_add_up_per_dataset_and_a_refusal_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    member = MemberPrivacy(tmp_path, "s3://bucket/hospital-a.npz")
+    member.commit_job("job-1", _client_spec(5.0), max_epsilon=8.0)
+    member.commit_job("job-1", _client_spec(5.0), max_epsilon=8.0)  # a restart: counted once
+    with pytest.raises(BudgetSpent, match="committed epsilon 5; job job-2's epsilon_budget 4"):
+        member.commit_job("job-2", _client_spec(4.0), max_epsilon=8.0)
+    assert member.commitments() == {"job-1": 5.0}
+    member.commit_job("job-3", _client_spec(3.0), max_epsilon=8.0)
+    assert member.commitments() == {"job-1": 5.0, "job-3": 3.0}
+    other = MemberPrivacy(tmp_path, "s3://bucket/hospital-b.npz")  # other data: its own sum
+    other.commit_job("job-2", _client_spec(4.0), max_epsilon=8.0)
+    assert other.commitments() == {"job-2": 4.0}
+
+
+def test_only_a_client_level_budget_under_a_cap_is_committed(tmp_path: Path) -> None:
+    member = MemberPrivacy(tmp_path, "/data/a.npz")
+    member.commit_job("no-cap", _client_spec(5.0), max_epsilon=None)
+    member.commit_job("no-budget", _client_spec(None), max_epsilon=8.0)
+    member.commit_job("none", PrivacyNone(mechanism="none"), max_epsilon=8.0)
+    record = PrivacyRecord(
+        mechanism="gaussian", unit="record", noise_multiplier=2.0, clip_norm=1.0, epsilon_budget=5.0
+    )
+    member.commit_job("record", record, max_epsilon=8.0)  # the DP-SGD ledger counts those
+    assert member.commitments() == {}

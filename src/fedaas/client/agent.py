@@ -241,6 +241,7 @@ class Agent:
             log.error("%s", reason)
             self.declines.send(job_id, reason)
             return None
+        self.privacy.commit_job(job_id, spec.privacy, self.policy.privacy.max_epsilon)
         self.pins.pin(job_id, digest, fingerprint)
         log.info("joined job %s (%s): %d local examples", job_id, spec.job.name, data.num_examples)
         manifest = tensors.manifest_of(get_state(module))

@@ -22,7 +22,7 @@ spec against it before it touches a record:
     units = ["record"]                    # of "client", "record"
     placements = ["local"]                # of "central", "distributed", "local"
     min_noise_multiplier = 1.0
-    max_epsilon = 8.0                     # per dataset (record level: the member's ledger)
+    max_epsilon = 8.0                     # per dataset, all jobs (record and client level)
     max_delta = 1e-5
     reproducible = false                  # refuse seeded (NOT private) noise
     secure_aggregation = false            # true: only jobs with [secure_aggregation] enabled

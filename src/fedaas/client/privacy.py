@@ -19,6 +19,11 @@ must survive an agent restart:
   the member's operator configured (its URL), never by the coordinator's job
   id: a coordinator that renames the job, or starts a new one on the same
   records, cannot reset the budget.
+- the client-level budgets it committed on its dataset: joining a
+  client-level job commits that job's whole ``epsilon_budget`` (what the
+  coordinator may spend at most), and a job that would take the sum over
+  every job it joined on this dataset past the policy's ``max_epsilon`` is
+  declined (basic composition: sound, and loose when jobs stop early).
 
 It does not train: the agent runs :func:`fedaas.train.train_local_dp` itself
 after :meth:`MemberPrivacy.start_record_round` has allowed the round.
@@ -48,10 +53,12 @@ from fedaas.algorithms.privacy import (
 from fedaas.client.statepaths import state_file
 from fedaas.protocol import ClientPrivacy, PrivacyInstructions, RecordPrivacy
 from fedaas.spec import TrainSection
+from fedaas.spec_privacy import PrivacyGaussian, PrivacyNone, PrivacyOU, PrivacyRecord
 
 
 class BudgetSpent(Exception):
-    """One more round of DP-SGD would take this member past its epsilon budget on its dataset."""
+    """One more round of DP-SGD, or one more client-level job, would take this member past
+    its epsilon budget on its dataset."""
 
 
 def dataset_fingerprint(member_key: str) -> str:
@@ -151,6 +158,48 @@ class MemberPrivacy:
         return metrics
 
     # client level -------------------------------------------------------------------
+    def commitments_path(self) -> Path:
+        """The file that lists the client-level jobs joined on this dataset, with budgets."""
+        return state_file(self.state_dir, "client-budgets", self.dataset, ".json")
+
+    def commitments(self) -> dict[str, float]:
+        """Each client-level job joined on this dataset: its ``epsilon_budget``."""
+        path = self.commitments_path()
+        return dict(json.loads(path.read_text())["jobs"]) if path.exists() else {}
+
+    def commit_job(
+        self,
+        job_id: str,
+        privacy: PrivacyNone | PrivacyGaussian | PrivacyOU | PrivacyRecord,
+        max_epsilon: float | None,
+    ) -> None:
+        """Before joining ``job_id``: commit its client-level ``epsilon_budget`` on this dataset.
+
+        Raises :class:`BudgetSpent` (nothing written) if the budgets of every client-level
+        job joined on this dataset would then add up past ``max_epsilon``. A job already
+        committed (an agent restart, a job resumed) counts once; a job without client-level
+        privacy, or a member without ``max_epsilon``, commits nothing.
+        """
+        client_level = isinstance(privacy, PrivacyGaussian | PrivacyOU)  # unit "client"
+        budget = privacy.epsilon_budget if client_level else None
+        if max_epsilon is None or budget is None:
+            return
+        jobs = self.commitments()
+        if job_id in jobs:
+            return
+        spent = sum(jobs.values())
+        if spent + budget > max_epsilon:
+            raise BudgetSpent(
+                f"client-level privacy budget reached: {len(jobs)} job(s) on this member's "
+                f"dataset committed epsilon {spent:g}; job {job_id}'s epsilon_budget {budget:g} "
+                f"would bring it past this member's max_epsilon {max_epsilon:g}"
+            )
+        path = self.commitments_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps({"dataset": self.dataset, "jobs": {**jobs, job_id: budget}}))
+        tmp.replace(path)
+
     def _source(self, instructions: ClientPrivacy, number: int) -> NoiseSource:
         if instructions.reproducible:
             stream = (zlib.crc32(self.member_key.encode()) << 20) + number
