@@ -260,9 +260,9 @@ def decode_masked(
     (size,) = struct.unpack("<Q", body[:8])
     if size > MAX_HEADER or 8 + size > len(body):
         raise ValueError("the masked upload's safetensors header is malformed")
-    try:
-        header = json.loads(body[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    try:  # UTF-8 only; RecursionError: deeply nested brackets are a 400, not a crash
+        header = json.loads(body[8 : 8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ValueError("the masked upload's safetensors header is not JSON") from None
     expected = {"dtype": name, "shape": [length], "data_offsets": [0, length * dtype.itemsize]}
     metadata = header.get("__metadata__") if isinstance(header, dict) else None

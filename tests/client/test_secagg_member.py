@@ -10,8 +10,15 @@ from typing import Any
 
 import pytest
 
-from fedaas.algorithms.secagg import IdentityKey
-from fedaas.client.secagg import secure_train
+from fedaas.algorithms.secagg import (
+    IdentityKey,
+    MaskReuse,
+    ProtocolViolation,
+    SignatureInvalid,
+    ThresholdNotMet,
+    UnmaskRefused,
+)
+from fedaas.client.secagg import SecureTraining, secure_train
 from fedaas.client.secagg_state import SecureRefused, SecureState, load_identity
 from fedaas.protocol import Task
 from fedaas.protocol_secagg import RosterEntry, SecureRoster
@@ -120,6 +127,40 @@ def test_a_secure_job_is_never_downgraded_to_a_plain_upload() -> None:
     plain = parse_spec(make_spec(clients=3, min_clients=2))
     secure_train(agent, task, SimpleNamespace(spec=plain), {})
     assert len(called) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "stays"),
+    [
+        (ProtocolViolation("two advertisements carry the same public key"), True),
+        (SignatureInvalid("m3's keys are not signed by its identity key"), True),
+        (ThresholdNotMet("m0 got shares from 1 neighbours"), True),
+        (UnmaskRefused("asked for both shares of m2"), False),
+        (MaskReuse("m0 already sent a masked input under these round keys"), False),
+    ],
+)
+def test_a_bad_roster_or_peer_sits_the_round_out_a_bad_coordinator_request_leaves(
+    monkeypatch: pytest.MonkeyPatch, fault: Exception, stays: bool
+) -> None:
+    """What one peer can cause (a roster with a copied key, a peer's bad signature) costs this
+    member one round, not the job; what only the coordinator can ask (both shares of a peer,
+    a second masked input) still ends in a decline (the agent turns the raise into one)."""
+    spec = parse_spec(make_spec(clients=3, min_clients=2, secure_aggregation={"enabled": True}))
+
+    def run(self: SecureTraining) -> None:
+        raise fault
+
+    monkeypatch.setattr(SecureTraining, "__init__", lambda self, *args: None)
+    monkeypatch.setattr(SecureTraining, "run", run)
+    waited: list[float] = []
+    agent = SimpleNamespace(stop=SimpleNamespace(wait=waited.append))
+    task = _train_task(spec, 1).model_copy(update={"secure": SimpleNamespace()})  # no checks
+    if stays:
+        assert secure_train(agent, task, SimpleNamespace(spec=spec), {}) is None
+        assert waited == [1.0]
+    else:
+        with pytest.raises(type(fault)):
+            secure_train(agent, task, SimpleNamespace(spec=spec), {})
 
 
 def test_a_member_that_requires_secure_aggregation_declines_jobs_without_it() -> None:

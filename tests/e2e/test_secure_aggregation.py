@@ -58,6 +58,7 @@ class MemberTransport(RecordingTransport):
         self.tamper_ahead = False  # the keys sent ahead are not the ones signed
         self.forge_shares = False  # the shares sent ahead claim another sender for one
         self.strip_inbound = False  # tasks arrive without the shares ahead (too big to ride)
+        self.garble_for: set[str] = set()  # its shares for these peers do not decrypt
         self.refused: list[tuple[str, str]] = []  # (path, error code) the coordinator answered
         self.bodies: list[tuple[str, str, bytes]] = []
 
@@ -68,6 +69,8 @@ class MemberTransport(RecordingTransport):
             kwargs["content"] = with_metadata(
                 kwargs["content"], next_keys=json.dumps(swapped)
             )  # signature broken
+        if self.garble_for and kwargs.get("json"):
+            kwargs["json"] = _garbled(kwargs["json"], self.garble_for)
         shared = (kwargs.get("json") or {}).get("next_shares")
         if self.forge_shares and shared:
             first = {**shared["shares"][0], "sender": shared["shares"][-1]["recipient"]}
@@ -104,6 +107,26 @@ class MemberTransport(RecordingTransport):
             asked["dropped"] = sorted({*asked["dropped"], asked["survivors"][-1]})
             return httpx.Response(200, json=asked, request=response.request)
         return response
+
+
+def _garbled(body: dict[str, Any], peers: set[str]) -> dict[str, Any]:
+    """Stage 2's shares (sent now or ahead) with those for ``peers`` flipped in one byte."""
+
+    def garble(shares: dict[str, Any]) -> dict[str, Any]:
+        out = []
+        for share in shares["shares"]:
+            if share["recipient"] in peers:
+                raw = bytearray(base64.b64decode(share["ciphertext"]))
+                raw[-1] ^= 1
+                share = {**share, "ciphertext": base64.b64encode(bytes(raw)).decode()}
+            out.append(share)
+        return {**shares, "shares": out}
+
+    if "shares" in body:
+        return garble(body)
+    if body.get("next_shares"):
+        return {**body, "next_shares": garble(body["next_shares"])}
+    return body
 
 
 def _keys_ahead(body: bytes) -> dict[str, Any] | None:
@@ -190,6 +213,7 @@ def clean(fed: Fed) -> Fed:
     would close its key stage with the quorum, without it."""
     for t in fed.transports.values():
         t.drop = t.both = t.tamper_ahead = t.forge_shares = t.strip_inbound = False
+        t.garble_for = set()
         t.on_masked = None
         t.refused.clear()
     fed.seen.clear()
@@ -382,6 +406,17 @@ def test_a_member_asked_for_both_shares_of_a_peer_refuses(clean: Fed) -> None:
     assert "both shares" in job.declined["m0"]
     sent = [p for m, p, _ in liar.bodies if m == "POST" and p.endswith("/secagg/unmask")]
     assert not [p for p in sent if job.id in p]
+
+
+def test_a_member_whose_shares_do_not_decrypt_evicts_nobody(clean: Fed) -> None:
+    """One member's shares for two peers never decrypt, every round (stage 2 sent now and
+    ahead): they set those shares aside and go on, the others' shares rebuild its secrets.
+    Before, each such peer refused the round and left the job, and the job failed."""
+    clean.transports["m4"].garble_for = {"m0", "m1"}
+    job = clean.run(rounds=3)
+    assert job.status == "completed", job.reason
+    assert job.declined == {}
+    assert [r.clients for r in job.rounds] == [N, N, N]
 
 
 def test_central_dp_and_an_adaptive_server_optimizer_work_on_the_recovered_sum(clean: Fed) -> None:

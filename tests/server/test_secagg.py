@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,11 @@ def test_a_masked_upload_is_one_integer_tensor_bound_to_its_attempt() -> None:
     for broken in (b"", body[:20], body[:-4], body + b"\0\0\0\0", b"\xff" * 8 + body[8:]):
         with pytest.raises(ValueError):
             decode_masked(broken, 7, 32, 42)
+    deep = b"[" * 2_000 + b"]" * 2_000  # was a RecursionError: a plain-text 500
+    utf16 = '{"a": 1}'.encode("utf-16")  # json.loads would take it: safetensors is UTF-8
+    for header in (deep, utf16):
+        with pytest.raises(ValueError, match="header is not JSON"):
+            decode_masked(struct.pack("<Q", len(header)) + header + bytes(28), 7, 32, 42)
 
 
 def test_a_masked_upload_may_carry_the_next_rounds_public_keys_and_nothing_else() -> None:

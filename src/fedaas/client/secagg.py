@@ -53,10 +53,14 @@ from fedaas.algorithms.secagg import (
     EncryptedShare,
     FixedPoint,
     KeyAdvertisement,
+    ProtocolViolation,
     RoundContext,
     SecAggError,
     SecAggMember,
     SecAggParams,
+    ShareDecryptionFailed,
+    SignatureInvalid,
+    ThresholdNotMet,
     UnmaskRequest,
     distributed_noise_std,
 )
@@ -79,6 +83,12 @@ from fedaas.protocol_secagg import (
 
 log = logging.getLogger("fedaas.agent")
 
+PEER_FAULTS = (ProtocolViolation, ShareDecryptionFailed, SignatureInvalid, ThresholdNotMet)
+"""What a roster or a peer's share can be wrong with: the member sits that round out and stays
+in the job. One member sending a share that does not decrypt, or copying a key, made every
+honest member leave. (Asked for both shares of a peer, or to mask twice under the same keys,
+it leaves: only the coordinator asks that.)"""
+
 HOLD_S = 20.0
 """How long one request for a stage's outcome is held open by the coordinator."""
 T = TypeVar("T", bound=BaseModel)
@@ -93,7 +103,12 @@ def secure_train(agent: Any, task: Task, ctx: Any, start: dict[str, np.ndarray])
             "the job's spec asks for secure aggregation, but the task has no secure session: "
             "this member never sends its update in the clear for it"
         )
-    return SecureTraining(agent, task, ctx, start).run()
+    try:
+        return SecureTraining(agent, task, ctx, start).run()
+    except PEER_FAULTS as exc:
+        log.warning("sitting out round %d of job %s: %s", task.round, task.job_id, exc)
+        agent.stop.wait(1.0)  # the round goes on without it (a dropout the protocol absorbs)
+        return None
 
 
 class SecureTraining:
@@ -136,6 +151,8 @@ class SecureTraining:
         received = [EncryptedShare(x.sender, x.recipient, x.ciphertext) for x in inbound]
         next_keys = self._keys_ahead(s.next_attempt)
         body = encode_masked(member.masked_input(received, encoded), s.attempt, next_keys)
+        for peer, why in member.unusable.items():
+            log.warning("round %d: %s's shares set aside (%s)", task.round, peer, why)
         wait = self._wait()
         response = agent.t.put_update(
             f"{self.base}/update",

@@ -35,6 +35,27 @@ def test_the_extreme_sum_does_not_wrap(members: int, clip: float, sign: float) -
     weighted, weight = enc.decode(total)
     assert weight == pytest.approx(members * 50.0, rel=1e-12)
     assert abs(weighted[1] - sign * clip * 50.0 * members) <= enc.error_bound(members)
+    enc.check_sum(total, members)  # the worst honest sum is a possible one
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_a_sum_with_a_mask_left_in_is_impossible(bits: int) -> None:
+    """What the coordinator gets when it removes a wrong mask: uniform integers. The weight,
+    a coordinate or the norm is past what the members' clipped inputs add up to."""
+    members = 10 if bits == 32 else 100_000
+    enc = FixedPoint.for_round(members, clip=1.0, max_weight=50.0)
+    rng = np.random.default_rng(5)
+    honest = sum(
+        (enc.encode(v / np.linalg.norm(v), 50.0) for v in rng.normal(size=(10, 40))),
+        start=np.zeros(41, enc.dtype),
+    )
+    enc.check_sum(honest, 10)
+    for seed in range(20):
+        mask = np.random.default_rng(seed).integers(0, 2**bits, 41, dtype=np.uint64)
+        with pytest.raises(ValueError, match=f"{members}|10"):
+            enc.check_sum(honest + mask.astype(enc.dtype), 10)
+    with pytest.raises(ValueError, match="weight"):
+        enc.check_sum(honest, 1)  # more weight than one member can carry
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,26 @@ class FixedPoint:
         values = signed * (self.max_weight / self.scale)
         return values[:-1], float(values[-1])
 
+    def check_sum(self, total: np.ndarray, members: int) -> None:
+        """Raise :class:`ValueError` unless ``total`` can be the sum of ``members`` encoded
+        inputs: its weight within ``[0, members * scale]``, every coordinate and the L2 norm
+        within what ``members`` clipped updates add up to after rounding.
+
+        A wrong share makes the coordinator remove the wrong mask, which leaves a
+        pseudorandom one in the sum: about half its coordinates land past the bound (the
+        encoding keeps a factor two of margin), so such a sum is caught here instead of
+        becoming the model. An honest sum always passes.
+        """
+        signed = total.view(np.int32 if self.bits == 32 else np.int64).astype(np.float64)
+        values, weight = signed[:-1], float(signed[-1])
+        reach = self.clip * (1 + _CLIP_SLACK) * self.scale
+        if not 0 <= weight <= members * self.scale:
+            raise ValueError(f"its weight is not one {members} members can add up to")
+        if values.size and float(np.max(np.abs(values))) > members * (reach + 1):
+            raise ValueError(f"a coordinate is past what {members} clipped updates add up to")
+        if math.sqrt(float(np.dot(values, values))) > members * (reach + math.sqrt(values.size)):
+            raise ValueError(f"its norm is past what {members} clipped updates add up to")
+
     def error_bound(self, members: int) -> float:
         """Largest error of a decoded weighted-sum coordinate of ``members`` vectors (vs exact).
 

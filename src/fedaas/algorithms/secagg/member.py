@@ -39,6 +39,7 @@ from fedaas.algorithms.secagg import shamir
 from fedaas.algorithms.secagg.errors import (
     MaskReuse,
     ProtocolViolation,
+    SecAggError,
     SignatureInvalid,
     ThresholdNotMet,
     UnmaskRefused,
@@ -118,6 +119,8 @@ class SecAggMember:
         self._peers: tuple[str, ...] = ()
         self._own: tuple[bytes, bytes] | None = None  # own shares of (b_u, s_u^SK)
         self._held: dict[str, tuple[bytes, bytes]] = {}  # sender -> its shares for me
+        self.unusable: dict[str, str] = {}
+        """Peers whose shares for this member could not be used this round, and why."""
         self._masked: np.ndarray | None = None
         self._revealed: dict[str, str] = {}  # peer -> "seed" | "key"
 
@@ -180,8 +183,36 @@ class SecAggMember:
             out.append(EncryptedShare(self.member_id, member, sealed))
         return out
 
+    def _open(self, share: EncryptedShare, me: int) -> tuple[bytes, bytes]:
+        """The seed and key shares one peer sent this member; :class:`SecAggError` if unusable."""
+        agreement = self._agreed.get(share.sender) or self._c.agree(
+            self._ads[share.sender].c_public
+        )
+        plain = open_sealed(agreement, self.context, share.sender, self.member_id, share.ciphertext)
+        parts = _unframe(plain)
+        if len(parts) != 4 or framed(*parts) != plain:
+            raise ProtocolViolation(f"malformed shares from {share.sender}")
+        if parts[0] != share.sender.encode() or parts[1] != self.member_id.encode():
+            raise ProtocolViolation(f"shares from {share.sender} name other members")
+        try:
+            points = [shamir.share_from_bytes(p)[0] for p in parts[2:]]
+        except ValueError as exc:
+            raise ProtocolViolation(f"shares from {share.sender}: {exc}") from exc
+        if points != [me, me]:
+            raise ProtocolViolation(
+                f"shares from {share.sender} are not at {self.member_id}'s point"
+            )
+        return parts[2], parts[3]
+
     def masked_input(self, shares: Sequence[EncryptedShare], encoded: np.ndarray) -> np.ndarray:
-        """Stage 3: ``encoded`` (from :meth:`FixedPoint.encode`) under this round's masks."""
+        """Stage 3: ``encoded`` (from :meth:`FixedPoint.encode`) under this round's masks.
+
+        A peer's share that does not decrypt or is malformed is set aside (in
+        :attr:`unusable`, with why): the pairwise mask with that peer is added all the same
+        (it comes from the advertised keys), and only that peer's own secrets lose one
+        share. If too few are left to rebuild them, the round fails naming that peer; one
+        member's bad shares no longer make every honest member refuse the round.
+        """
         if self._masked is not None:
             raise MaskReuse(
                 f"{self.member_id} already sent a masked input under these round keys; "
@@ -193,42 +224,29 @@ class SecAggMember:
         if not isinstance(encoded, np.ndarray) or encoded.dtype != dtype or encoded.ndim != 1:
             raise ValueError(f"the encoded input is a 1-D {dtype} vector")
         me = share_points(self._ads)[self.member_id]
+        routed: list[str] = []
         held: dict[str, tuple[bytes, bytes]] = {}
+        self.unusable.clear()
         for share in shares:
             if share.recipient != self.member_id or share.sender not in self._peers:
                 raise ProtocolViolation(
                     f"a share from {share.sender} to {share.recipient} is not for {self.member_id}"
                 )
-            if share.sender in held:
+            if share.sender in routed:
                 raise ProtocolViolation(f"two shares from {share.sender}")
-            agreement = self._agreed.get(share.sender) or self._c.agree(
-                self._ads[share.sender].c_public
-            )
-            plain = open_sealed(
-                agreement, self.context, share.sender, self.member_id, share.ciphertext
-            )
-            parts = _unframe(plain)
-            if len(parts) != 4 or framed(*parts) != plain:
-                raise ProtocolViolation(f"malformed shares from {share.sender}")
-            if parts[0] != share.sender.encode() or parts[1] != self.member_id.encode():
-                raise ProtocolViolation(f"shares from {share.sender} name other members")
+            routed.append(share.sender)
             try:
-                points = [shamir.share_from_bytes(p)[0] for p in parts[2:]]
-            except ValueError as exc:
-                raise ProtocolViolation(f"shares from {share.sender}: {exc}") from exc
-            if points != [me, me]:
-                raise ProtocolViolation(
-                    f"shares from {share.sender} are not at {self.member_id}'s point"
-                )
-            held[share.sender] = (parts[2], parts[3])
-        if len(held) + 1 < self.params.threshold:
+                held[share.sender] = self._open(share, me)
+            except SecAggError as exc:  # the sender's fault: its secrets lose this share only
+                self.unusable[share.sender] = str(exc)
+        if len(routed) + 1 < self.params.threshold:
             raise ThresholdNotMet(
-                f"{self.member_id} got shares from {len(held)} neighbours; its group needs "
+                f"{self.member_id} got shares from {len(routed)} neighbours; its group needs "
                 f"{self.params.threshold} members to be recoverable"
             )
         y = encoded.copy()
         add_mask(y, self._seed, +1)
-        for peer in sorted(held):
+        for peer in sorted(routed):  # every peer that shared masks with us, usable share or not
             seed = mask_seed(
                 self._s.agree(self._ads[peer].s_public), self.context, self.member_id, peer
             )

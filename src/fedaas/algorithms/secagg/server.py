@@ -92,6 +92,11 @@ class SecAggServer:
         if ad.member_id in self._ads:
             raise ProtocolViolation(f"{ad.member_id} already advertised keys this round")
         verify_advertisement(ad, self._identities[ad.member_id], self.context)
+        # every member refuses a roster where a public key appears twice: one member's copy
+        # (of its own other key, or of a peer's, signed with its identity) would fail the round
+        taken = {k for other in self._ads.values() for k in (other.c_public, other.s_public)}
+        if ad.c_public == ad.s_public or {ad.c_public, ad.s_public} & taken:
+            raise ProtocolViolation(f"{ad.member_id} advertised a public key used twice")
         self._ads[ad.member_id] = ad
 
     def close_advertise(self) -> list[KeyAdvertisement]:
@@ -235,5 +240,9 @@ class SecAggServer:
                     )
                     # ``peer`` added +PRG when member < peer, -PRG otherwise: undo it
                     add_mask(total, seed, -1 if member < peer else +1)
+        try:
+            self.params.encoding.check_sum(total, len(self._survivors))
+        except ValueError as exc:
+            raise self._fail(f"the recovered sum is impossible, a share was wrong: {exc}") from exc
         self.stage = "done"
         return total
