@@ -79,6 +79,14 @@ def _groups(events: Iterable[dict[str, float]]) -> tuple[tuple[float, float, int
     return tuple((z, q, n) for (z, q), n in merged.items() if n > 0)
 
 
+def _write_atomically(path: Path, content: dict[str, object]) -> None:
+    """``content`` as JSON at ``path``, whole or not at all (a sibling file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(content))
+    tmp.replace(path)
+
+
 class MemberPrivacy:
     """A member's privacy state, kept under ``state_dir``.
 
@@ -144,11 +152,7 @@ class MemberPrivacy:
                 f"on this member's dataset (all jobs), one more would bring its epsilon to "
                 f"{eps:.3f} > {budget:g} (delta {delta:g})"
             )
-        path = self.ledger_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps({"dataset": self.dataset, "rounds": [*events, event]}))
-        tmp.replace(path)
+        _write_atomically(self.ledger_path(), {"dataset": self.dataset, "rounds": [*events, event]})
         metrics: dict[str, float] = {}
         if math.isfinite(eps):
             metrics["record_epsilon"] = eps
@@ -194,11 +198,8 @@ class MemberPrivacy:
                 f"dataset committed epsilon {spent:g}; job {job_id}'s epsilon_budget {budget:g} "
                 f"would bring it past this member's max_epsilon {max_epsilon:g}"
             )
-        path = self.commitments_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps({"dataset": self.dataset, "jobs": {**jobs, job_id: budget}}))
-        tmp.replace(path)
+        committed = {**jobs, job_id: budget}
+        _write_atomically(self.commitments_path(), {"dataset": self.dataset, "jobs": committed})
 
     def _source(self, instructions: ClientPrivacy, number: int) -> NoiseSource:
         if instructions.reproducible:

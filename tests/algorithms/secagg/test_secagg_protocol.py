@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
@@ -340,17 +340,26 @@ def test_a_roster_without_the_members_own_keys_or_with_duplicates_is_refused() -
         rnd.members[IDS[0]].share_keys(ads, PUBLIC)
 
 
+def _answer_with_one_forged_share(
+    rnd: Round, request: UnmaskRequest, kind: str, forge: Callable[[int], int]
+) -> None:
+    """Every survivor answers the unmask stage; the first one's first ``kind`` share (seed or
+    key) has its value replaced by ``forge(value)``."""
+    first, *rest = request.survivors
+    answer = rnd.members[first].unmask(request)
+    field = f"{kind}_shares"
+    peer, share = getattr(answer, field)[0]
+    x, y = shamir.share_from_bytes(share)
+    forged = shamir.share_to_bytes((x, forge(y)))
+    rnd.server.receive_unmask(dataclasses.replace(answer, **{field: ((peer, forged),)}))
+    for m in rest:
+        rnd.server.receive_unmask(rnd.members[m].unmask(request))
+
+
 def test_a_wrong_key_share_fails_the_round_instead_of_a_wrong_sum() -> None:
     rnd = Round(6, None)
     request = rnd.upload(rnd.setup(), dropped=IDS[:1])
-    first, *rest = request.survivors
-    answer = rnd.members[first].unmask(request)
-    peer, share = answer.key_shares[0]
-    x, y = shamir.share_from_bytes(share)
-    forged = shamir.share_to_bytes((x, (y + 1) % shamir.PRIME))
-    rnd.server.receive_unmask(dataclasses.replace(answer, key_shares=((peer, forged),)))
-    for m in rest:
-        rnd.server.receive_unmask(rnd.members[m].unmask(request))
+    _answer_with_one_forged_share(rnd, request, "key", lambda y: (y + 1) % shamir.PRIME)
     # the lowest points are used: the forged one is among them, and the key no longer matches
     with pytest.raises(ThresholdNotMet, match="do not match its advertised key"):
         rnd.server.finish()
@@ -367,14 +376,7 @@ def test_a_wrong_seed_share_fails_the_round_instead_of_corrupting_the_model(
     was published: 6.8 against weights of 0.27 after three rounds, in a review)."""
     rnd = Round(6 if neighbors is None else 3, neighbors)
     request = rnd.upload(rnd.setup())
-    liar, *rest = request.survivors
-    answer = rnd.members[liar].unmask(request)
-    peer, share = answer.seed_shares[0]
-    x, _ = shamir.share_from_bytes(share)
-    made_up = shamir.share_to_bytes((x, secrets.randbelow(shamir.PRIME)))
-    rnd.server.receive_unmask(dataclasses.replace(answer, seed_shares=((peer, made_up),)))
-    for m in rest:
-        rnd.server.receive_unmask(rnd.members[m].unmask(request))
+    _answer_with_one_forged_share(rnd, request, "seed", lambda _: secrets.randbelow(shamir.PRIME))
     with pytest.raises(ThresholdNotMet, match="the recovered sum is impossible, a share was"):
         rnd.server.finish()
     assert rnd.server.stage == "failed"
