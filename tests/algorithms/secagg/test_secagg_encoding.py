@@ -45,11 +45,12 @@ def test_a_sum_with_a_mask_left_in_is_impossible(bits: int) -> None:
     members = 10 if bits == 32 else 100_000
     enc = FixedPoint.for_round(members, clip=1.0, max_weight=50.0)
     rng = np.random.default_rng(5)
-    honest = sum(
-        (enc.encode(v / np.linalg.norm(v), 50.0) for v in rng.normal(size=(10, 40))),
-        start=np.zeros(41, enc.dtype),
-    )
-    enc.check_sum(honest, 10)
+    for _ in range(100):  # rounding is random: at 64 bits float64 may round up a step more
+        honest = sum(
+            (enc.encode(v / np.linalg.norm(v), 50.0) for v in rng.normal(size=(10, 40))),
+            start=np.zeros(41, enc.dtype),
+        )
+        enc.check_sum(honest, 10)
     for seed in range(20):
         mask = np.random.default_rng(seed).integers(0, 2**bits, 41, dtype=np.uint64)
         with pytest.raises(ValueError, match=f"{members}|10"):
