@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import re
+import secrets
 import sqlite3
 import struct
 import threading
@@ -59,6 +60,7 @@ class MemberTransport(RecordingTransport):
         self.forge_shares = False  # the shares sent ahead claim another sender for one
         self.strip_inbound = False  # tasks arrive without the shares ahead (too big to ride)
         self.garble_for: set[str] = set()  # its shares for these peers do not decrypt
+        self.forge_seed = False  # its unmask answer carries one made-up seed share
         self.refused: list[tuple[str, str]] = []  # (path, error code) the coordinator answered
         self.bodies: list[tuple[str, str, bytes]] = []
 
@@ -69,6 +71,8 @@ class MemberTransport(RecordingTransport):
             kwargs["content"] = with_metadata(
                 kwargs["content"], next_keys=json.dumps(swapped)
             )  # signature broken
+        if self.forge_seed and path.endswith("/secagg/unmask") and kwargs.get("json"):
+            kwargs["json"] = _forged_seed(kwargs["json"])
         if self.garble_for and kwargs.get("json"):
             kwargs["json"] = _garbled(kwargs["json"], self.garble_for)
         shared = (kwargs.get("json") or {}).get("next_shares")
@@ -107,6 +111,15 @@ class MemberTransport(RecordingTransport):
             asked["dropped"] = sorted({*asked["dropped"], asked["survivors"][-1]})
             return httpx.Response(200, json=asked, request=response.request)
         return response
+
+
+def _forged_seed(body: dict[str, Any]) -> dict[str, Any]:
+    """An unmask answer whose first seed share keeps its point and gets a made-up value."""
+    first, *rest = body["seed_shares"]
+    point = base64.b64decode(first["share"])[:2]
+    made_up = point + b"\x00" + secrets.token_bytes(32)  # a value below 2^256: in the field
+    first = {**first, "share": base64.b64encode(made_up).decode()}
+    return {**body, "seed_shares": [first, *rest]}
 
 
 def _garbled(body: dict[str, Any], peers: set[str]) -> dict[str, Any]:
@@ -214,6 +227,7 @@ def clean(fed: Fed) -> Fed:
     for t in fed.transports.values():
         t.drop = t.both = t.tamper_ahead = t.forge_shares = t.strip_inbound = False
         t.garble_for = set()
+        t.forge_seed = False
         t.on_masked = None
         t.refused.clear()
     fed.seen.clear()
@@ -417,6 +431,19 @@ def test_a_member_whose_shares_do_not_decrypt_evicts_nobody(clean: Fed) -> None:
     assert job.status == "completed", job.reason
     assert job.declined == {}
     assert [r.clients for r in job.rounds] == [N, N, N]
+
+
+def test_a_made_up_seed_share_is_left_out_and_its_sender_named(clean: Fed) -> None:
+    """One member answers every unmask stage with a made-up seed share. The coordinator
+    leaves it out (the other shares agree without it), names the member in its log, and the
+    recovered sum matches the plain one; before, a pseudorandom mask stayed in the model."""
+    clean.transports["m0"].forge_seed = True  # the lowest share point: its shares are used
+    job = clean.run()
+    assert job.status == "completed", job.reason
+    recovered, plain, total, _ = _recovered_mean(clean, job.id)
+    assert np.max(np.abs(recovered - plain)) <= _encoding_error(total)
+    log = (clean.cluster.logs / "server.log").read_text()
+    assert "m0 sent a wrong share of" in log and "it was left out" in log, log[-2000:]
 
 
 def test_central_dp_and_an_adaptive_server_optimizer_work_on_the_recovered_sum(clean: Fed) -> None:

@@ -181,6 +181,14 @@ async def _close(rnd: SecureRound, stage: str) -> set[int]:
         rnd.survivors = sorted(rnd.ids[name] for name in request.survivors)
         return set(rnd.survivors)
     total = await asyncio.to_thread(rnd.server.finish)
+    for holder, owner, kind in rnd.server.wrong_shares:
+        log.warning(
+            "round %d: %s sent a wrong share of %s's %s; it was left out (the sum is exact)",
+            rnd.context.round,
+            holder,
+            owner,
+            "mask seed" if kind == "seed" else "mask key",
+        )
     rnd.weighted_sum, rnd.total_weight = rnd.encoding.decode(total)
     rnd.stage = "done"
     return set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fedaas.algorithms.secagg import shamir
@@ -93,3 +93,33 @@ def test_too_few_or_malformed_shares_are_refused() -> None:
         shamir.share_from_bytes(b"\x00\x01" + b"\xff" * 33)
     with pytest.raises(ValueError, match="distinct"):
         shamir.combine([shares[0], shares[0], shares[1]], 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sharing(), st.data())
+def test_one_wrong_share_with_two_spares_is_found_and_left_out(
+    case: tuple, data: st.DataObject
+) -> None:
+    """Property: of ``threshold + 2`` shares or more, any single one with a wrong value is
+    named and the secret comes out right (one ranked past the spare is never used, so never
+    named); honest shares are never accused."""
+    secret, t, shares, _ = case
+    assume(len(shares) >= t + 2)
+    assert shamir.combine_checked(shares, t) == (secret, None)
+    bad = data.draw(st.integers(0, len(shares) - 1))
+    x, y = shares[bad]
+    lie = (x, (y + data.draw(st.integers(1, shamir.PRIME - 1))) % shamir.PRIME)
+    forged = shares[:bad] + [lie] + shares[bad + 1 :]
+    rank = sorted(s[0] for s in shares).index(x)  # the lowest t are used, the next one checks
+    assert shamir.combine_checked(forged, t) == (secret, x if rank <= t else None)
+
+
+def test_a_disagreement_that_cannot_be_pinned_on_one_share_is_refused() -> None:
+    secret = bytes(range(32))
+    shares = shamir.split(secret, 3, [1, 2, 3, 4, 5, 6])
+    lie = lambda s: (s[0], (s[1] + 1) % shamir.PRIME)  # noqa: E731
+    with pytest.raises(ValueError, match="too few came back"):  # one spare: detect, not fix
+        shamir.combine_checked([lie(shares[0]), *shares[1:4]], 3)
+    with pytest.raises(ValueError, match="more than one of them is wrong"):
+        shamir.combine_checked([lie(shares[0]), lie(shares[1]), *shares[2:]], 3)
+    assert shamir.combine_checked(shares[:3], 3) == (secret, None)  # nothing to check against

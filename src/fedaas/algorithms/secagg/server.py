@@ -60,6 +60,8 @@ class SecAggServer:
         self._request: UnmaskRequest | None = None
         self._seed_shares: dict[str, dict[str, shamir.Share]] = {}
         self._key_shares: dict[str, dict[str, shamir.Share]] = {}
+        self.wrong_shares: list[tuple[str, str, str]] = []
+        """``(holder, owner, kind)`` of each share found wrong and left out by :meth:`finish`."""
         self._answered: set[str] = set()
 
     def _expect(self, stage: str) -> None:
@@ -203,6 +205,18 @@ class SecAggServer:
             len(self._key_shares.get(m, {})) >= t for m in self._request.dropped
         )
 
+    def _combine(self, owner: str, kind: str, held: Mapping[str, shamir.Share]) -> bytes:
+        """``owner``'s secret from the shares its peers ``held``; a wrong one, when spares show
+        which, is left out and noted in :attr:`wrong_shares` as ``(holder, owner, kind)``."""
+        try:
+            secret, wrong = shamir.combine_checked(list(held.values()), self.params.threshold)
+        except ValueError as exc:
+            raise self._fail(f"inconsistent shares of {owner}'s {kind}: {exc}") from exc
+        if wrong is not None:
+            holder = next(m for m, (x, _) in held.items() if x == wrong)
+            self.wrong_shares.append((holder, owner, kind))
+        return secret
+
     def finish(self) -> np.ndarray:
         """The unmasked sum of the survivors' encoded inputs (decode with ``FixedPoint.decode``)."""
         self._expect("unmask")
@@ -213,17 +227,11 @@ class SecAggServer:
         short += [m for m in self._request.dropped if len(self._key_shares.get(m, {})) < t]
         if short:
             raise self._fail(f"fewer than {t} shares came back for {', '.join(short)}")
-        try:
-            seeds = {
-                m: shamir.combine(list(self._seed_shares[m].values()), t)
-                for m in self._request.survivors
-            }
-            keys = {
-                m: RoundKeyPair(shamir.combine(list(self._key_shares[m].values()), t))
-                for m in self._request.dropped
-            }
-        except ValueError as exc:
-            raise self._fail(f"inconsistent shares: {exc}") from exc
+        seeds = {m: self._combine(m, "seed", self._seed_shares[m]) for m in self._request.survivors}
+        keys = {
+            m: RoundKeyPair(self._combine(m, "key", self._key_shares[m]))
+            for m in self._request.dropped
+        }
         for member, pair in keys.items():
             if pair.public != self._ads[member].s_public:
                 raise self._fail(

@@ -10,11 +10,12 @@ CSPRNG). Any ``t`` shares give ``f(0)`` by Lagrange interpolation; any
 ``t - 1`` are consistent with every secret (the property tests check both).
 
 Wire form (:func:`share_to_bytes`): 2 bytes of ``x`` then 33 bytes of ``y``,
-big-endian (35 bytes). Shamir alone does not detect a wrong share (any
-``t`` values interpolate to *some* secret): the coordinator checks each
-reconstructed mask key against its signed public key; a wrong self-mask
-seed share is as harmful as a garbage masked input, which no SecAgg
-variant without proofs prevents either. No well-kept Python package for this was installed,
+big-endian (35 bytes). ``t`` shares alone cannot reveal a wrong one (any
+``t`` values interpolate to *some* secret); :func:`combine_checked` checks
+them against a spare and leaves one wrong share out when two spares came
+back. The coordinator also checks each reconstructed mask key against its
+signed public key, and the recovered sum against what the members can add
+up to (``FixedPoint.check_sum``). No well-kept Python package for this was installed,
 hence this small module, property-tested in ``tests/algorithms/secagg``.
 """
 
@@ -53,18 +54,25 @@ def split(secret: bytes, threshold: int, xs: Sequence[int]) -> list[Share]:
     return shares
 
 
-@functools.lru_cache(maxsize=256)
-def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """Lagrange coefficients at 0 for the points ``xs`` (cached: a round reuses one set)."""
+@functools.lru_cache(maxsize=512)
+def _lagrange_at(xs: tuple[int, ...], at: int = 0) -> tuple[int, ...]:
+    """Lagrange coefficients at ``at`` for the points ``xs`` (cached: a round reuses one set)."""
     coefficients = []
     for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
         for j, xj in enumerate(xs):
             if j != i:
-                numerator = numerator * xj % PRIME
+                numerator = numerator * (xj - at) % PRIME
                 denominator = denominator * (xj - xi) % PRIME
         coefficients.append(numerator * pow(denominator, -1, PRIME) % PRIME)
     return tuple(coefficients)
+
+
+def _on_curve(points: Sequence[Share], share: Share) -> bool:
+    """Whether ``share`` lies on the polynomial through ``points`` (one per degree of freedom)."""
+    xs = tuple(x for x, _ in points)
+    value = sum(y * c for (_, y), c in zip(points, _lagrange_at(xs, share[0]), strict=True))
+    return value % PRIME == share[1]
 
 
 def combine(shares: Sequence[Share], threshold: int) -> bytes:
@@ -77,10 +85,46 @@ def combine(shares: Sequence[Share], threshold: int) -> bytes:
         raise ValueError("shares must have distinct points in 1..65535")
     if any(not 0 <= y < PRIME for _, y in points):
         raise ValueError("a share value is outside the field")
-    secret = sum(y * c for (_, y), c in zip(points, _lagrange_at_zero(xs), strict=True)) % PRIME
+    secret = sum(y * c for (_, y), c in zip(points, _lagrange_at(xs), strict=True)) % PRIME
     if secret >= 1 << (8 * SECRET_BYTES):
         raise ValueError("the shares do not interpolate to a 32-byte secret (inconsistent)")
     return secret.to_bytes(SECRET_BYTES, "big")
+
+
+MAX_CORRECTED = 64
+"""Above this threshold a disagreement is reported, not searched (t + 1 interpolations)."""
+
+
+def combine_checked(shares: Sequence[Share], threshold: int) -> tuple[bytes, int | None]:
+    """The secret, checked against a spare share, and the point of a wrong share left out.
+
+    With ``threshold + 1`` shares or more, the polynomial through the ``threshold`` lowest
+    must also pass through the next one. If it does not, one share is wrong; with one more
+    spare, the one whose removal makes the rest agree is found and left out (one wrong
+    share corrected: what one dishonest holder can do to one secret). Raises
+    :class:`ValueError` when the shares disagree and no single wrong one explains it, or
+    too few came back to tell which one it is. With exactly ``threshold`` shares nothing
+    can be checked (:func:`combine`).
+    """
+    points = sorted(shares)
+    if len(points) <= threshold:
+        return combine(points, threshold), None
+    used, spare = points[:threshold], points[threshold]
+    combine(used, threshold)  # the same input checks as without a spare
+    if _on_curve(used, spare):
+        return combine(used, threshold), None
+    if len(points) < threshold + 2 or threshold > MAX_CORRECTED:
+        raise ValueError("the shares disagree, and too few came back to tell which is wrong")
+    suspects = points[: threshold + 1]
+    fits = [
+        i
+        for i in range(len(suspects))
+        if _on_curve(suspects[:i] + suspects[i + 1 :], points[threshold + 1])
+    ]
+    if len(fits) != 1:
+        raise ValueError("the shares disagree: more than one of them is wrong")
+    wrong = fits[0]
+    return combine(suspects[:wrong] + suspects[wrong + 1 :], threshold), suspects[wrong][0]
 
 
 def share_to_bytes(share: Share) -> bytes:
