@@ -10,6 +10,7 @@ record-level job goes on without mallory instead of stopping.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 
 from fedaas import tensors
 from fedaas.data.source import write_npz
+from fedaas.server.member_reports import member_means
 from fixtures.federation import StartFederation
 from fixtures.specs import CLASSES, FEATURES, make_spec
 
@@ -83,3 +85,13 @@ def test_one_members_huge_record_epsilon_declines_that_member_only(
         assert task.status_code == 200 and task.json()["round"] == 2
         none = fed.request("GET", "/v1/tasks/next", fed.tokens["mallory"], params={"timeout": 0})
         assert none.status_code == 204
+
+
+def test_a_members_metric_near_the_float_maximum_keeps_the_mean_finite() -> None:
+    """``sum(w * value) / W`` overflowed on two members' 1.7e308 (published as null);
+    a convex combination of finite values stays finite."""
+    big = 1.7e308
+    means = member_means([(10, {"m": big}), (10, {"m": big}), (10, {"other": 2.0})])
+    assert math.isfinite(means["members.m"]) and means["members.m"] == pytest.approx(big)
+    assert means["members.other"] == 2.0
+    assert member_means([(5, {"m": 1.0}), (15, {"m": 3.0})]) == {"members.m": 2.5}

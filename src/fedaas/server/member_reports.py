@@ -31,15 +31,23 @@ NAMESPACE = "members."
 
 
 def member_means(items: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Example-weighted mean of each metric the members reported, as ``members.<key>``."""
+    """Example-weighted mean of each metric the members reported, as ``members.<key>``.
+
+    Summed as ``sum(w / W * value)``: a convex combination of finite numbers stays finite,
+    where ``sum(w * value) / W`` overflowed to infinity (published as null) on one member's
+    metric near the float64 maximum.
+    """
     weights = ExampleCap(EXAMPLE_RATIO).weights([max(n, 1) for n, _ in items])
-    totals: dict[str, float] = {}
     sums: dict[str, float] = {}
     for w, (_, metrics) in zip(weights, items, strict=True):
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + w * value
+        for key in metrics:
             sums[key] = sums.get(key, 0.0) + w
-    return {NAMESPACE + key: totals[key] / sums[key] for key in totals if sums[key] > 0}
+    means: dict[str, float] = {}
+    for w, (_, metrics) in zip(weights, items, strict=True):
+        for key, value in metrics.items():
+            if sums[key] > 0:
+                means[key] = means.get(key, 0.0) + w / sums[key] * value
+    return {NAMESPACE + key: mean for key, mean in means.items()}
 
 
 def evaluation_problems(spec: JobSpec, examples: int, states: States) -> list[str]:
