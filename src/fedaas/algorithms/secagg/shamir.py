@@ -110,9 +110,9 @@ def combine_checked(shares: Sequence[Share], threshold: int) -> tuple[bytes, int
     if len(points) <= threshold:
         return combine(points, threshold), None
     used, spare = points[:threshold], points[threshold]
-    combine(used, threshold)  # the same input checks as without a spare
+    secret = combine(used, threshold)  # also the input checks, before any interpolation
     if _on_curve(used, spare):
-        return combine(used, threshold), None
+        return secret, None
     if len(points) < threshold + 2 or threshold > MAX_CORRECTED:
         raise ValueError("the shares disagree, and too few came back to tell which is wrong")
     suspects = points[: threshold + 1]
