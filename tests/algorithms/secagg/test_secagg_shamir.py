@@ -123,3 +123,14 @@ def test_a_disagreement_that_cannot_be_pinned_on_one_share_is_refused() -> None:
     with pytest.raises(ValueError, match="more than one of them is wrong"):
         shamir.combine_checked([lie(shares[0]), lie(shares[1]), *shares[2:]], 3)
     assert shamir.combine_checked(shares[:3], 3) == (secret, None)  # nothing to check against
+
+
+def test_a_wrong_share_that_interpolates_past_32_bytes_is_still_found() -> None:
+    """Found by the property above: a wrong share among the lowest can interpolate to a value
+    in [2^256, p), which ``combine`` refuses; the spares are checked first, so it is left out."""
+    top = b"\xff" * 32
+    shares = shamir.split(top, 1, [1, 2, 3])
+    lie = (1, (shares[0][1] + 1) % shamir.PRIME)  # 2^256: in the field, past 32 bytes
+    with pytest.raises(ValueError, match="32-byte secret"):
+        shamir.combine([lie], 1)
+    assert shamir.combine_checked([lie, *shares[1:]], 1) == (top, 1)

@@ -75,16 +75,21 @@ def _on_curve(points: Sequence[Share], share: Share) -> bool:
     return value % PRIME == share[1]
 
 
+def _check_points(points: Sequence[Share]) -> None:
+    xs = [x for x, _ in points]
+    if len(set(xs)) != len(xs) or any(not 1 <= x <= MAX_SHARES for x in xs):
+        raise ValueError("shares must have distinct points in 1..65535")
+    if any(not 0 <= y < PRIME for _, y in points):
+        raise ValueError("a share value is outside the field")
+
+
 def combine(shares: Sequence[Share], threshold: int) -> bytes:
     """The secret from at least ``threshold`` shares with distinct ``x`` (uses the ``threshold`` lowest)."""
     if len(shares) < threshold:
         raise ValueError(f"{len(shares)} shares, {threshold} needed")
     points = sorted(shares)[:threshold]
+    _check_points(points)
     xs = tuple(x for x, _ in points)
-    if len(set(xs)) != len(xs) or any(not 1 <= x <= MAX_SHARES for x in xs):
-        raise ValueError("shares must have distinct points in 1..65535")
-    if any(not 0 <= y < PRIME for _, y in points):
-        raise ValueError("a share value is outside the field")
     secret = sum(y * c for (_, y), c in zip(points, _lagrange_at(xs), strict=True)) % PRIME
     if secret >= 1 << (8 * SECRET_BYTES):
         raise ValueError("the shares do not interpolate to a 32-byte secret (inconsistent)")
@@ -109,10 +114,10 @@ def combine_checked(shares: Sequence[Share], threshold: int) -> tuple[bytes, int
     points = sorted(shares)
     if len(points) <= threshold:
         return combine(points, threshold), None
+    _check_points(points)
     used, spare = points[:threshold], points[threshold]
-    secret = combine(used, threshold)  # also the input checks, before any interpolation
-    if _on_curve(used, spare):
-        return secret, None
+    if _on_curve(used, spare):  # before combine: a wrong share may interpolate past 2^256
+        return combine(used, threshold), None
     if len(points) < threshold + 2 or threshold > MAX_CORRECTED:
         raise ValueError("the shares disagree, and too few came back to tell which is wrong")
     suspects = points[: threshold + 1]
